@@ -1,0 +1,61 @@
+"""The exception tree of defender_agent.
+
+::
+
+    AgentError
+    ├── ConfigError            bad configuration value or option (names the key)
+    ├── CollectorError         a metric source failed
+    │   └── ProcParseError     a /proc file could not be parsed (names the file and line)
+    ├── ReportError            a report could not be built, encoded or decoded
+    │   ├── ReportDecodeError  a payload is not a JSON object / CBOR map
+    │   └── ReportTooLarge     a report cannot be made to fit the size limit
+    └── StateError             the state directory cannot be used
+
+Every message is one line that names what is wrong; the CLI prints it without
+a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "CollectorError",
+    "ConfigError",
+    "ProcParseError",
+    "ReportDecodeError",
+    "ReportError",
+    "ReportTooLarge",
+    "StateError",
+]
+
+
+class AgentError(Exception):
+    """Base class of every error defender_agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A configuration value or command-line option is invalid."""
+
+
+class CollectorError(AgentError):
+    """A metric source could not be read."""
+
+
+class ProcParseError(CollectorError):
+    """A /proc file could not be parsed at all (single bad lines are skipped, not raised)."""
+
+
+class ReportError(AgentError):
+    """A report could not be built, encoded or decoded."""
+
+
+class ReportDecodeError(ReportError):
+    """A payload is not a well-formed JSON object or CBOR map."""
+
+
+class ReportTooLarge(ReportError):
+    """A report cannot be brought under the size limit."""
+
+
+class StateError(AgentError):
+    """The state directory or a state file cannot be used."""

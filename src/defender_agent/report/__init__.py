@@ -1,0 +1,1 @@
+"""Report model, naming, encoding and validation of Device Defender metrics reports."""
