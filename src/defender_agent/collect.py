@@ -1,0 +1,226 @@
+"""One collection cycle: read every metric source, compute deltas, build the report.
+
+The cycle is the hot path of the agent, so it reads each /proc file once,
+builds objects only for what goes into the report, and keeps its cost linear
+in the number of sockets.
+
+>>> from pathlib import Path
+>>> collector = Collector(CollectorConfig(proc_root=Path("/proc")))
+>>> collector.cycle() is None      # the first call takes the baseline
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
+from defender_agent.collectors.interfaces import read_interface_map
+from defender_agent.collectors.listening_ports import listening_tcp_ports, listening_udp_ports
+from defender_agent.collectors.network_stats import (
+    InterfaceCounters,
+    parse_net_dev,
+    select_interfaces,
+)
+from defender_agent.collectors.sockets import SocketSource, read_socket_tables
+from defender_agent.collectors.tcp_connections import established_connections
+from defender_agent.delta import network_delta
+from defender_agent.model import (
+    ConnectionList,
+    CustomMetric,
+    CustomMetricType,
+    ListeningPort,
+    NetworkStats,
+    PortList,
+    Report,
+)
+from defender_agent.procfs import ProcFS, default_proc_root
+from defender_agent.report.fit import fit_report
+from defender_agent.report.serialize import ReportFormat
+from defender_agent.state import ReportIdSequence, StateDir
+
+__all__ = ["Collector", "CollectorConfig", "Snapshot"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIST_SIZE = 100
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What to collect and how to shape the report.
+
+    Attributes:
+        proc_root: the proc filesystem to read (``PROCFS_PATH`` or ``/proc`` by default).
+        list_size: the most entries per list (ports, connections); ``total``
+            keeps the true count.
+        include_custom_metrics: add the ``cpu_usage`` custom metric.
+        include_loopback_connections: report connections to 127.0.0.0/8 and ``::1``.
+        interfaces_include: glob patterns of interfaces counted in ``network_stats``.
+        interfaces_exclude: glob patterns of interfaces left out of ``network_stats``.
+        wildcard_interface: the interface label for ports bound to ``0.0.0.0``/``::``;
+            ``None`` leaves the key out.
+        socket_source: ``auto`` (netlink for the live /proc, else files),
+            ``proc`` or ``netlink``.
+        report_format: the encoding the report must fit in (for the size limit).
+        short_names: whether the report is encoded with short names (size limit).
+        max_report_bytes: the encoded report is kept under this size (IoT Core: 128 KB).
+    """
+
+    proc_root: Path = field(default_factory=default_proc_root)
+    list_size: int = DEFAULT_LIST_SIZE
+    include_custom_metrics: bool = False
+    include_loopback_connections: bool = False
+    interfaces_include: tuple[str, ...] = ("*",)
+    interfaces_exclude: tuple[str, ...] = ("lo",)
+    wildcard_interface: Optional[str] = None
+    socket_source: SocketSource = "auto"
+    report_format: ReportFormat = "json"
+    short_names: bool = False
+    max_report_bytes: int = 131072
+
+
+@dataclass
+class Snapshot:
+    """The raw readings of one cycle that the next cycle needs for its deltas."""
+
+    interfaces: Optional[dict[str, InterfaceCounters]] = None
+    cpu: Optional[CpuTimes] = None
+    monotonic: float = 0.0
+
+
+class Collector:
+    """Collects Device Defender metrics and builds reports.
+
+    Args:
+        config: what to collect.
+        state_dir: where report ids are persisted; ``None`` keeps them in memory.
+        clock: wall clock for report ids (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        config: Optional[CollectorConfig] = None,
+        state_dir: Optional[Path] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or CollectorConfig()
+        self.procfs = ProcFS(self.config.proc_root)
+        self._ids = ReportIdSequence(StateDir(state_dir) if state_dir else None, clock)
+        self._previous: Optional[Snapshot] = None
+        self._warned: set[str] = set()
+        #: file → malformed lines skipped, summed over the process's life
+        self.malformed: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key in self._warned:
+            log.debug(message, *args)
+        else:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _count_malformed(self, name: str, count: int) -> None:
+        if count:
+            self.malformed[name] = self.malformed.get(name, 0) + count
+            self._warn_once(
+                f"malformed:{name}", "skipped %d malformed line(s) in %s", count, self.procfs.path(name)
+            )
+
+    def _read(self, *parts: str) -> Optional[str]:
+        try:
+            return self.procfs.read_text(*parts)
+        except OSError as exc:
+            path = self.procfs.path(*parts)
+            self._warn_once(f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path,
+                            exc.strerror or exc)
+            return None
+
+    # ------------------------------------------------------------------ reading
+    def _read_snapshot(self) -> Snapshot:
+        snap = Snapshot(monotonic=time.monotonic())
+        dev = self._read("net", "dev")
+        if dev is not None:
+            counters, bad = parse_net_dev(dev)
+            self._count_malformed("net/dev", bad)
+            snap.interfaces = select_interfaces(
+                counters, self.config.interfaces_include, self.config.interfaces_exclude
+            )
+        if self.config.include_custom_metrics:
+            stat = self._read("stat")
+            if stat is not None:
+                snap.cpu = parse_proc_stat(stat)
+                if snap.cpu is None:
+                    self._count_malformed("stat", 1)
+        return snap
+
+    def _sockets(
+        self,
+    ) -> tuple[Optional[PortList], Optional[PortList], Optional[ConnectionList]]:
+        cfg = self.config
+        tables = read_socket_tables(self.procfs, cfg.socket_source)
+        for name, reason in tables.missing.items():
+            path = self.procfs.path(name)
+            self._warn_once(f"missing:{path}", "cannot read %s (%s); leaving out its metrics",
+                            path, reason)
+        for name, count in tables.malformed.items():
+            self._count_malformed(name, count)
+        interfaces = read_interface_map(self.procfs, cfg.wildcard_interface)
+        tcp_ports = udp_ports = connections = None
+        if tables.tcp is not None:
+            tcp_ports = _port_list(listening_tcp_ports(tables.tcp, interfaces), cfg.list_size)
+            conns, total = established_connections(
+                tables.tcp,
+                interfaces,
+                include_loopback=cfg.include_loopback_connections,
+                limit=cfg.list_size,
+            )
+            connections = ConnectionList(tuple(conns), total)
+        if tables.udp is not None:
+            udp_ports = _port_list(listening_udp_ports(tables.udp, interfaces), cfg.list_size)
+        return tcp_ports, udp_ports, connections
+
+    # ------------------------------------------------------------------ cycle
+    def cycle(self) -> Optional[Report]:
+        """Run one collection cycle.
+
+        Returns:
+            The report, or ``None`` for the very first cycle, which only takes
+            the baseline that deltas need (nothing is reported until a delta
+            exists, as in the public sample).
+        """
+        snap = self._read_snapshot()
+        previous, self._previous = self._previous, snap
+        if previous is None:
+            return None
+        tcp_ports, udp_ports, connections = self._sockets()
+        stats: Optional[NetworkStats] = None
+        if previous.interfaces is not None and snap.interfaces is not None:
+            stats = network_delta(previous.interfaces, snap.interfaces)
+        custom: list[CustomMetric] = []
+        if previous.cpu is not None and snap.cpu is not None:
+            usage = cpu_percent(previous.cpu, snap.cpu)
+            if usage is not None:
+                custom.append(CustomMetric("cpu_usage", CustomMetricType.NUMBER, usage))
+        report = Report(
+            report_id=self._ids.next(),
+            listening_tcp_ports=tcp_ports,
+            listening_udp_ports=udp_ports,
+            tcp_connections=connections,
+            network_stats=stats,
+            custom_metrics=tuple(custom),
+        )
+        return fit_report(
+            report,
+            self.config.report_format,
+            short_names=self.config.short_names,
+            max_bytes=self.config.max_report_bytes,
+        )
+
+
+def _port_list(ports: list[ListeningPort], limit: int) -> PortList:
+    return PortList(tuple(ports[:limit]), len(ports))

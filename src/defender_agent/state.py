@@ -1,0 +1,173 @@
+"""The state directory: small JSON documents written atomically, and the report-id sequence.
+
+State files are written to a temporary file in the same directory, fsynced
+and renamed over the old one, so a crash or power loss leaves either the old
+or the new file, never a torn one. They are read tolerantly: a missing,
+corrupt or foreign file is treated as absent (and logged), never a crash.
+
+Report ids are epoch milliseconds, raised to one more than the last id ever
+handed out when the clock is behind (NTP stepped it back, a board without an
+RTC booted at 1970): ``max(now_ms, last + 1)``. The last id is kept in the
+state directory under an exclusive lock, so ids increase across restarts and
+between processes sharing the directory (pitfalls.md B25).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from defender_agent.errors import StateError
+
+__all__ = ["ReportIdSequence", "StateDir", "default_state_dir"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def default_state_dir(environ: Optional[dict[str, str]] = None) -> Path:
+    """``$DEFENDER_AGENT_STATE_DIR``, else ``/var/lib/defender-agent`` for root, else XDG state.
+
+    >>> default_state_dir({"DEFENDER_AGENT_STATE_DIR": "/tmp/x"})
+    PosixPath('/tmp/x')
+    """
+    env = os.environ if environ is None else environ
+    if env.get("DEFENDER_AGENT_STATE_DIR"):
+        return Path(env["DEFENDER_AGENT_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/defender-agent")
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/state")
+    return Path(base) / "defender-agent"
+
+
+class StateDir:
+    """A directory of JSON state documents.
+
+    Args:
+        path: the directory; created (mode 0700) on first use.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def ensure(self) -> None:
+        """Create the directory if needed and check that it is writable.
+
+        Raises:
+            StateError: it cannot be created or written.
+        """
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"state directory {self.path}: {exc.strerror or exc}") from exc
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise StateError(f"state directory {self.path}: not writable")
+
+    def load(self, name: str) -> Optional[dict[str, Any]]:
+        """Read ``<name>.json``; ``None`` when missing, corrupt or of another schema version."""
+        file = self.path / f"{name}.json"
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", file, exc)
+            return None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            log.warning("ignoring state file %s: not a version %d state document", file, STATE_VERSION)
+            return None
+        return data
+
+    def save(self, name: str, data: dict[str, Any]) -> None:
+        """Write ``<name>.json`` atomically (temp file, fsync, rename, fsync of the directory).
+
+        Raises:
+            StateError: the file cannot be written.
+        """
+        payload = json.dumps({"version": STATE_VERSION, **data}, sort_keys=True).encode()
+        try:
+            self.ensure()
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                Path(tmp).replace(self.path / f"{name}.json")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink()
+                raise
+            dir_fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StateError(f"cannot write state file {self.path / name}.json: {exc}") from exc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the directory (``.lock``) for a read-modify-write.
+
+        Raises:
+            StateError: the lock file cannot be opened.
+        """
+        self.ensure()
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot lock state directory {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+class ReportIdSequence:
+    """Strictly increasing report ids, persisted when a state directory is given.
+
+    >>> seq = ReportIdSequence(None, clock=lambda: 1700000000.0)
+    >>> seq.next(), seq.next()
+    (1700000000000, 1700000000001)
+    """
+
+    def __init__(
+        self, state: Optional[StateDir], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        """Return the next id: ``max(now in ms, last + 1, last persisted + 1)``.
+
+        If the state directory cannot be used, a warning names it once and the
+        sequence goes on in memory (still strictly increasing in this process).
+        """
+        now_ms = int(self._clock() * 1000)
+        if self._state is not None:
+            try:
+                with self._state.locked():
+                    saved = self._state.load("report-id") or {}
+                    last = saved.get("last_report_id")
+                    persisted = last if isinstance(last, int) and not isinstance(last, bool) else 0
+                    candidate = max(now_ms, self._last + 1, persisted + 1)
+                    self._state.save("report-id", {"last_report_id": candidate})
+                self._last = candidate
+                return candidate
+            except StateError as exc:
+                log.warning("%s; report ids are kept in memory only", exc)
+                self._state = None
+        self._last = max(now_ms, self._last + 1)
+        return self._last
