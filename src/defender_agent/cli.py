@@ -53,6 +53,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _TerminalFormatter(logging.Formatter):
+    """``defender-agent: warning: message`` — one line per record, as the errors are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"defender-agent: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -256,11 +263,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="defender-agent: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TerminalFormatter())
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         return int(args.func(args))
     except AgentError as exc:
