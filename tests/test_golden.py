@@ -22,9 +22,14 @@ from tests.conftest import GOLDEN, SCENARIOS, advance
 FIXED_CLOCK = 1_700_000_000.0
 
 
-def collect_report(root: Path, **options: object) -> Report:
-    config = CollectorConfig(proc_root=root, include_custom_metrics=True, socket_source="proc",
-                             **options)  # type: ignore[arg-type]
+def collect_report(root: Path, *, short_names: bool, list_size: int) -> Report:
+    config = CollectorConfig(
+        proc_root=root,
+        include_custom_metrics=True,
+        socket_source="proc",
+        short_names=short_names,
+        list_size=list_size,
+    )
     collector = Collector(config, state_dir=None, clock=lambda: FIXED_CLOCK)
     assert collector.cycle() is None
     advance(root)

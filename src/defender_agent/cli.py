@@ -26,6 +26,8 @@ from defender_agent import __version__
 from defender_agent.collect import DEFAULT_LIST_SIZE, Collector, CollectorConfig
 from defender_agent.errors import AgentError
 from defender_agent.procfs import default_proc_root
+from defender_agent.report.document import to_document
+from defender_agent.report.names import NameStyle
 from defender_agent.report.serialize import encode_report, pretty_json
 from defender_agent.report.validate import (
     PayloadFormat,
@@ -33,8 +35,6 @@ from defender_agent.report.validate import (
     validate_document,
     validate_payload,
 )
-from defender_agent.report.document import to_document
-from defender_agent.report.names import NameStyle
 from defender_agent.state import default_state_dir
 
 __all__ = ["main"]
@@ -102,39 +102,106 @@ def _add_collect(sub: argparse._SubParsersAction[_Parser]) -> None:
         "reports. The first sample only takes the baseline that deltas need; each report "
         "follows one sample period later.",
     )
-    p.add_argument("-n", "--number-samples", "--number_samples", type=_count, default=None,
-                   metavar="N", help="reports to print; 0 = until interrupted "
-                   "(default: 1, or 0 when --sample-rate is given, as in the sample)")
-    p.add_argument("-s", "--sample-rate", "--sample_rate", type=_seconds, default=None,
-                   metavar="SECONDS", help="seconds between samples (default: 1)")
-    p.add_argument("-l", "--list-size", "--list_size", type=_positive, default=DEFAULT_LIST_SIZE,
-                   metavar="N", help="the most entries per port or connection list; 'total' "
-                   f"keeps the true count (default: {DEFAULT_LIST_SIZE})")
-    p.add_argument("--short-names", "--short_tags", action="store_true",
-                   help="use the short field names (hed, met, rid, ...)")
-    p.add_argument("--format", "-f", choices=("json", "cbor"), default="json",
-                   help="report encoding (default: json, printed indented)")
-    p.add_argument("--include-custom-metrics", "--custom-metrics", action="store_true",
-                   help="add the cpu_usage custom metric")
-    p.add_argument("--include-loopback-connections", action="store_true",
-                   help="also report connections to 127.0.0.0/8 and ::1")
-    p.add_argument("--interfaces-include", action="append", metavar="GLOB",
-                   help="interfaces counted in network_stats (repeatable; default: all)")
-    p.add_argument("--interfaces-exclude", action="append", metavar="GLOB",
-                   help="interfaces left out of network_stats (repeatable; default: lo)")
-    p.add_argument("--wildcard-interface", metavar="NAME", default=None,
-                   help="interface name for ports bound to 0.0.0.0 or :: "
-                   "(default: leave the interface out)")
-    p.add_argument("--socket-source", choices=("auto", "proc", "netlink"), default="auto",
-                   help="read sockets from /proc files or netlink sock_diag "
-                   "(default: auto = netlink for the live /proc)")
-    p.add_argument("--proc-root", type=_directory, default=None, metavar="DIR",
-                   help="the proc filesystem to read (default: $PROCFS_PATH or /proc)")
-    p.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
-                   help="where the last report id is kept (default: $DEFENDER_AGENT_STATE_DIR, "
-                   "/var/lib/defender-agent as root, else ~/.local/state/defender-agent)")
-    p.add_argument("-o", "--output", metavar="FILE", default=None,
-                   help="write reports to FILE ('-' = stdout; required for CBOR on a terminal)")
+    p.add_argument(
+        "-n",
+        "--number-samples",
+        "--number_samples",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="reports to print; 0 = until interrupted "
+        "(default: 1, or 0 when --sample-rate is given, as in the sample)",
+    )
+    p.add_argument(
+        "-s",
+        "--sample-rate",
+        "--sample_rate",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between samples (default: 1)",
+    )
+    p.add_argument(
+        "-l",
+        "--list-size",
+        "--list_size",
+        type=_positive,
+        default=DEFAULT_LIST_SIZE,
+        metavar="N",
+        help="the most entries per port or connection list; 'total' "
+        f"keeps the true count (default: {DEFAULT_LIST_SIZE})",
+    )
+    p.add_argument(
+        "--short-names",
+        "--short_tags",
+        action="store_true",
+        help="use the short field names (hed, met, rid, ...)",
+    )
+    p.add_argument(
+        "--format",
+        "-f",
+        choices=("json", "cbor"),
+        default="json",
+        help="report encoding (default: json, printed indented)",
+    )
+    p.add_argument(
+        "--include-custom-metrics",
+        "--custom-metrics",
+        action="store_true",
+        help="add the cpu_usage custom metric",
+    )
+    p.add_argument(
+        "--include-loopback-connections",
+        action="store_true",
+        help="also report connections to 127.0.0.0/8 and ::1",
+    )
+    p.add_argument(
+        "--interfaces-include",
+        action="append",
+        metavar="GLOB",
+        help="interfaces counted in network_stats (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--interfaces-exclude",
+        action="append",
+        metavar="GLOB",
+        help="interfaces left out of network_stats (repeatable; default: lo)",
+    )
+    p.add_argument(
+        "--wildcard-interface",
+        metavar="NAME",
+        default=None,
+        help="interface name for ports bound to 0.0.0.0 or :: (default: leave the interface out)",
+    )
+    p.add_argument(
+        "--socket-source",
+        choices=("auto", "proc", "netlink"),
+        default="auto",
+        help="read sockets from /proc files or netlink sock_diag "
+        "(default: auto = netlink for the live /proc)",
+    )
+    p.add_argument(
+        "--proc-root",
+        type=_directory,
+        default=None,
+        metavar="DIR",
+        help="the proc filesystem to read (default: $PROCFS_PATH or /proc)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the last report id is kept (default: $DEFENDER_AGENT_STATE_DIR, "
+        "/var/lib/defender-agent as root, else ~/.local/state/defender-agent)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default=None,
+        help="write reports to FILE ('-' = stdout; required for CBOR on a terminal)",
+    )
     p.set_defaults(func=_cmd_collect)
 
 
@@ -146,10 +213,16 @@ def _add_validate(sub: argparse._SubParsersAction[_Parser]) -> None:
         "when valid (warnings are printed), 1 with every problem listed when invalid.",
     )
     p.add_argument("file", metavar="FILE", help="the report ('-' reads stdin)")
-    p.add_argument("--format", "-f", choices=("json", "cbor"), default=None,
-                   help="the encoding (default: detect)")
-    p.add_argument("--allow-mixed-names", action="store_true",
-                   help="accept long and short names in one report")
+    p.add_argument(
+        "--format",
+        "-f",
+        choices=("json", "cbor"),
+        default=None,
+        help="the encoding (default: detect)",
+    )
+    p.add_argument(
+        "--allow-mixed-names", action="store_true", help="accept long and short names in one report"
+    )
     p.set_defaults(func=_cmd_validate)
 
 
@@ -161,11 +234,15 @@ def build_parser() -> _Parser:
         "builds, validates and publishes Device Defender reports.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="warning",
-                        choices=("debug", "info", "warning", "error"),
-                        help="log verbosity on stderr (default: warning)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="log verbosity on stderr (default: warning)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     _add_collect(sub)
     _add_validate(sub)
     return parser
@@ -245,9 +322,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise AgentError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     fmt = PayloadFormat(args.format) if args.format else None
-    result = validate_payload(
-        data, fmt, ValidationPolicy(allow_mixed_names=args.allow_mixed_names)
-    )
+    result = validate_payload(data, fmt, ValidationPolicy(allow_mixed_names=args.allow_mixed_names))
     for problem in result.problems:
         print(f"{args.file}: {problem.severity.value}: {problem}", file=sys.stderr)
     if not result.ok:

@@ -128,7 +128,10 @@ class Collector:
         if count:
             self.malformed[name] = self.malformed.get(name, 0) + count
             self._warn_once(
-                f"malformed:{name}", "skipped %d malformed line(s) in %s", count, self.procfs.path(name)
+                f"malformed:{name}",
+                "skipped %d malformed line(s) in %s",
+                count,
+                self.procfs.path(name),
             )
 
     def _read(self, *parts: str) -> Optional[str]:
@@ -136,8 +139,12 @@ class Collector:
             return self.procfs.read_text(*parts)
         except OSError as exc:
             path = self.procfs.path(*parts)
-            self._warn_once(f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path,
-                            exc.strerror or exc)
+            self._warn_once(
+                f"missing:{path}",
+                "cannot read %s (%s); leaving out its metrics",
+                path,
+                exc.strerror or exc,
+            )
             return None
 
     # ------------------------------------------------------------------ reading
@@ -165,8 +172,9 @@ class Collector:
         tables = read_socket_tables(self.procfs, cfg.socket_source)
         for name, reason in tables.missing.items():
             path = self.procfs.path(name)
-            self._warn_once(f"missing:{path}", "cannot read %s (%s); leaving out its metrics",
-                            path, reason)
+            self._warn_once(
+                f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path, reason
+            )
         for name, count in tables.malformed.items():
             self._count_malformed(name, count)
         interfaces = read_interface_map(self.procfs, cfg.wildcard_interface)

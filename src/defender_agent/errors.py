@@ -8,7 +8,7 @@
     │   └── ProcParseError     a /proc file could not be parsed (names the file and line)
     ├── ReportError            a report could not be built, encoded or decoded
     │   ├── ReportDecodeError  a payload is not a JSON object / CBOR map
-    │   └── ReportTooLarge     a report cannot be made to fit the size limit
+    │   └── ReportTooLargeError     a report cannot be made to fit the size limit
     └── StateError             the state directory cannot be used
 
 Every message is one line that names what is wrong; the CLI prints it without
@@ -24,7 +24,7 @@ __all__ = [
     "ProcParseError",
     "ReportDecodeError",
     "ReportError",
-    "ReportTooLarge",
+    "ReportTooLargeError",
     "StateError",
 ]
 
@@ -53,7 +53,7 @@ class ReportDecodeError(ReportError):
     """A payload is not a well-formed JSON object or CBOR map."""
 
 
-class ReportTooLarge(ReportError):
+class ReportTooLargeError(ReportError):
     """A report cannot be brought under the size limit."""
 
 

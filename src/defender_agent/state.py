@@ -45,7 +45,9 @@ def default_state_dir(environ: Optional[dict[str, str]] = None) -> Path:
         return Path(env["DEFENDER_AGENT_STATE_DIR"])
     if os.geteuid() == 0:
         return Path("/var/lib/defender-agent")
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/state")
+    base = env.get("XDG_STATE_HOME") or str(
+        Path(env.get("HOME", "~")).expanduser() / ".local/state"
+    )
     return Path(base) / "defender-agent"
 
 
@@ -83,7 +85,9 @@ class StateDir:
             log.warning("ignoring unreadable state file %s: %s", file, exc)
             return None
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            log.warning("ignoring state file %s: not a version %d state document", file, STATE_VERSION)
+            log.warning(
+                "ignoring state file %s: not a version %d state document", file, STATE_VERSION
+            )
             return None
         return data
 
@@ -142,9 +146,7 @@ class ReportIdSequence:
     (1700000000000, 1700000000001)
     """
 
-    def __init__(
-        self, state: Optional[StateDir], clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, state: Optional[StateDir], clock: Callable[[], float] = time.time) -> None:
         self._state = state
         self._clock = clock
         self._last = 0
@@ -164,10 +166,11 @@ class ReportIdSequence:
                     persisted = last if isinstance(last, int) and not isinstance(last, bool) else 0
                     candidate = max(now_ms, self._last + 1, persisted + 1)
                     self._state.save("report-id", {"last_report_id": candidate})
-                self._last = candidate
-                return candidate
             except StateError as exc:
                 log.warning("%s; report ids are kept in memory only", exc)
                 self._state = None
+            else:
+                self._last = candidate
+                return candidate
         self._last = max(now_ms, self._last + 1)
         return self._last

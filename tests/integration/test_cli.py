@@ -19,10 +19,17 @@ from tests.conftest import GOLDEN, proc_fixture
 EXE = [sys.executable, "-m", "defender_agent"]
 
 
-def run(*args: str, stdin: bytes | None = None, timeout: float = 60, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*EXE, *args], input=stdin, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+def run(
+    *args: str, stdin: bytes | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*EXE, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def documents(stdout: bytes) -> list[Any]:
@@ -47,8 +54,19 @@ def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
 
 # --------------------------------------------------------------------------- collect
 def test_collect_fixture_matches_the_golden_sockets(tmp_path: Path) -> None:
-    result = run("collect", "--proc-root", str(proc_fixture("gateway_dualstack")), "-n", "1",
-                 "-s", "0", "-l", "50", "--state-dir", str(tmp_path))
+    result = run(
+        "collect",
+        "--proc-root",
+        str(proc_fixture("gateway_dualstack")),
+        "-n",
+        "1",
+        "-s",
+        "0",
+        "-l",
+        "50",
+        "--state-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     [doc] = documents(result.stdout)
     golden = json.loads((GOLDEN / "gateway_dualstack.long.json").read_text())
@@ -56,30 +74,53 @@ def test_collect_fixture_matches_the_golden_sockets(tmp_path: Path) -> None:
         assert doc["metrics"][group] == golden["metrics"][group]
     # baseline and sample read the same files: a zero delta, and no CPU metric asked for
     assert doc["metrics"]["network_stats"] == {
-        "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "packets_in": 0,
+        "packets_out": 0,
+    }
     assert "custom_metrics" not in doc
     assert result.stderr == b""
 
 
 def test_collect_live_n1_s1_is_complete(tmp_path: Path) -> None:
     start = time.monotonic()
-    result = run("collect", "-n", "1", "-s", "1", "--include-custom-metrics",
-                 "--state-dir", str(tmp_path))
+    result = run(
+        "collect", "-n", "1", "-s", "1", "--include-custom-metrics", "--state-dir", str(tmp_path)
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     [doc] = documents(result.stdout)
     assert set(doc) == {"header", "metrics", "custom_metrics"}
-    assert set(doc["metrics"]) == {"listening_tcp_ports", "listening_udp_ports", "network_stats",
-                                   "tcp_connections"}
+    assert set(doc["metrics"]) == {
+        "listening_tcp_ports",
+        "listening_udp_ports",
+        "network_stats",
+        "tcp_connections",
+    }
     assert doc["header"]["version"] == "1.0"
     assert 0 <= doc["custom_metrics"]["cpu_usage"][0]["number"] <= 100
     assert elapsed >= 1.0
 
 
 def test_the_sample_spelling_of_the_collector(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "defender_agent.collector", "-n", "1", "-s", "1",
-                             "--short-names", "--state-dir", str(tmp_path)],
-                            capture_output=True, timeout=60, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defender_agent.collector",
+            "-n",
+            "1",
+            "-s",
+            "1",
+            "--short-names",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     [doc] = documents(result.stdout)
     assert set(doc) == {"hed", "met"}
@@ -98,8 +139,20 @@ def test_several_samples_have_increasing_ids(tmp_path: Path) -> None:
 
 def test_collect_cbor_to_a_file_and_to_stdout(tmp_path: Path) -> None:
     out = tmp_path / "report.cbor"
-    result = run("collect", "-n", "2", "-s", "0", "--format", "cbor", "--short-names",
-                 "-o", str(out), "--state-dir", str(tmp_path))
+    result = run(
+        "collect",
+        "-n",
+        "2",
+        "-s",
+        "0",
+        "--format",
+        "cbor",
+        "--short-names",
+        "-o",
+        str(out),
+        "--state-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == b""
     data = out.read_bytes()
@@ -139,8 +192,17 @@ def test_missing_proc_file_drops_its_group_with_one_warning(tmp_path: Path) -> N
     root = tmp_path / "proc"
     shutil.copytree(proc_fixture("gateway_dualstack"), root)
     (root / "net" / "udp").unlink()
-    result = run("collect", "--proc-root", str(root), "-n", "3", "-s", "0",
-                 "--state-dir", str(tmp_path / "state"))
+    result = run(
+        "collect",
+        "--proc-root",
+        str(root),
+        "-n",
+        "3",
+        "-s",
+        "0",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert result.returncode == 0
     docs = documents(result.stdout)
     assert len(docs) == 3
@@ -151,8 +213,17 @@ def test_missing_proc_file_drops_its_group_with_one_warning(tmp_path: Path) -> N
 
 
 def test_malformed_lines_are_skipped_with_a_warning(tmp_path: Path) -> None:
-    result = run("collect", "--proc-root", str(proc_fixture("malformed")), "-n", "2", "-s", "0",
-                 "--state-dir", str(tmp_path))
+    result = run(
+        "collect",
+        "--proc-root",
+        str(proc_fixture("malformed")),
+        "-n",
+        "2",
+        "-s",
+        "0",
+        "--state-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0
     err = result.stderr.decode()
     assert "skipped 4 malformed line(s) in" in err and "net/tcp" in err
@@ -172,20 +243,37 @@ def test_unwritable_state_dir_still_reports(tmp_path: Path) -> None:
 
 
 def test_procfs_path_environment_variable(tmp_path: Path) -> None:
-    result = run("collect", "-n", "1", "-s", "0", "--state-dir", str(tmp_path),
-                 env={"PROCFS_PATH": str(proc_fixture("idle_container"))})
+    result = run(
+        "collect",
+        "-n",
+        "1",
+        "-s",
+        "0",
+        "--state-dir",
+        str(tmp_path),
+        env={"PROCFS_PATH": str(proc_fixture("idle_container"))},
+    )
     assert result.returncode == 0, result.stderr
     [doc] = documents(result.stdout)
     assert doc["metrics"]["listening_tcp_ports"] == {"ports": [], "total": 0}
     assert doc["metrics"]["tcp_connections"] == {
-        "established_connections": {"connections": [], "total": 0}}
+        "established_connections": {"connections": [], "total": 0}
+    }
 
 
 def test_version_and_help() -> None:
     assert run("--version").stdout.decode().startswith("defender-agent ")
     helptext = run("collect", "--help").stdout.decode()
-    for flag in ("--number-samples", "--sample-rate", "--list-size", "--short-names", "--format",
-                 "--include-custom-metrics", "--custom-metrics", "--proc-root"):
+    for flag in (
+        "--number-samples",
+        "--sample-rate",
+        "--list-size",
+        "--short-names",
+        "--format",
+        "--include-custom-metrics",
+        "--custom-metrics",
+        "--proc-root",
+    ):
         assert flag in helptext
 
 
@@ -201,9 +289,11 @@ def test_validate_golden_files() -> None:
 
 
 def test_validate_lists_every_problem_with_its_path(tmp_path: Path) -> None:
-    bad = {"header": {"report_id": 0, "version": "1.0"},
-           "metrics": {"listening_tcp_ports": {"ports": [{"port": 70000}], "total": -1}},
-           "custom_metrics": {"m": {"number": 0}}}
+    bad = {
+        "header": {"report_id": 0, "version": "1.0"},
+        "metrics": {"listening_tcp_ports": {"ports": [{"port": 70000}], "total": -1}},
+        "custom_metrics": {"m": {"number": 0}},
+    }
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     result = run("validate", str(path))
@@ -218,8 +308,15 @@ def test_validate_lists_every_problem_with_its_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\x00\x01\x02\xff" * 100, b"[" * 200_000 + b"]" * 200_000, b"\x81" * 200_000,
-     b"not json at all", b'{"header": NaN}', os.urandom(4096)],
+    [
+        b"",
+        b"\x00\x01\x02\xff" * 100,
+        b"[" * 200_000 + b"]" * 200_000,
+        b"\x81" * 200_000,
+        b"not json at all",
+        b'{"header": NaN}',
+        os.urandom(4096),
+    ],
     ids=["empty", "binary", "deep-json", "deep-cbor", "text", "nan", "random"],
 )
 def test_validate_garbage_is_reported_cleanly(payload: bytes) -> None:

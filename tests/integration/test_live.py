@@ -13,6 +13,7 @@ import pytest
 
 from defender_agent.collect import Collector, CollectorConfig
 from defender_agent.collectors import _sockdiag
+from defender_agent.collectors.sockets import SocketSource
 from defender_agent.model import Report
 
 pytestmark = pytest.mark.live
@@ -22,10 +23,12 @@ HAS_IPV6 = socket.has_ipv6 and Path("/proc/net/tcp6").exists()
 
 @dataclass
 class Opened:
-    tcp_listeners: dict[int, str] = field(default_factory=dict)      # port -> expected interface
+    tcp_listeners: dict[int, str] = field(default_factory=dict)  # port -> expected interface
     udp_listeners: dict[int, str] = field(default_factory=dict)
-    udp_clients: list[int] = field(default_factory=list)              # local ports of connected UDP
-    connections: list[tuple[str, int, int]] = field(default_factory=list)  # (remote ip, rport, lport)
+    udp_clients: list[int] = field(default_factory=list)  # local ports of connected UDP
+    connections: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (remote ip, rport, lport)
     sockets: list[socket.socket] = field(default_factory=list)
 
 
@@ -34,7 +37,8 @@ def opened() -> Iterator[Opened]:
     o = Opened()
     try:
         for family, addr in [(socket.AF_INET, "127.0.0.1")] + (
-                [(socket.AF_INET6, "::1")] if HAS_IPV6 else []):
+            [(socket.AF_INET6, "::1")] if HAS_IPV6 else []
+        ):
             srv = socket.socket(family, socket.SOCK_STREAM)
             srv.bind((addr, 0))
             srv.listen(16)
@@ -46,8 +50,8 @@ def opened() -> Iterator[Opened]:
                 acc, _peer = srv.accept()
                 o.sockets += [cli, acc]
                 lport = cli.getsockname()[1]
-                o.connections.append((addr, port, lport))      # client side
-                o.connections.append((addr, lport, port))      # server side
+                o.connections.append((addr, port, lport))  # client side
+                o.connections.append((addr, lport, port))  # server side
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.bind((addr, 0))
             o.sockets.append(udp)
@@ -62,10 +66,14 @@ def opened() -> Iterator[Opened]:
             s.close()
 
 
-def collect(source: str) -> Report:
-    config = CollectorConfig(proc_root=Path("/proc"), include_loopback_connections=True,
-                             list_size=1_000_000, max_report_bytes=1 << 40,
-                             socket_source=source)  # type: ignore[arg-type]
+def collect(source: SocketSource) -> Report:
+    config = CollectorConfig(
+        proc_root=Path("/proc"),
+        include_loopback_connections=True,
+        list_size=1_000_000,
+        max_report_bytes=1 << 40,
+        socket_source=source,
+    )
     collector = Collector(config, state_dir=None)
     collector.cycle()
     report = collector.cycle()
@@ -73,11 +81,13 @@ def collect(source: str) -> Report:
     return report
 
 
-SOURCES = ["proc"] + (["netlink"] if _sockdiag.available() else [])
+SOURCES: list[SocketSource] = ["proc"]
+if _sockdiag.available():
+    SOURCES.append("netlink")
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_reports_exactly_the_opened_sockets(opened: Opened, source: str) -> None:
+def test_reports_exactly_the_opened_sockets(opened: Opened, source: SocketSource) -> None:
     report = collect(source)
     assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
     tcp = {(p.port, p.interface) for p in report.listening_tcp_ports.ports}
@@ -89,18 +99,25 @@ def test_reports_exactly_the_opened_sockets(opened: Opened, source: str) -> None
     for port in opened.udp_clients:  # connected UDP sockets are not listeners
         assert port not in {p for p, _ in udp}
     ours = set(opened.tcp_listeners) | {lport for _, _, lport in opened.connections}
-    seen = [(c.remote_ip, c.remote_port, c.local_port) for c in report.tcp_connections.connections
-            if c.local_port in ours and c.remote_port in ours]
+    seen = [
+        (c.remote_ip, c.remote_port, c.local_port)
+        for c in report.tcp_connections.connections
+        if c.local_port in ours and c.remote_port in ours
+    ]
     assert sorted(seen) == sorted(opened.connections)
-    assert all(c.local_interface == "lo" for c in report.tcp_connections.connections
-               if c.local_port in ours)
+    assert all(
+        c.local_interface == "lo"
+        for c in report.tcp_connections.connections
+        if c.local_port in ours
+    )
     assert report.listening_tcp_ports.total == len(report.listening_tcp_ports.ports)
     assert report.tcp_connections.total == len(report.tcp_connections.connections)
 
 
 def test_loopback_connections_left_out_by_default(opened: Opened) -> None:
-    collector = Collector(CollectorConfig(proc_root=Path("/proc"), list_size=1_000_000),
-                          state_dir=None)
+    collector = Collector(
+        CollectorConfig(proc_root=Path("/proc"), list_size=1_000_000), state_dir=None
+    )
     collector.cycle()
     report = collector.cycle()
     assert report is not None and report.tcp_connections is not None
@@ -108,7 +125,9 @@ def test_loopback_connections_left_out_by_default(opened: Opened) -> None:
 
 
 def ss_lines(*args: str) -> list[str]:
-    out = subprocess.run(["ss", "-H", *args], capture_output=True, text=True, check=True, timeout=30)
+    out = subprocess.run(
+        ["ss", "-H", *args], capture_output=True, text=True, check=True, timeout=30
+    )
     return out.stdout.splitlines()
 
 
@@ -118,23 +137,29 @@ def local_port(column: str) -> int:
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
 @pytest.mark.parametrize("source", SOURCES)
-def test_cross_check_with_ss(opened: Opened, source: str) -> None:
+def test_cross_check_with_ss(opened: Opened, source: SocketSource) -> None:
     # Other processes may open or close sockets meanwhile: compare on a quiet retry.
     for _attempt in range(5):
-        before_tcp = {local_port(l.split()[3]) for l in ss_lines("-ltn")}
-        before_udp = {local_port(l.split()[3]) for l in ss_lines("-lun")}
+        before_tcp = {local_port(row.split()[3]) for row in ss_lines("-ltn")}
+        before_udp = {local_port(row.split()[3]) for row in ss_lines("-lun")}
         report = collect(source)
-        after_tcp = {local_port(l.split()[3]) for l in ss_lines("-ltn")}
-        after_udp = {local_port(l.split()[3]) for l in ss_lines("-lun")}
+        after_tcp = {local_port(row.split()[3]) for row in ss_lines("-ltn")}
+        after_udp = {local_port(row.split()[3]) for row in ss_lines("-lun")}
         if before_tcp == after_tcp and before_udp == after_udp:
             break
     assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
     assert {p.port for p in report.listening_tcp_ports.ports} == after_tcp
     assert {p.port for p in report.listening_udp_ports.ports} == after_udp - {0}
     ours = set(opened.tcp_listeners)
-    ss_est = [l.split() for l in ss_lines("-tn", "state", "established")]
-    ss_ours = sorted((local_port(f[2]), local_port(f[3])) for f in ss_est
-                     if local_port(f[2]) in ours or local_port(f[3]) in ours)
-    mine = sorted((c.local_port, c.remote_port) for c in report.tcp_connections.connections
-                  if c.local_port in ours or c.remote_port in ours)
+    ss_est = [row.split() for row in ss_lines("-tn", "state", "established")]
+    ss_ours = sorted(
+        (local_port(f[2]), local_port(f[3]))
+        for f in ss_est
+        if local_port(f[2]) in ours or local_port(f[3]) in ours
+    )
+    mine = sorted(
+        (c.local_port, c.remote_port)
+        for c in report.tcp_connections.connections
+        if c.local_port in ours or c.remote_port in ours
+    )
     assert mine == ss_ours and len(mine) == len(opened.connections)

@@ -89,9 +89,9 @@ def test_listening_ports_gateway() -> None:
     _, t, imap = tables("gateway_dualstack")
     assert t.tcp is not None and t.udp is not None and t.missing == {} and t.malformed == {}
     assert listening_tcp_ports(t.tcp, imap) == [
-        ListeningPort(22),          # 0.0.0.0 and :: merged, wildcard: no interface
-        ListeningPort(80),          # dual-stack ::
-        ListeningPort(631, "lo"),   # 127.0.0.1 and ::1 merged
+        ListeningPort(22),  # 0.0.0.0 and :: merged, wildcard: no interface
+        ListeningPort(80),  # dual-stack ::
+        ListeningPort(631, "lo"),  # 127.0.0.1 and ::1 merged
         ListeningPort(1883, "wlan0"),
         ListeningPort(8443, "eth0"),  # 192.0.2.10 and 2001:db8::10 merged
     ]
@@ -114,8 +114,10 @@ def test_listening_ports_ipv4_only_and_idle() -> None:
 
 
 def test_never_null_interface_and_port_zero_skipped() -> None:
-    rows = [(socket.AF_INET, v4("203.0.113.1"), 5000, bytes(4), 0, 10),
-            (socket.AF_INET, bytes(4), 0, bytes(4), 0, 7)]
+    rows = [
+        (socket.AF_INET, v4("203.0.113.1"), 5000, bytes(4), 0, 10),
+        (socket.AF_INET, bytes(4), 0, bytes(4), 0, 7),
+    ]
     assert listening_tcp_ports(rows, InterfaceMap()) == [ListeningPort(5000, None)]
     assert listening_udp_ports(rows[1:], InterfaceMap()) == []
 
@@ -129,13 +131,13 @@ def test_connections_gateway() -> None:
     remote = sorted((c.remote_ip, c.remote_port) for c in conns if c.remote_port in (443, 8883))
     assert remote == sorted(
         [("192.0.2.1", 443)] * 3
-        + [("192.0.2.1", 8883)] * 4          # three plain + one v4-mapped, shown as IPv4
+        + [("192.0.2.1", 8883)] * 4  # three plain + one v4-mapped, shown as IPv4
         + [("2001:db8::1", 443)] * 3
         + [("198.51.100.1", 8883)]
     )
     incoming = [c for c in conns if c.local_port in (22, 80)]
     assert sorted(c.local_port for c in incoming) == [22, 80, 80]
-    assert {c.remote_ip for c in incoming} == {"192.0.2.1"}   # v4-mapped on the dual-stack side
+    assert {c.remote_ip for c in incoming} == {"192.0.2.1"}  # v4-mapped on the dual-stack side
     by_iface = {c.remote_ip: c.local_interface for c in conns}
     assert by_iface == {"192.0.2.1": "eth0", "2001:db8::1": "eth0", "198.51.100.1": "wlan0"}
     assert all(":" not in c.remote_ip or c.remote_addr.startswith("[") for c in conns)
@@ -164,8 +166,10 @@ def test_connections_truncated_deterministically() -> None:
 
 
 def test_select_rows_prefers_distinct_remotes() -> None:
-    rows = [(socket.AF_INET, v4("192.0.2.10"), 40000 + i, v4(f"203.0.113.{i % 5}"), 443, 1)
-            for i in range(50)]
+    rows = [
+        (socket.AF_INET, v4("192.0.2.10"), 40000 + i, v4(f"203.0.113.{i % 5}"), 443, 1)
+        for i in range(50)
+    ]
     chosen = select_rows(rows, 7)
     assert len({r[3] for r in chosen}) == 5
     assert select_rows(rows, 7) == select_rows(rows[::-1], 7)
@@ -219,7 +223,10 @@ def test_select_interfaces() -> None:
     c = InterfaceCounters(1, 1, 1, 1)
     all_ifaces = {"lo": c, "eth0": c, "wlan0": c, "docker0": c, "veth12ab": c}
     assert set(select_interfaces(all_ifaces)) == {"eth0", "wlan0", "docker0", "veth12ab"}
-    assert set(select_interfaces(all_ifaces, exclude=["lo", "docker*", "veth*"])) == {"eth0", "wlan0"}
+    assert set(select_interfaces(all_ifaces, exclude=["lo", "docker*", "veth*"])) == {
+        "eth0",
+        "wlan0",
+    }
     assert set(select_interfaces(all_ifaces, include=["eth*", "lo"], exclude=[])) == {"eth0", "lo"}
 
 
@@ -233,13 +240,15 @@ def test_cpu_usage_from_recorded_samples() -> None:
     assert usage is not None and 0.0 <= usage <= 100.0
 
 
-@pytest.mark.parametrize("text", ["", "cpu0 1 2 3 4\n", "cpu  a b c d\n", "cpu  1 2\n", "cpu  1 2 -3 4\n"])
+@pytest.mark.parametrize(
+    "text", ["", "cpu0 1 2 3 4\n", "cpu  a b c d\n", "cpu  1 2\n", "cpu  1 2 -3 4\n"]
+)
 def test_proc_stat_malformed(text: str) -> None:
     assert parse_proc_stat(text) is None
 
 
 def test_cpu_percent_edges() -> None:
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(100, 50)) is None
-    assert cpu_percent(CpuTimes(100, 50), CpuTimes(90, 40)) is None     # counters went back
+    assert cpu_percent(CpuTimes(100, 50), CpuTimes(90, 40)) is None  # counters went back
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(200, 150)) == 0.0
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(200, 50)) == 100.0

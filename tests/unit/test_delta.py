@@ -23,8 +23,10 @@ def test_exact_when_rising(previous: int, step: int) -> None:
     assert counter_delta(previous, previous + step) == step
 
 
-@given(st.integers(min_value=WRAP - WRAP_WINDOW, max_value=WRAP - 1),
-       st.integers(min_value=0, max_value=WRAP_WINDOW - 1))
+@given(
+    st.integers(min_value=WRAP - WRAP_WINDOW, max_value=WRAP - 1),
+    st.integers(min_value=0, max_value=WRAP_WINDOW - 1),
+)
 def test_32_bit_wrap_counts_across_the_top(previous: int, current: int) -> None:
     assert counter_delta(previous, current) == WRAP - previous + current
 
@@ -53,8 +55,9 @@ names = st.sampled_from(["eth0", "wlan0", "ppp0", "docker0", "veth1"])
 
 
 @given(st.dictionaries(names, counters), st.dictionaries(names, counters))
-def test_network_delta_properties(previous: dict[str, InterfaceCounters],
-                                  current: dict[str, InterfaceCounters]) -> None:
+def test_network_delta_properties(
+    previous: dict[str, InterfaceCounters], current: dict[str, InterfaceCounters]
+) -> None:
     stats = network_delta(previous, current)
     assert min(stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out) >= 0
     # interfaces that appeared contribute nothing; vanished ones are ignored
@@ -64,16 +67,22 @@ def test_network_delta_properties(previous: dict[str, InterfaceCounters],
 
 
 def test_network_delta_per_interface_reset_does_not_cancel_others() -> None:
-    previous = {"eth0": InterfaceCounters(1000, 10, 2000, 20),
-                "wlan0": InterfaceCounters(5_000_000, 5000, 6_000_000, 6000)}
-    current = {"eth0": InterfaceCounters(1500, 15, 2600, 26),
-               "wlan0": InterfaceCounters(100, 1, 200, 2)}          # wlan0 driver reloaded
+    previous = {
+        "eth0": InterfaceCounters(1000, 10, 2000, 20),
+        "wlan0": InterfaceCounters(5_000_000, 5000, 6_000_000, 6000),
+    }
+    current = {
+        "eth0": InterfaceCounters(1500, 15, 2600, 26),
+        "wlan0": InterfaceCounters(100, 1, 200, 2),
+    }  # wlan0 driver reloaded
     assert network_delta(previous, current) == NetworkStats(
-        bytes_in=600, bytes_out=800, packets_in=6, packets_out=8)
+        bytes_in=600, bytes_out=800, packets_in=6, packets_out=8
+    )
 
 
 def test_network_delta_wrap_on_one_interface() -> None:
     previous = {"eth0": InterfaceCounters(WRAP - 100, 5, 10, 1)}
     current = {"eth0": InterfaceCounters(50, 6, 20, 2)}
     assert network_delta(previous, current) == NetworkStats(
-        bytes_in=150, bytes_out=10, packets_in=1, packets_out=1)
+        bytes_in=150, bytes_out=10, packets_in=1, packets_out=1
+    )

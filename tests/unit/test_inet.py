@@ -126,8 +126,10 @@ def test_parser_round_trips_v4(sockets: list[tuple[bytes, int, bytes, int, int]]
     assert rows == [(socket.AF_INET, *s) for s in sockets]
 
 
-@given(st.lists(st.tuples(addresses_v6, ports, addresses_v6, ports, states), max_size=40),
-       st.frozensets(states))
+@given(
+    st.lists(st.tuples(addresses_v6, ports, addresses_v6, ports, states), max_size=40),
+    st.frozensets(states),
+)
 def test_parser_round_trips_v6_with_filter(
     sockets: list[tuple[bytes, int, bytes, int, int]], wanted: frozenset[int]
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defender_agent.errors import ReportTooLarge
+from defender_agent.errors import ReportTooLargeError
 from defender_agent.model import (
     Connection,
     ConnectionList,
@@ -23,7 +23,7 @@ from defender_agent.model import (
 from defender_agent.report.document import to_document
 from defender_agent.report.fit import fit_report
 from defender_agent.report.names import LONG_TO_SHORT, SHORT_TO_LONG, NameStyle
-from defender_agent.report.serialize import encode_report, pretty_json
+from defender_agent.report.serialize import ReportFormat, encode_report, pretty_json
 from defender_agent.report.validate import validate_document, validate_payload
 
 FULL = Report(
@@ -55,14 +55,19 @@ def rename(node: object) -> object:
 def test_long_document_matches_the_protocol_example() -> None:
     doc = to_document(FULL, NameStyle.LONG)
     assert doc["header"] == {"report_id": 1700000000000, "version": "1.0"}
-    assert doc["metrics"]["tcp_connections"] == {"established_connections": {
-        "connections": [
-            {"remote_addr": "203.0.113.7:8883", "local_port": 50312, "local_interface": "eth0"},
-            {"remote_addr": "[2001:db8::5]:443", "local_port": 50400},
-        ],
-        "total": 5}}
+    assert doc["metrics"]["tcp_connections"] == {
+        "established_connections": {
+            "connections": [
+                {"remote_addr": "203.0.113.7:8883", "local_port": 50312, "local_interface": "eth0"},
+                {"remote_addr": "[2001:db8::5]:443", "local_port": 50400},
+            ],
+            "total": 5,
+        }
+    }
     assert doc["metrics"]["listening_tcp_ports"] == {
-        "ports": [{"port": 22, "interface": "eth0"}, {"port": 80}], "total": 2}
+        "ports": [{"port": 22, "interface": "eth0"}, {"port": 80}],
+        "total": 2,
+    }
     assert doc["custom_metrics"] == {
         "cpu_usage": [{"number": 12.5}],
         "ifaces": [{"string_list": ["eth0", "lo"]}],
@@ -71,7 +76,11 @@ def test_long_document_matches_the_protocol_example() -> None:
     }
     assert list(doc) == ["header", "metrics", "custom_metrics"]
     assert list(doc["metrics"]) == [
-        "listening_tcp_ports", "listening_udp_ports", "network_stats", "tcp_connections"]
+        "listening_tcp_ports",
+        "listening_udp_ports",
+        "network_stats",
+        "tcp_connections",
+    ]
 
 
 def test_short_document_is_the_long_one_renamed() -> None:
@@ -79,7 +88,11 @@ def test_short_document_is_the_long_one_renamed() -> None:
     assert rename(short) == to_document(FULL, NameStyle.LONG)
     assert set(short) == {"hed", "met", "cmet"}
     assert short["cmet"]["cpu_usage"] == [{"number": 12.5}]  # custom names/keys never shortened
-    assert short["met"]["tc"]["ec"]["cs"][0] == {"rad": "203.0.113.7:8883", "lp": 50312, "li": "eth0"}
+    assert short["met"]["tc"]["ec"]["cs"][0] == {
+        "rad": "203.0.113.7:8883",
+        "lp": 50312,
+        "li": "eth0",
+    }
 
 
 def test_every_table_name_is_emitted() -> None:
@@ -96,8 +109,8 @@ def test_every_table_name_is_emitted() -> None:
 
 @pytest.mark.parametrize("short", [False, True])
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
-def test_encodings_round_trip_and_validate(fmt: str, short: bool) -> None:
-    payload = encode_report(FULL, fmt, short_names=short)  # type: ignore[arg-type]
+def test_encodings_round_trip_and_validate(fmt: ReportFormat, short: bool) -> None:
+    payload = encode_report(FULL, fmt, short_names=short)
     decoded = json.loads(payload) if fmt == "json" else cbor2.loads(payload)
     assert decoded == to_document(FULL, NameStyle.SHORT if short else NameStyle.LONG)
     result = validate_payload(payload)
@@ -125,17 +138,24 @@ def test_cbor_is_smaller_than_json() -> None:
 def many(n: int) -> Report:
     conns = tuple(Connection(f"2001:db8::{i:x}", 443, i % 65535 + 1, "wlan0") for i in range(n))
     ports = tuple(ListeningPort(i + 1, "eth0") for i in range(min(n, 65535)))
-    return Report(report_id=2**53, tcp_connections=ConnectionList(conns, n),
-                  listening_tcp_ports=PortList(ports, len(ports)))
+    return Report(
+        report_id=2**53,
+        tcp_connections=ConnectionList(conns, n),
+        listening_tcp_ports=PortList(ports, len(ports)),
+    )
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(min_value=0, max_value=20000), st.sampled_from(["json", "cbor"]),
-       st.booleans(), st.integers(min_value=600, max_value=131072))
-def test_fit_always_under_the_limit(n: int, fmt: str, short: bool, limit: int) -> None:
+@given(
+    st.integers(min_value=0, max_value=20000),
+    st.sampled_from(["json", "cbor"]),
+    st.booleans(),
+    st.integers(min_value=600, max_value=131072),
+)
+def test_fit_always_under_the_limit(n: int, fmt: ReportFormat, short: bool, limit: int) -> None:
     report = many(n)
-    fitted = fit_report(report, fmt, short_names=short, max_bytes=limit)  # type: ignore[arg-type]
-    assert len(encode_report(fitted, fmt, short_names=short)) <= limit  # type: ignore[arg-type]
+    fitted = fit_report(report, fmt, short_names=short, max_bytes=limit)
+    assert len(encode_report(fitted, fmt, short_names=short)) <= limit
     assert fitted.tcp_connections is not None and fitted.tcp_connections.total == n
     # kept entries are a prefix of the original lists (deterministic truncation)
     kept = fitted.tcp_connections.connections
@@ -153,7 +173,13 @@ def test_fit_uses_the_space() -> None:
 
 
 def test_fit_gives_up_with_a_clear_error() -> None:
-    big = Report(report_id=1, custom_metrics=(
-        CustomMetric("blob", CustomMetricType.STRING_LIST, tuple("x" * 100 for _ in range(2000))),))
-    with pytest.raises(ReportTooLarge, match="does not fit in 4096 bytes"):
+    big = Report(
+        report_id=1,
+        custom_metrics=(
+            CustomMetric(
+                "blob", CustomMetricType.STRING_LIST, tuple("x" * 100 for _ in range(2000))
+            ),
+        ),
+    )
+    with pytest.raises(ReportTooLargeError, match="does not fit in 4096 bytes"):
         fit_report(big, max_bytes=4096)

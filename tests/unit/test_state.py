@@ -57,7 +57,9 @@ def test_corrupt_state_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert ReportIdSequence(StateDir(tmp_path), Clock(6.0)).next() == 6000
 
 
-def test_unwritable_state_dir_falls_back_to_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unwritable_state_dir_falls_back_to_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     seq = ReportIdSequence(StateDir(blocker / "sub"), Clock(1.0))
@@ -81,7 +83,7 @@ def test_save_into_unwritable_place_raises_state_error(tmp_path: Path) -> None:
         StateDir(blocker / "x").save("a", {})
 
 
-def _worker(path: str, n: int, queue: "multiprocessing.Queue[list[int]]") -> None:
+def _worker(path: str, n: int, queue: multiprocessing.Queue[list[int]]) -> None:
     seq = ReportIdSequence(StateDir(path), Clock(1_700_000_000.0))
     queue.put([seq.next() for _ in range(n)])
 

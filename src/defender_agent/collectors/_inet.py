@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Tuple
 
 __all__ = [
     "ESTABLISHED",
@@ -34,7 +33,7 @@ __all__ = [
 ]
 
 #: (family, local_ip_packed, local_port, remote_ip_packed, remote_port, state)
-SocketRow = Tuple[int, bytes, int, bytes, int, int]
+SocketRow = tuple[int, bytes, int, bytes, int, int]
 
 ESTABLISHED = 1
 LISTEN = 10
@@ -64,10 +63,10 @@ def decode_hex_address(hex_address: bytes) -> bytes:
 
 
 def unmap_v4(family: int, packed: bytes) -> tuple[int, bytes]:
-    """Show an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as the IPv4 address it maps.
+    r"""Show an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) as the IPv4 address it maps.
 
-    >>> unmap_v4(socket.AF_INET6, bytes(10) + b"\\xff\\xff" + bytes([192, 0, 2, 1]))[1]
-    b'\\xc0\\x00\\x02\\x01'
+    >>> unmap_v4(socket.AF_INET6, bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1]))[1]
+    b'\xc0\x00\x02\x01'
     """
     if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED_PREFIX:
         return socket.AF_INET, packed[12:]
@@ -84,7 +83,7 @@ def is_loopback(family: int, packed: bytes) -> bool:
 def parse_socket_table(
     data: bytes, family: int, states: frozenset[int] | None = None
 ) -> tuple[list[SocketRow], int]:
-    """Parse one socket table, keeping the rows whose state is in ``states``.
+    r"""Parse one socket table, keeping the rows whose state is in ``states``.
 
     Args:
         data: the file's content.
@@ -95,9 +94,9 @@ def parse_socket_table(
         The rows, and how many malformed lines were skipped (the header is not
         counted). A malformed line never raises.
 
-    >>> table = (b"  sl  local_address rem_address   st\\n"
-    ...          b"   0: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 1 1 0\\n"
-    ...          b"   1: garbage\\n")
+    >>> table = (b"  sl  local_address rem_address   st\n"
+    ...          b"   0: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 1 1 0\n"
+    ...          b"   1: garbage\n")
     >>> rows, bad = parse_socket_table(table, socket.AF_INET)
     >>> rows[0][2], rows[0][5], bad
     (22, 10, 1)

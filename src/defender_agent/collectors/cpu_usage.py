@@ -27,9 +27,9 @@ class CpuTimes(NamedTuple):
 
 
 def parse_proc_stat(text: str) -> Optional[CpuTimes]:
-    """Return the aggregate CPU times, or ``None`` when the ``cpu`` line is missing or malformed.
+    r"""Return the aggregate CPU times, or ``None`` when the ``cpu`` line is missing or malformed.
 
-    >>> parse_proc_stat("cpu  4705 356 584 3699 23 23 0 0 0 0\\ncpu0 1 2 3 4\\n")
+    >>> parse_proc_stat("cpu  4705 356 584 3699 23 23 0 0 0 0\ncpu0 1 2 3 4\n")
     CpuTimes(total=9390, idle=3722)
     """
     for line in text.splitlines():

@@ -24,10 +24,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
-from defender_agent.procfs import ProcFS
 from defender_agent.collectors._inet import is_loopback
+from defender_agent.procfs import ProcFS
 
-__all__ = ["InterfaceMap", "parse_fib_trie_local", "parse_if_inet6", "parse_route", "read_interface_map"]
+__all__ = [
+    "InterfaceMap",
+    "parse_fib_trie_local",
+    "parse_if_inet6",
+    "parse_route",
+    "read_interface_map",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +42,10 @@ _V6_ANY = bytes(16)
 
 
 def parse_if_inet6(text: str) -> dict[bytes, str]:
-    """Map packed IPv6 addresses to interface names from ``net/if_inet6``.
+    r"""Map packed IPv6 addresses to interface names from ``net/if_inet6``.
 
-    >>> parse_if_inet6("fe8000000000000000fc00fffe000001 04 40 20 80     eth0\\n")
-    {b'\\xfe\\x80\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\xfc\\x00\\xff\\xfe\\x00\\x00\\x01': 'eth0'}
+    >>> parse_if_inet6("fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n")
+    {b'\xfe\x80\x00\x00\x00\x00\x00\x00\x00\xfc\x00\xff\xfe\x00\x00\x01': 'eth0'}
     """
     result: dict[bytes, str] = {}
     for line in text.splitlines():
@@ -54,10 +60,10 @@ def parse_if_inet6(text: str) -> dict[bytes, str]:
 
 
 def parse_fib_trie_local(text: str) -> set[bytes]:
-    """Return the packed IPv4 addresses marked ``/32 host LOCAL`` in ``net/fib_trie``.
+    r"""Return the packed IPv4 addresses marked ``/32 host LOCAL`` in ``net/fib_trie``.
 
     >>> sorted(socket.inet_ntoa(a) for a in parse_fib_trie_local(
-    ...     "  |-- 192.0.2.2\\n     /32 host LOCAL\\n  |-- 192.0.2.255\\n     /32 link BROADCAST\\n"))
+    ...     "  |-- 192.0.2.2\n     /32 host LOCAL\n  |-- 192.0.2.255\n     /32 link BROADCAST\n"))
     ['192.0.2.2']
     """
     result: set[bytes] = set()
@@ -75,13 +81,13 @@ def parse_fib_trie_local(text: str) -> set[bytes]:
 
 
 def parse_route(text: str) -> list[tuple[int, int, str]]:
-    """Return ``(network, mask, interface)`` of the non-default routes in ``net/route``.
+    r"""Return ``(network, mask, interface)`` of the non-default routes in ``net/route``.
 
     Network and mask are integers in network order (``192.0.2.0/24`` is
     ``(0xC0000200, 0xFFFFFF00)``); the file prints them as host-order hex words.
 
-    >>> parse_route("Iface\\tDestination\\tGateway\\tFlags\\tRefCnt\\tUse\\tMetric\\tMask\\n"
-    ...             "eth0\\t000200C0\\t00000000\\t0001\\t0\\t0\\t0\\t00FFFFFF\\n")
+    >>> parse_route("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+    ...             "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n")
     [(3221225984, 4294967040, 'eth0')]
     """
     routes: list[tuple[int, int, str]] = []

@@ -30,13 +30,13 @@ class InterfaceCounters(NamedTuple):
 
 
 def parse_net_dev(text: str) -> tuple[dict[str, InterfaceCounters], int]:
-    """Parse ``/proc/net/dev``.
+    r"""Parse ``/proc/net/dev``.
 
     Returns:
         interface name → counters, and the number of malformed lines skipped.
 
-    >>> parse_net_dev("Inter-|   Receive\\n face |bytes\\n"
-    ...               "  eth0: 100 2 0 0 0 0 0 0 300 4 0 0 0 0 0 0\\n  bad line\\n")
+    >>> parse_net_dev("Inter-|   Receive\n face |bytes\n"
+    ...               "  eth0: 100 2 0 0 0 0 0 0 300 4 0 0 0 0 0 0\n  bad line\n")
     ({'eth0': InterfaceCounters(bytes_in=100, packets_in=2, bytes_out=300, packets_out=4)}, 1)
     """
     result: dict[str, InterfaceCounters] = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Optional
 
@@ -40,7 +40,7 @@ def _remote_is_loopback(remote: bytes) -> bool:
     return remote == _V6_LOOPBACK or remote[:13] == _V4_MAPPED_LOOPBACK
 
 
-def select_rows(rows: list[SocketRow], limit: int) -> list[SocketRow]:
+def select_rows(rows: Sequence[SocketRow], limit: int) -> list[SocketRow]:
     """Choose ``limit`` rows deterministically, one per distinct remote address first.
 
     >>> rows = [(2, b"L", p, b"A", 443, 1) for p in (5, 6, 7)] + [(2, b"L", 9, b"B", 443, 1)]
@@ -70,13 +70,14 @@ def established_connections(
     include_loopback: bool = False,
     limit: Optional[int] = None,
 ) -> tuple[list[Connection], int]:
-    """Return up to ``limit`` established connections (sorted) and the true count.
+    r"""Return up to ``limit`` established connections (sorted) and the true count.
 
-    >>> rows = [(socket.AF_INET6, bytes(10) + b"\\xff\\xff" + bytes([192, 0, 2, 2]), 50312,
-    ...          bytes(10) + b"\\xff\\xff" + bytes([203, 0, 113, 7]), 8883, 1)]
-    >>> established_connections(rows, InterfaceMap(v4={bytes([192, 0, 2, 2]): "eth0"}))
-    ([Connection(remote_ip='203.0.113.7', remote_port=8883, local_port=50312, \
-local_interface='eth0')], 1)
+    >>> rows = [(socket.AF_INET6, bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 2]), 50312,
+    ...          bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 7]), 8883, 1)]
+    >>> eth0 = InterfaceMap(v4={bytes([192, 0, 2, 2]): "eth0"})
+    >>> conns, total = established_connections(rows, eth0)
+    >>> conns[0].remote_addr, conns[0].local_port, conns[0].local_interface, total
+    ('203.0.113.7:8883', 50312, 'eth0', 1)
     """
     if include_loopback:
         kept = [row for row in rows if row[5] == ESTABLISHED]
@@ -98,4 +99,3 @@ local_interface='eth0')], 1)
         result.append(Connection(text, remote_port, local_port, name))
     result.sort(key=lambda c: (c.remote_ip, c.remote_port, c.local_port, c.local_interface or ""))
     return result, total
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from defender_agent.errors import ReportTooLarge
+from defender_agent.errors import ReportTooLargeError
 from defender_agent.model import Report
 from defender_agent.report.serialize import ReportFormat, encode_report
 
@@ -34,12 +34,16 @@ def _longest(report: Report) -> tuple[str, str, int]:
 
 
 def fit_report(
-    report: Report, fmt: ReportFormat = "json", *, short_names: bool = False, max_bytes: int = 131072
+    report: Report,
+    fmt: ReportFormat = "json",
+    *,
+    short_names: bool = False,
+    max_bytes: int = 131072,
 ) -> Report:
     """Return ``report``, or a copy with shorter lists whose encoding is at most ``max_bytes``.
 
     Raises:
-        ReportTooLarge: even with every list empty the report does not fit.
+        ReportTooLargeError: even with every list empty the report does not fit.
 
     >>> from defender_agent.model import Connection, ConnectionList
     >>> conns = tuple(Connection("198.51.100.1", 443, p) for p in range(1, 2001))
@@ -51,7 +55,7 @@ def fit_report(
     while (size := len(encode_report(report, fmt, short_names=short_names))) > max_bytes:
         group_name, list_name, length = _longest(report)
         if length == 0:
-            raise ReportTooLarge(
+            raise ReportTooLargeError(
                 f"the report does not fit in {max_bytes} bytes even with empty lists"
             )
         group = getattr(report, group_name)

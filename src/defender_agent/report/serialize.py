@@ -34,7 +34,9 @@ def encode_document(document: dict[str, Any], fmt: ReportFormat = "json") -> byt
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
-def encode_report(report: Report, fmt: ReportFormat = "json", *, short_names: bool = False) -> bytes:
+def encode_report(
+    report: Report, fmt: ReportFormat = "json", *, short_names: bool = False
+) -> bytes:
     """Encode a report in ``fmt`` with long or short names."""
     style = NameStyle.SHORT if short_names else NameStyle.LONG
     return encode_document(to_document(report, style), fmt)
