@@ -175,10 +175,10 @@ def _add_collect(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument(
         "--socket-source",
-        choices=("auto", "proc", "netlink"),
+        choices=("auto", "proc", "netlink", "psutil"),
         default="auto",
-        help="read sockets from /proc files or netlink sock_diag "
-        "(default: auto = netlink for the live /proc)",
+        help="read sockets from /proc files, netlink sock_diag or psutil (default: auto = "
+        "netlink for the live /proc, files for another proc root, psutil where there is no /proc)",
     )
     p.add_argument(
         "--proc-root",

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from defender_agent.collectors import _psutil
 from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
-from defender_agent.collectors.interfaces import read_interface_map
+from defender_agent.collectors.interfaces import InterfaceMap, read_interface_map
 from defender_agent.collectors.listening_ports import listening_tcp_ports, listening_udp_ports
 from defender_agent.collectors.network_stats import (
     InterfaceCounters,
     parse_net_dev,
     select_interfaces,
 )
-from defender_agent.collectors.sockets import SocketSource, read_socket_tables
+from defender_agent.collectors.sockets import SocketSource, read_socket_tables, resolve_source
 from defender_agent.collectors.tcp_connections import established_connections
 from defender_agent.delta import network_delta
 from defender_agent.model import (
@@ -64,8 +65,10 @@ class CollectorConfig:
         interfaces_exclude: glob patterns of interfaces left out of ``network_stats``.
         wildcard_interface: the interface label for ports bound to ``0.0.0.0``/``::``;
             ``None`` leaves the key out.
-        socket_source: ``auto`` (netlink for the live /proc, else files),
-            ``proc`` or ``netlink``.
+        socket_source: ``auto`` (netlink for the live /proc, the files for
+            another proc root, psutil where there is no /proc), ``proc``,
+            ``netlink`` or ``psutil`` (the fallback, which also supplies the
+            counters, interface addresses and CPU times).
         report_format: the encoding the report must fit in (for the size limit).
         short_names: whether the report is encoded with short names (size limit).
         max_report_bytes: the encoded report is kept under this size (IoT Core: 128 KB).
@@ -111,6 +114,7 @@ class Collector:
         self.config = config or CollectorConfig()
         self.procfs = ProcFS(self.config.proc_root)
         self._ids = ReportIdSequence(StateDir(state_dir) if state_dir else None, clock)
+        self._psutil = resolve_source(self.config.socket_source, self.procfs) == "psutil"
         self._previous: Optional[Snapshot] = None
         self._warned: set[str] = set()
         #: file → malformed lines skipped, summed over the process's life
@@ -150,6 +154,15 @@ class Collector:
     # ------------------------------------------------------------------ reading
     def _read_snapshot(self) -> Snapshot:
         snap = Snapshot(monotonic=time.monotonic())
+        if self._psutil:
+            snap.interfaces = select_interfaces(
+                _psutil.interface_counters(),
+                self.config.interfaces_include,
+                self.config.interfaces_exclude,
+            )
+            if self.config.include_custom_metrics:
+                snap.cpu = _psutil.cpu_times()
+            return snap
         dev = self._read("net", "dev")
         if dev is not None:
             counters, bad = parse_net_dev(dev)
@@ -177,7 +190,11 @@ class Collector:
             )
         for name, count in tables.malformed.items():
             self._count_malformed(name, count)
-        interfaces = read_interface_map(self.procfs, cfg.wildcard_interface)
+        interfaces: InterfaceMap = (
+            _psutil.interface_map(cfg.wildcard_interface)
+            if self._psutil
+            else read_interface_map(self.procfs, cfg.wildcard_interface)
+        )
         tcp_ports = udp_ports = connections = None
         if tables.tcp is not None:
             tcp_ports = _port_list(listening_tcp_ports(tables.tcp, interfaces), cfg.list_size)

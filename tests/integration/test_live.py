@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from defender_agent.collect import Collector, CollectorConfig
-from defender_agent.collectors import _sockdiag
+from defender_agent.collectors import _psutil, _sockdiag
 from defender_agent.collectors.sockets import SocketSource
-from defender_agent.model import Report
+from defender_agent.model import Connection, ListeningPort, Report
 
 pytestmark = pytest.mark.live
 
@@ -163,3 +163,30 @@ def test_cross_check_with_ss(opened: Opened, source: SocketSource) -> None:
         if c.local_port in ours or c.remote_port in ours
     )
     assert mine == ss_ours and len(mine) == len(opened.connections)
+
+
+@pytest.mark.skipif(not _psutil.available(), reason="psutil is not installed")
+def test_psutil_fallback_agrees_with_proc(opened: Opened) -> None:
+    by_proc = collect("proc")
+    by_psutil = collect("psutil")
+    for report in (by_proc, by_psutil):
+        assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
+    ours = set(opened.tcp_listeners) | set(opened.udp_listeners)
+
+    def mine(
+        report: Report,
+    ) -> tuple[list[ListeningPort], list[ListeningPort], list[Connection]]:
+        assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
+        return (
+            sorted(p for p in report.listening_tcp_ports.ports if p.port in ours),
+            sorted(p for p in report.listening_udp_ports.ports if p.port in ours),
+            sorted(
+                c
+                for c in report.tcp_connections.connections
+                if c.local_port in ours or c.remote_port in ours
+            ),
+        )
+
+    assert mine(by_psutil) == mine(by_proc)
+    assert len(mine(by_proc)[2]) == len(opened.connections)
+    assert by_psutil.network_stats is not None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from defender_agent.collectors import _sockdiag
+from defender_agent.collectors import _psutil, _sockdiag
 from defender_agent.collectors._inet import ESTABLISHED, LISTEN, SocketRow, parse_socket_table
 from defender_agent.procfs import ProcFS
 
@@ -27,7 +27,8 @@ __all__ = ["SocketSource", "SocketTables", "read_socket_tables", "resolve_source
 
 log = logging.getLogger(__name__)
 
-SocketSource = Literal["auto", "proc", "netlink"]
+SocketSource = Literal["auto", "proc", "netlink", "psutil"]
+ResolvedSource = Literal["proc", "netlink", "psutil"]
 
 _TCP_STATES = frozenset({ESTABLISHED, LISTEN})
 _UDP_UNCONNECTED = 7  # TCP_CLOSE: how the kernel shows a UDP socket with no peer
@@ -54,12 +55,17 @@ class SocketTables:
     source: str = "proc"
 
 
-def resolve_source(requested: SocketSource, procfs: ProcFS) -> Literal["proc", "netlink"]:
-    """Pick the source: netlink only for the live ``/proc`` (or when asked), else /proc."""
-    if requested == "proc":
-        return "proc"
-    if requested == "netlink":
-        return "netlink"
+def resolve_source(requested: SocketSource, procfs: ProcFS) -> ResolvedSource:
+    """Pick the source for ``auto``.
+
+    netlink for the live ``/proc`` when the kernel offers sock_diag; the files
+    for any other proc root; psutil where there is no ``net/tcp`` at all (not
+    Linux) and psutil is installed.
+    """
+    if requested != "auto":
+        return requested
+    if not procfs.path("net", "tcp").exists():
+        return "psutil" if _psutil.available() else "proc"
     try:
         live = procfs.root.resolve() == Path("/proc").resolve()
     except OSError:
@@ -106,7 +112,12 @@ def read_socket_tables(procfs: ProcFS, source: SocketSource = "auto") -> SocketT
     Netlink failures fall back to /proc for that read, with a debug message.
     """
     tables = SocketTables()
-    if resolve_source(source, procfs) == "netlink":
+    resolved = resolve_source(source, procfs)
+    if resolved == "psutil":
+        tables.tcp, tables.udp = _psutil.socket_rows()
+        tables.source = "psutil"
+        return tables
+    if resolved == "netlink":
         try:
             _read_netlink(tables)
         except _sockdiag.SockDiagUnavailable as exc:
