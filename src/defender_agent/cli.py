@@ -44,6 +44,7 @@ log = logging.getLogger("defender_agent")
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +58,10 @@ class _TerminalFormatter(logging.Formatter):
     """``defender-agent: warning: message`` — one line per record, as the errors are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"defender-agent: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"defender-agent: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info and record.levelno <= logging.DEBUG:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def _count(text: str) -> int:
@@ -348,6 +352,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # a bug: one line for the user, the traceback at debug level
+        log.debug("internal error", exc_info=True)
+        print(
+            f"defender-agent: internal error: {type(exc).__name__}: {exc} "
+            "(run with --log-level debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,584 @@
+"""A strict validator of Device Defender metrics report documents.
+
+It applies the emulator/validator policy of protocol.md §7 to the report of §2:
+the size limit first (§3, §7.2); decoding into a UTF-8 JSON object or a CBOR map
+with text keys (§2.1, §7.3); the root keys, the header and the rule that a report
+has metrics or custom metrics (§2.2, §2.3, §7.4, §7.5); the four standard metric
+groups and their documented children (§2.4, §7.6); and custom metrics (§2.6,
+§7.7). Values the service accepts but silently drops (§2.6) are WARNINGs; every
+other problem is an ERROR.
+
+The allowed children of each standard object are data (``_ROOT`` and the tables
+above it), keyed by long name; short names come from
+:mod:`defender_agent.report.names`. What §7 marks [policy] is a knob of
+:class:`ValidationPolicy`. The module is pure: no I/O.
+
+>>> validate_payload(b'{"hed": {"rid": 1, "v": "1.0"}, "met": {}}').name_style
+<NameStyle.SHORT: 'short'>
+>>> print(validate_document({"header": {"report_id": 0, "version": "1.0"}, "metrics": {}})[0])
+header.report_id: expected an integer from 1 to 2**63-1, got 0
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib.metadata import version
+from typing import Callable, Final, Optional, Union
+
+import cbor2
+
+from defender_agent.errors import ReportDecodeError
+from defender_agent.report.names import CUSTOM_VALUE_KEYS, LONG_TO_SHORT, SHORT_TO_LONG, NameStyle
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "PayloadFormat",
+    "Problem",
+    "Severity",
+    "ValidationPolicy",
+    "ValidationResult",
+    "decode_payload",
+    "validate_document",
+    "validate_payload",
+]
+
+_INT_MAX: Final = 2**63 - 1  # no integer in a report may be larger (signed 64-bit)
+_SELF_DESCRIBED_CBOR: Final = b"\xd9\xd9\xf7"  # tag 55799, RFC 8949 §3.4.6
+
+
+class Severity(str, Enum):
+    """How serious a problem is."""
+
+    ERROR = "error"  # the service rejects the report (or IoT Core drops it)
+    WARNING = "warning"  # the service accepts the report but silently drops the value (§2.6)
+
+
+class PayloadFormat(str, Enum):
+    """The two report encodings (§2.1), spelled like the topic segment (§1.1)."""
+
+    JSON = "json"
+    CBOR = "cbor"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding in a report.
+
+    Attributes:
+        path: Where, with keys as the document spells them (``met.tc.ec.cs[3].rad``);
+            ``$`` is the root.
+        message: One line naming what was expected and what was found.
+        severity: ERROR or WARNING.
+    """
+
+    path: str
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """The validator's choices where the service's behaviour is unknown (§7, §8)."""
+
+    allow_mixed_names: bool = False  # §2.1 [UNK]: long and short standard keys in one report
+    min_report_id: int = 1  # §2.3, §7.5 [policy]: the DOC says "a positive integer"
+    max_payload_bytes: int = 131_072  # §3, §7.2: the IoT Core publish payload limit
+    accept_null_metrics: bool = True  # §2.6: rustot's "met": null beside cmet is ACCEPTED
+    accepted_versions: Optional[frozenset[str]] = None  # §7.5 [policy]: None = any "<int>.<int>"
+    reject_unknown_keys: bool = True  # §7.4, §2.8 [policy]; False reports them as WARNINGs
+    check_custom_metric_names: bool = True  # §7.7 [policy]: [a-zA-Z0-9:_-]{1,128}, not "aws:"
+
+
+DEFAULT_POLICY: Final = ValidationPolicy()
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """The outcome of :func:`validate_payload`.
+
+    Attributes:
+        document: The decoded document; None if the payload was not decoded.
+        format: The format the payload was decoded (or tried) as; None if not tried.
+        name_style: The spelling of the standard keys; None if mixed or undecidable.
+        problems: Every problem found, in document order.
+    """
+
+    document: Optional[object]
+    format: Optional[PayloadFormat]
+    name_style: Optional[NameStyle]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether there is no ERROR-severity problem."""
+        return not self.errors
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        """The ERROR-severity problems."""
+        return tuple(p for p in self.problems if p.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """The WARNING-severity problems."""
+        return tuple(p for p in self.problems if p.severity is Severity.WARNING)
+
+
+@dataclass
+class _Walk:
+    """One validation: the policy, the report's dominant name style, the findings."""
+
+    policy: ValidationPolicy
+    style: Optional[NameStyle]  # None when the report has no standard key at all
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: str, message: str, severity: Severity = Severity.ERROR) -> None:
+        self.problems.append(Problem(path or "$", message, severity))
+
+    def name(self, long: str) -> str:
+        """A standard key spelled in the report's style (long when undecided)."""
+        return LONG_TO_SHORT[long] if self.style is NameStyle.SHORT else long
+
+
+_Check = Callable[[_Walk, object, str], None]
+
+
+@dataclass(frozen=True)
+class _Obj:
+    """A standard object: its allowed children by long name, and the required ones."""
+
+    fields: Mapping[str, _Spec]
+    required: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _ListOf:
+    """An array whose elements follow ``item``; ``what`` names them in messages."""
+
+    item: _Spec
+    what: str
+
+
+_Spec = Union[_Obj, _ListOf, _Check]
+
+
+def _describe(value: object) -> str:
+    """A short one-line description of a decoded value, for messages."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # null, true, false
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 256 else f"a {value.bit_length()}-bit integer"
+    if isinstance(value, (float, str)):
+        return repr(value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "…")
+    if isinstance(value, list):
+        return f"an array of {len(value)} element{'' if len(value) == 1 else 's'}"
+    if isinstance(value, dict):
+        return "an object" if value else "an empty object"
+    if isinstance(value, cbor2.CBORTag):
+        return f"CBOR tag {value.tag}"
+    if isinstance(value, cbor2.CBORSimpleValue):
+        return f"CBOR simple value {value.value}"
+    kinds = {bytes: "a byte string", type(cbor2.undefined): "CBOR undefined"}
+    return kinds.get(type(value), f"a CBOR {type(value).__name__} value")
+
+
+def _join(path: str, key: object) -> str:
+    """The path of ``key`` inside ``path``; odd keys are quoted: ``cmet["a b"]``."""
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_:-]+", key):
+        return f"{path}.{key}" if path else key
+    quoted = json.dumps(key, ensure_ascii=False) if isinstance(key, str) else repr(key)
+    return f"{path}[{quoted}]"
+
+
+def _leaf(expected: str, test: Callable[[object], bool]) -> _Check:
+    """A check that reports ``expected ..., got ...`` when ``test`` fails."""
+
+    def check(walk: _Walk, value: object, path: str) -> None:
+        if not test(value):
+            walk.add(path, f"expected {expected}, got {_describe(value)}")
+
+    return check
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    # bool is an int in Python but not in JSON or CBOR; floats are never integers here
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _integer(low: int, high: int = _INT_MAX) -> _Check:
+    top = "2**63-1" if high == _INT_MAX else str(high)
+    return _leaf(f"an integer from {low} to {top}", lambda v: _is_int(v, low, high))
+
+
+def _report_id(walk: _Walk, value: object, path: str) -> None:
+    _integer(walk.policy.min_report_id)(walk, value, path)
+
+
+def _version(walk: _Walk, value: object, path: str) -> None:
+    accepted = walk.policy.accepted_versions
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", value):
+        walk.add(path, f"expected a 'Major.Minor' version such as '1.0', got {_describe(value)}")
+    elif accepted is not None and value not in accepted:
+        walk.add(path, f"expected one of the versions {', '.join(sorted(accepted))}, got {value!r}")
+
+
+def _ip_version(text: str) -> Optional[int]:
+    """4 or 6 for a bare IP address (no port, prefix or zone id), else None."""
+    if "%" in text:  # ipaddress accepts IPv6 zone ids since Python 3.9
+        return None
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return None
+
+
+def _addr_problem(text: str) -> Optional[str]:
+    """Why ``text`` is not ``a.b.c.d:port`` or ``[ipv6]:port`` (§2.4); None if it is."""
+    bracketed = text.startswith("[")
+    host, sep, port = text[1:].partition("]:") if bracketed else text.rpartition(":")
+    if not bracketed and ":" in host:
+        return "an IPv6 address must be in brackets"
+    if not sep:
+        return "no port"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        return f"bad port {port!r}"
+    version = 6 if bracketed else 4
+    return None if _ip_version(host) == version else f"{host!r} is not an IPv{version} address"
+
+
+def _remote_addr(walk: _Walk, value: object, path: str) -> None:
+    why = _addr_problem(value) if isinstance(value, str) else "not a string"
+    if why:
+        expected = "expected 'a.b.c.d:port' or '[ipv6]:port' with a port from 0 to 65535"
+        walk.add(path, f"{expected}, got {_describe(value)} ({why})")
+
+
+def _significant_digits(number: Union[int, float]) -> int:
+    """Digits of precision, without leading and trailing zeros: 120.50 -> 4."""
+    text = str(abs(number)) if isinstance(number, int) else repr(abs(number)).split("e")[0]
+    return len(text.replace(".", "").strip("0"))
+
+
+def _number(walk: _Walk, value: object, path: str) -> None:
+    if not (
+        (isinstance(value, float) and math.isfinite(value))
+        or _is_int(value, -_INT_MAX - 1, _INT_MAX)
+    ):
+        walk.add(path, f"expected a finite number (integers within ±2**63), got {_describe(value)}")
+        return
+    assert isinstance(value, (int, float))  # narrowing: the test above passed
+    if (digits := _significant_digits(value)) > 15:
+        dropped = "Device Defender keeps at most 15 and drops the value (protocol §2.6)"
+        walk.add(path, f"{value!r} has {digits} significant digits; {dropped}", Severity.WARNING)
+
+
+def _string_value(walk: _Walk, value: object, path: str) -> None:
+    if not isinstance(value, str):
+        walk.add(path, f"expected a string, got {_describe(value)}")
+    elif not re.fullmatch(r"[A-Za-z0-9:_\-/.]+", value):
+        what = "empty string" if not value else f"{value!r} has characters outside [A-Za-z0-9:_-/.]"
+        walk.add(path, f"{what}; Device Defender drops it (protocol §2.6)", Severity.WARNING)
+
+
+_VALUE_SPECS: Final[Mapping[str, _Spec]] = {  # the one key inside a custom value (§2.6)
+    "number": _number,
+    "number_list": _ListOf(_number, "numbers"),
+    "string_list": _ListOf(_string_value, "strings"),
+    "ip_list": _ListOf(
+        _leaf(
+            "an IPv4 or IPv6 address without port, prefix or zone",
+            lambda v: isinstance(v, str) and _ip_version(v) is not None,
+        ),
+        "IP address strings",
+    ),
+}
+assert frozenset(_VALUE_SPECS) == CUSTOM_VALUE_KEYS, "one spec per custom value key"
+_VALUE_KEYS_TEXT: Final = ", ".join(_VALUE_SPECS)
+
+
+def _custom_value(walk: _Walk, entry: object, path: str) -> None:
+    """One custom metric's value, ``[{"<type key>": <value>}]`` (§2.6, §7.7)."""
+    if not isinstance(entry, list) or len(entry) != 1:
+        walk.add(path, f"expected an array of exactly one object, got {_describe(entry)}")
+        return
+    item, where = entry[0], f"{path}[0]"
+    if not isinstance(item, dict) or not item:
+        walk.add(where, f"expected an object with one of {_VALUE_KEYS_TEXT}, got {_describe(item)}")
+        return
+    if len(known := [key for key in item if key in _VALUE_SPECS]) > 1:
+        walk.add(where, f"expected exactly one of {_VALUE_KEYS_TEXT}, got {', '.join(known)}")
+    for key, child in item.items():
+        if key in _VALUE_SPECS:
+            _check(walk, _VALUE_SPECS[key], child, _join(where, key))
+        else:
+            walk.add(_join(where, key), f"unknown key {key!r}; allowed: {_VALUE_KEYS_TEXT}")
+
+
+def _custom_metrics(walk: _Walk, value: object, path: str) -> None:
+    """The custom metrics block: metric name -> value (§2.6, §7.7)."""
+    if not isinstance(value, dict):
+        walk.add(path, f"expected an object of custom metrics, got {_describe(value)}")
+        return
+    for name, entry in value.items():
+        where = _join(path, name)
+        if not isinstance(name, str) or (
+            walk.policy.check_custom_metric_names
+            and (not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}", name) or name.startswith("aws:"))
+        ):
+            expected = "a name matching [a-zA-Z0-9:_-]{1,128}, not starting with 'aws:'"
+            walk.add(where, f"expected {expected}, got {_describe(name)}")
+        _custom_value(walk, entry, where)
+
+
+# The standard document (§2.2-§2.4), by long name.
+_COUNT: Final = _integer(0)
+_INTERFACE: Final = _leaf("a non-empty interface name", lambda v: isinstance(v, str) and v != "")
+_PORTS: Final = _ListOf(_Obj({"port": _integer(1, 65535), "interface": _INTERFACE}), "objects")
+_CONNECTION: Final = _Obj(
+    {"remote_addr": _remote_addr, "local_port": _integer(0, 65535), "local_interface": _INTERFACE},
+    frozenset({"remote_addr"}),
+)
+_CONNECTIONS: Final = _Obj({"connections": _ListOf(_CONNECTION, "objects"), "total": _COUNT})
+_STATS: Final = dict.fromkeys(("bytes_in", "bytes_out", "packets_in", "packets_out"), _COUNT)
+_METRICS: Final = _Obj(
+    {
+        "listening_tcp_ports": _Obj({"ports": _PORTS, "total": _COUNT}),
+        "listening_udp_ports": _Obj({"ports": _PORTS, "total": _COUNT}),
+        "network_stats": _Obj(_STATS),
+        "tcp_connections": _Obj({"established_connections": _CONNECTIONS}),
+    }
+)
+_HEADER: Final = _Obj(
+    {"report_id": _report_id, "version": _version}, frozenset(("report_id", "version"))
+)
+_ROOT: Final = _Obj(
+    {"header": _HEADER, "metrics": _METRICS, "custom_metrics": _custom_metrics},
+    frozenset(("header",)),
+)
+
+
+def _long_name(spec: _Obj, key: object) -> Optional[str]:
+    """The long name of ``key`` if it is an allowed child of ``spec`` (case-sensitive)."""
+    long = key if key in spec.fields else SHORT_TO_LONG.get(key) if isinstance(key, str) else None
+    return long if isinstance(long, str) and long in spec.fields else None
+
+
+def _check(walk: _Walk, spec: _Spec, value: object, path: str) -> None:
+    # The recursion follows the schema, so its depth is bounded even for cyclic CBOR.
+    if isinstance(spec, _Obj):
+        _check_object(walk, spec, value, path)
+    elif not isinstance(spec, _ListOf):
+        spec(walk, value, path)
+    elif not isinstance(value, list):
+        walk.add(path, f"expected an array of {spec.what}, got {_describe(value)}")
+    else:
+        for index, item in enumerate(value):
+            _check(walk, spec.item, item, f"{path}[{index}]")
+
+
+def _check_object(walk: _Walk, spec: _Obj, value: object, path: str) -> None:
+    if not isinstance(value, dict):
+        walk.add(path, f"expected an object, got {_describe(value)}")
+        return
+    seen: dict[str, str] = {}  # long name -> the key as written
+    for key, child in value.items():
+        where, long = _join(path, key), _long_name(spec, key)
+        if long is None:
+            allowed = ", ".join(walk.name(name) for name in spec.fields)
+            severity = Severity.ERROR if walk.policy.reject_unknown_keys else Severity.WARNING
+            walk.add(where, f"unknown key {key!r}; allowed: {allowed}", severity)
+            continue
+        if long in seen:
+            walk.add(where, f"{key!r} repeats {seen[long]!r} in the other spelling")
+            continue
+        seen[long] = key
+        style = NameStyle.LONG if key == long else NameStyle.SHORT
+        if walk.style and style is not walk.style and not walk.policy.allow_mixed_names:
+            mixed = f"{style.value} key {key!r} in a report that uses {walk.style.value} names"
+            walk.add(where, f"{mixed}; expected {walk.name(long)!r}")
+        if not (child is None and long == "metrics" and walk.policy.accept_null_metrics):
+            _check(walk, spec.fields[long], child, where)
+    for long in spec.fields:
+        if long in spec.required and long not in seen:
+            walk.add(path, f"missing required key {walk.name(long)!r}")
+
+
+def _collect_styles(spec: _Spec, value: object, styles: list[NameStyle]) -> None:
+    """Append the spelling of every standard key in ``value``, in document order."""
+    if isinstance(spec, _ListOf) and isinstance(value, list):
+        for item in value:
+            _collect_styles(spec.item, item, styles)
+    elif isinstance(spec, _Obj) and isinstance(value, dict):
+        for key, child in value.items():
+            if (long := _long_name(spec, key)) is not None:
+                styles.append(NameStyle.LONG if key == long else NameStyle.SHORT)
+                _collect_styles(spec.fields[long], child, styles)
+
+
+def _validate(doc: object, policy: ValidationPolicy) -> tuple[list[Problem], Optional[NameStyle]]:
+    """The problems, and the name style (None if mixed or there is no standard key)."""
+    styles: list[NameStyle] = []
+    _collect_styles(_ROOT, doc, styles)
+    longs, shorts = styles.count(NameStyle.LONG), styles.count(NameStyle.SHORT)
+    if longs == shorts:  # a tie, or no key at all: the first key decides
+        dominant = styles[0] if styles else None
+    else:
+        dominant = NameStyle.LONG if longs > shorts else NameStyle.SHORT
+    walk = _Walk(policy, dominant)
+    if not isinstance(doc, dict):
+        walk.add("", f"expected an object at the root, got {_describe(doc)}")
+        return walk.problems, None
+    _check(walk, _ROOT, doc, "")
+    present = {_long_name(_ROOT, key) for key, child in doc.items() if child is not None}
+    if not present & {"metrics", "custom_metrics"}:
+        either = f"{walk.name('metrics')!r} or {walk.name('custom_metrics')!r}"
+        walk.add("", f"expected at least one of {either}")
+    return walk.problems, dominant if not (longs and shorts) else None
+
+
+def validate_document(doc: object, policy: ValidationPolicy = DEFAULT_POLICY) -> list[Problem]:
+    """Check a decoded report document against protocol.md §2 and §7.
+
+    Args:
+        doc: The decoded JSON object or CBOR map.
+        policy: The choices where the protocol leaves the behaviour open.
+
+    Returns:
+        Every problem found, in document order; empty when the report is clean.
+    """
+    return _validate(doc, policy)[0]
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    if len(result := dict(pairs)) != len(pairs):
+        twice = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+        raise ValueError(f"duplicate key {twice[0]!r}")
+    return result
+
+
+def _no_constant(token: str) -> object:
+    raise ValueError(f"{token} is not allowed (JSON has no NaN or Infinity)")
+
+
+def _text_keys(mapping: Mapping[object, object], immutable: bool) -> object:
+    if any(not isinstance(key, str) for key in mapping):
+        bad = next(key for key in mapping if not isinstance(key, str))
+        raise ValueError(f"map key {_describe(bad)} is not a text string")
+    return mapping
+
+
+def _text_keys_v5(_decoder: object, mapping: Mapping[object, object]) -> object:
+    return _text_keys(mapping, False)
+
+
+# cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
+# object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
+# object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
+_CBOR6: Final = int(version("cbor2").split(".")[0]) >= 6
+_CBOR_OPTIONS: Final[dict[str, object]] = {
+    "read_size": 1,  # so that stream.tell() is where the data item ends
+    **(
+        {"object_hook": _text_keys, "allow_duplicate_keys": False, "strict_hashable_types": True}
+        if _CBOR6
+        else {"object_hook": _text_keys_v5}
+    ),
+}
+
+
+def _decode(data: bytes, fmt: PayloadFormat) -> object:
+    """Decode one JSON value or one CBOR data item; raise ReportDecodeError."""
+    try:
+        if fmt is PayloadFormat.JSON:
+            text = data.decode("utf-8")
+            return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        if data.startswith(_SELF_DESCRIBED_CBOR):  # cbor2 would decode the rest as immutable
+            data = data[len(_SELF_DESCRIBED_CBOR) :]
+        stream = io.BytesIO(data)
+        decoder = cbor2.CBORDecoder(stream, **_CBOR_OPTIONS)  # type: ignore[arg-type]
+        doc: object = decoder.decode()
+    except UnicodeDecodeError as exc:
+        raise ReportDecodeError(
+            f"payload is not UTF-8: invalid byte at offset {exc.start}"
+        ) from exc
+    except RecursionError as exc:
+        raise ReportDecodeError(f"invalid {fmt.name}: nested too deeply") from exc
+    except (ValueError, cbor2.CBORDecodeError) as exc:  # incl. JSONDecodeError and the hooks
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ReportDecodeError(" ".join(f"invalid {fmt.name}: {exc}{cause}".split())) from exc
+    if stream.tell() != len(data):
+        extra = len(data) - stream.tell()
+        raise ReportDecodeError(f"invalid CBOR: {extra} trailing byte(s) after the data item")
+    return doc
+
+
+def _detect(data: bytes) -> PayloadFormat:
+    # A CBOR item that starts with "{" (0x7b) is a text string, never a map, so a payload
+    # starting with "{" is only tried as JSON, and the JSON error is the one reported.
+    return PayloadFormat.JSON if data.lstrip(b" \t\r\n")[:1] == b"{" else PayloadFormat.CBOR
+
+
+def decode_payload(
+    data: bytes, fmt: Optional[PayloadFormat] = None
+) -> tuple[object, PayloadFormat]:
+    """Decode a report payload into a document (§2.1, §7.3).
+
+    Args:
+        data: The MQTT payload.
+        fmt: The format the topic names; None detects it: JSON if the first
+            non-whitespace byte is ``{``, else CBOR.
+
+    Returns:
+        The decoded document (a dict) and the format it was decoded as.
+
+    Raises:
+        ReportDecodeError: The payload is empty, not UTF-8, invalid JSON (NaN and
+            Infinity tokens and duplicate keys included), invalid CBOR (trailing bytes,
+            duplicate and non-text map keys included), nested too deeply, or its top
+            level is not an object/map.
+    """
+    fmt = fmt or _detect(data)
+    if not data:
+        raise ReportDecodeError("payload is empty")
+    doc = _decode(data, fmt)
+    if not isinstance(doc, dict):
+        kind = "a JSON object" if fmt is PayloadFormat.JSON else "a CBOR map"
+        raise ReportDecodeError(f"expected {kind} at the top level, got {_describe(doc)}")
+    return doc, fmt
+
+
+def validate_payload(
+    data: bytes, fmt: Optional[PayloadFormat] = None, policy: ValidationPolicy = DEFAULT_POLICY
+) -> ValidationResult:
+    """Check the size of a report payload, decode it and validate the document.
+
+    Args:
+        data: The MQTT payload.
+        fmt: The format the topic names, or None to detect it (see :func:`decode_payload`).
+        policy: The choices where the protocol leaves the behaviour open.
+
+    Returns:
+        The result. An oversized payload (§7.2) is not decoded; its one problem is the
+        size. A payload that does not decode has one problem, at ``$``, and no document.
+    """
+    limit = policy.max_payload_bytes
+    if len(data) > limit:
+        too_big = f"payload is {len(data)} bytes, over the {limit}-byte IoT Core limit"
+        return ValidationResult(None, fmt, None, (Problem("$", too_big),))
+    fmt = fmt or _detect(data)
+    try:
+        doc, fmt = decode_payload(data, fmt)
+    except ReportDecodeError as exc:
+        return ValidationResult(None, fmt, None, (Problem("$", str(exc)),))
+    problems, style = _validate(doc, policy)
+    return ValidationResult(doc, fmt, style, tuple(problems))
