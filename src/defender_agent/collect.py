@@ -21,14 +21,12 @@ from typing import Callable, Optional
 from defender_agent.collectors import _psutil
 from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
 from defender_agent.collectors.interfaces import InterfaceMap, read_interface_map
-from defender_agent.collectors.listening_ports import listening_tcp_ports, listening_udp_ports
 from defender_agent.collectors.network_stats import (
     InterfaceCounters,
     parse_net_dev,
     select_interfaces,
 )
-from defender_agent.collectors.sockets import SocketSource, read_socket_tables, resolve_source
-from defender_agent.collectors.tcp_connections import established_connections
+from defender_agent.collectors.sockets import SocketSource, resolve_source, summarize_sockets
 from defender_agent.delta import network_delta
 from defender_agent.model import (
     ConnectionList,
@@ -182,31 +180,32 @@ class Collector:
         self,
     ) -> tuple[Optional[PortList], Optional[PortList], Optional[ConnectionList]]:
         cfg = self.config
-        tables = read_socket_tables(self.procfs, cfg.socket_source)
-        for name, reason in tables.missing.items():
-            path = self.procfs.path(name)
-            self._warn_once(
-                f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path, reason
-            )
-        for name, count in tables.malformed.items():
-            self._count_malformed(name, count)
         interfaces: InterfaceMap = (
             _psutil.interface_map(cfg.wildcard_interface)
             if self._psutil
             else read_interface_map(self.procfs, cfg.wildcard_interface)
         )
-        tcp_ports = udp_ports = connections = None
-        if tables.tcp is not None:
-            tcp_ports = _port_list(listening_tcp_ports(tables.tcp, interfaces), cfg.list_size)
-            conns, total = established_connections(
-                tables.tcp,
-                interfaces,
-                include_loopback=cfg.include_loopback_connections,
-                limit=cfg.list_size,
+        summary = summarize_sockets(
+            self.procfs,
+            interfaces,
+            source=cfg.socket_source,
+            include_loopback=cfg.include_loopback_connections,
+            limit=cfg.list_size,
+        )
+        for name, reason in summary.status.missing.items():
+            path = self.procfs.path(name)
+            self._warn_once(
+                f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path, reason
             )
-            connections = ConnectionList(tuple(conns), total)
-        if tables.udp is not None:
-            udp_ports = _port_list(listening_udp_ports(tables.udp, interfaces), cfg.list_size)
+        for name, count in summary.status.malformed.items():
+            self._count_malformed(name, count)
+        tcp_ports = udp_ports = connections = None
+        if summary.tcp_ports is not None:
+            tcp_ports = _port_list(summary.tcp_ports, cfg.list_size)
+        if summary.udp_ports is not None:
+            udp_ports = _port_list(summary.udp_ports, cfg.list_size)
+        if summary.connections is not None:
+            connections = ConnectionList(tuple(summary.connections), summary.connections_total)
         return tcp_ports, udp_ports, connections
 
     # ------------------------------------------------------------------ cycle

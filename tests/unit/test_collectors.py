@@ -6,6 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
 from defender_agent.collectors.interfaces import (
@@ -252,3 +254,50 @@ def test_cpu_percent_edges() -> None:
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(90, 40)) is None  # counters went back
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(200, 150)) == 0.0
     assert cpu_percent(CpuTimes(100, 50), CpuTimes(200, 50)) == 100.0
+
+
+# --------------------------------------------------------------------------- streaming selection
+def reference_choice(rows: list, limit: int) -> list:
+    """The selection rule written plainly over the whole list."""
+    from operator import itemgetter
+
+    by_remote = itemgetter(3, 4, 2, 0, 1)
+    if len(rows) <= limit:
+        return sorted(rows)
+    reps: dict[bytes, tuple] = {}
+    for row in rows:
+        if row[3] not in reps or row < reps[row[3]]:
+            reps[row[3]] = row
+    if len(reps) >= limit:
+        return sorted(reps.values(), key=by_remote)[:limit]
+    chosen = sorted(reps.values(), key=by_remote)
+    rest = sorted(r for r in rows if r not in set(chosen))
+    return chosen + rest[: limit - len(chosen)]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([socket.AF_INET]),
+            st.sampled_from([v4("192.0.2.10")]),
+            st.integers(1, 65535),
+            st.sampled_from([v4(f"203.0.113.{i}") for i in range(12)]),
+            st.integers(1, 65535),
+            st.just(1),
+        ),
+        unique=True,
+        max_size=300,
+    ),
+    st.integers(1, 40),
+    st.integers(1, 50),
+)
+def test_streaming_selector_matches_the_plain_rule(rows: list, limit: int, chunk: int) -> None:
+    from defender_agent.collectors.tcp_connections import ConnectionSelector
+
+    selector = ConnectionSelector(limit, include_loopback=True)
+    selector.prune_slack = 0  # prune as often as possible
+    for i in range(0, len(rows), chunk):
+        selector.add(rows[i : i + chunk])
+    assert selector.total == len(rows)
+    chosen = selector.rows()
+    assert sorted(chosen) == sorted(reference_choice(rows, limit))

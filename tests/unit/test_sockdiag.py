@@ -491,3 +491,61 @@ def test_live_agrees_with_ss(net: Loopback) -> None:
             from_ss[lport, rport, SS_STATES[state]] += 1
     assert from_netlink == from_ss
     assert sum(from_ss.values()) == expected
+
+
+# --------------------------------------------------------------------------- uniform fast path
+
+
+@given(
+    st.one_of(st.lists(rows4, min_size=1, max_size=60), st.lists(rows6, min_size=1, max_size=60))
+)
+def test_uniform_datagrams_take_the_fast_path_with_the_same_rows(rows: list[SocketRow]) -> None:
+    buf = b"".join(row_msg(r, KERNEL_ATTRS) for r in rows)
+    fast = _sockdiag._parse_uniform(memoryview(buf))
+    assert fast is not None  # every reply has the same length: decoded in C loops
+    assert fast == _sockdiag._parse_general(memoryview(buf))[0] == rows
+    assert parse_messages(buf) == (rows, False)
+
+
+def test_fast_path_declines_mixed_lengths_types_and_done() -> None:
+    mixed = row_msg(ROW4, KERNEL_ATTRS) + row_msg(ROW4)
+    assert _sockdiag._parse_uniform(memoryview(mixed)) is None
+    families = row_msg(ROW4) + row_msg(ROW6)  # same length, two families
+    assert len(row_msg(ROW4)) == len(row_msg(ROW6))
+    assert _sockdiag._parse_uniform(memoryview(families)) is None
+    assert parse_messages(families) == ([ROW4, ROW6], False)
+    assert parse_messages(mixed) == ([ROW4, ROW4], False)
+    with_done = row_msg(ROW4) + done()
+    assert _sockdiag._parse_uniform(memoryview(with_done)) is None
+    assert parse_messages(with_done) == ([ROW4], True)
+    noop = nlmsg(1, bytes(72))  # same length as a reply, another type
+    same_size = row_msg(ROW4) + noop
+    assert len(row_msg(ROW4)) == len(noop)
+    assert _sockdiag._parse_uniform(memoryview(same_size)) is None
+    assert parse_messages(same_size) == ([ROW4], False)
+
+
+def test_iter_dump_yields_per_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Fake:
+        def __init__(self) -> None:
+            self.replies = [row_msg(ROW4) * 3, row_msg(ROW6, KERNEL_ATTRS), done()]
+
+        def __enter__(self) -> Fake:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def settimeout(self, _t: float) -> None:
+            pass
+
+        def sendto(self, _data: bytes, _addr: object) -> int:
+            return 0
+
+        def recv_into(self, buf: bytearray, _n: int, _flags: int) -> int:
+            data = self.replies.pop(0)
+            buf[: len(data)] = data
+            return len(data)
+
+    monkeypatch.setattr(_sockdiag, "_open_netlink", Fake)
+    assert list(_sockdiag.iter_dump(TCP, AF4, ALL_STATES)) == [[ROW4] * 3, [ROW6]]

@@ -41,6 +41,7 @@ import functools
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 __all__ = [
     "SockDiagUnavailable",
@@ -48,6 +49,7 @@ __all__ = [
     "available",
     "build_request",
     "dump_sockets",
+    "iter_dump",
     "parse_messages",
 ]
 
@@ -69,6 +71,7 @@ _REQ = struct.Struct("=BBBBI48x")  # inet_diag_req_v2 with a zeroed inet_diag_so
 # inet_diag_msg up to the addresses: family, state, (timer, retrans), sport, dport, src, dst.
 _MSG = struct.Struct("!BB2xHH16s16s")
 _INT = struct.Struct("=i")
+_INT_U = struct.Struct("=I")
 _HDR_LEN = _HDR.size  # 16
 _ROW_LEN = _HDR_LEN + 72  # nlmsghdr + inet_diag_msg
 _AF_INET = socket.AF_INET
@@ -111,6 +114,50 @@ def _errno_text(code: int) -> str:
     return f"{name} ({os.strerror(code)})"
 
 
+@functools.lru_cache(maxsize=16)
+def _uniform_structs(length: int) -> tuple[struct.Struct, struct.Struct, struct.Struct]:
+    """Structs spanning one whole reply of ``length`` bytes.
+
+    The header check (nlmsg_len, type, family) and two row layouts: IPv4 (only the
+    first 4 bytes of each 16-byte address) and IPv6.
+    """
+    tail = length - _HDR_LEN - 40
+    return (
+        struct.Struct(f"=IH10xB{length - 17}x"),
+        struct.Struct(f"!16xBB2xHH4s12x4s12x{tail}x"),
+        struct.Struct(f"!16xBB2xHH16s16s{tail}x"),
+    )
+
+
+def _parse_uniform(view: memoryview) -> list[SocketRow] | None:
+    """Decode a datagram made only of replies of one size and family, in C loops; else ``None``.
+
+    A dump datagram usually holds a few hundred replies of the same length (the same
+    attributes for every socket) and, since a dump asks for one family, the same
+    family; :meth:`struct.Struct.iter_unpack` decodes those far faster than a Python
+    loop. Every header is still checked: any other length, type or family sends the
+    datagram to the general loop.
+    """
+    end = len(view)
+    if end < _ROW_LEN:
+        return None
+    (length,) = _INT_U.unpack_from(view, 0)
+    if length < _ROW_LEN or length % 4 or end % length:
+        return None
+    heads, body4, body6 = _uniform_structs(length)
+    kinds = set(heads.iter_unpack(view))
+    if len(kinds) != 1:
+        return None
+    got_length, mtype, family = kinds.pop()
+    if got_length != length or mtype != SOCK_DIAG_BY_FAMILY:
+        return None
+    body = body4 if family == _AF_INET else body6
+    return [
+        (fam, src, sport, dst, dport, state)
+        for fam, state, sport, dport, src, dst in body.iter_unpack(view)
+    ]
+
+
 def parse_messages(buf: bytes | bytearray | memoryview) -> tuple[list[SocketRow], bool]:
     """Decode one netlink datagram of sock_diag replies.
 
@@ -126,6 +173,14 @@ def parse_messages(buf: bytes | bytearray | memoryview) -> tuple[list[SocketRow]
             or a message is truncated or malformed.
     """
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    fast = _parse_uniform(view)
+    if fast is not None:
+        return fast, False
+    return _parse_general(view)
+
+
+def _parse_general(view: memoryview) -> tuple[list[SocketRow], bool]:
+    """The message-by-message walk behind :func:`parse_messages`."""
     end = len(view)
     off = 0
     rows: list[SocketRow] = []
@@ -172,6 +227,37 @@ def _open_netlink() -> socket.socket:
     return socket.socket(af_netlink, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
 
 
+def iter_dump(protocol: int, family: int, states: int) -> Iterator[list[SocketRow]]:
+    """Yield the rows of a dump one datagram at a time (a few hundred rows each).
+
+    Consumers that aggregate as they go keep the memory of a cycle bounded however
+    many sockets the host has. Arguments and errors as :func:`dump_sockets`.
+    """
+    request = build_request(protocol, family, states)
+    buf = bytearray(_RECV_BUFSIZE)
+    view = memoryview(buf)
+    try:
+        with _open_netlink() as sock:
+            sock.settimeout(_TIMEOUT_S)
+            sock.sendto(request, (0, 0))
+            done = False
+            while not done:
+                # MSG_TRUNC makes netlink return the datagram's full length.
+                n = sock.recv_into(buf, _RECV_BUFSIZE, socket.MSG_TRUNC)
+                if n > _RECV_BUFSIZE:
+                    raise SockDiagUnavailable(f"netlink datagram of {n} bytes truncated")
+                if n == 0:
+                    raise SockDiagUnavailable("netlink socket closed before NLMSG_DONE")
+                chunk, done = parse_messages(view[:n])
+                if chunk:
+                    yield chunk
+    except socket.timeout as exc:
+        raise SockDiagUnavailable("sock_diag dump timed out") from exc
+    except OSError as exc:
+        code = _errno_text(exc.errno) if exc.errno else str(exc)
+        raise SockDiagUnavailable(f"netlink sock_diag unusable: {code}") from exc
+
+
 def dump_sockets(protocol: int, family: int, states: int) -> list[SocketRow]:
     """List the host's sockets of one protocol and family in the given states.
 
@@ -189,29 +275,9 @@ def dump_sockets(protocol: int, family: int, states: int) -> list[SocketRow]:
         SockDiagUnavailable: The kernel cannot be asked here or its answer is unusable.
         ValueError: An argument is out of range.
     """
-    request = build_request(protocol, family, states)
-    buf = bytearray(_RECV_BUFSIZE)
-    view = memoryview(buf)
     rows: list[SocketRow] = []
-    try:
-        with _open_netlink() as sock:
-            sock.settimeout(_TIMEOUT_S)
-            sock.sendto(request, (0, 0))
-            done = False
-            while not done:
-                # MSG_TRUNC makes netlink return the datagram's full length.
-                n = sock.recv_into(buf, _RECV_BUFSIZE, socket.MSG_TRUNC)
-                if n > _RECV_BUFSIZE:
-                    raise SockDiagUnavailable(f"netlink datagram of {n} bytes truncated")
-                if n == 0:
-                    raise SockDiagUnavailable("netlink socket closed before NLMSG_DONE")
-                chunk, done = parse_messages(view[:n])
-                rows += chunk
-    except socket.timeout as exc:
-        raise SockDiagUnavailable("sock_diag dump timed out") from exc
-    except OSError as exc:
-        code = _errno_text(exc.errno) if exc.errno else str(exc)
-        raise SockDiagUnavailable(f"netlink sock_diag unusable: {code}") from exc
+    for chunk in iter_dump(protocol, family, states):
+        rows += chunk
     return rows
 
 

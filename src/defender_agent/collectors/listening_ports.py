@@ -19,20 +19,37 @@ from defender_agent.collectors._inet import LISTEN, SocketRow, unmap_v4
 from defender_agent.collectors.interfaces import InterfaceMap
 from defender_agent.model import ListeningPort
 
-__all__ = ["listening_tcp_ports", "listening_udp_ports"]
+__all__ = ["PortSet", "listening_tcp_ports", "listening_udp_ports"]
 
 
-def _ports(rows: Iterable[SocketRow], interfaces: InterfaceMap) -> list[ListeningPort]:
-    seen: set[tuple[int, str | None]] = set()
-    for family, local, local_port, _remote, _remote_port, _state in rows:
-        if local_port == 0:
-            continue
-        fam, addr = unmap_v4(family, local)
-        seen.add((local_port, interfaces.lookup(fam, addr)))
-    return [
-        ListeningPort(port, name)
-        for port, name in sorted(seen, key=lambda item: (item[0], item[1] or ""))
-    ]
+class PortSet:
+    """Listening ports gathered across chunks of rows, merged on ``(port, interface)``."""
+
+    def __init__(self, interfaces: InterfaceMap) -> None:
+        self._interfaces = interfaces
+        self._seen: set[tuple[int, str | None]] = set()
+
+    def add(self, rows: Iterable[SocketRow]) -> None:
+        """Add rows that are already known to be listeners."""
+        for family, local, local_port, _remote, _remote_port, _state in rows:
+            if local_port:
+                fam, addr = unmap_v4(family, local)
+                self._seen.add((local_port, self._interfaces.lookup(fam, addr)))
+
+    def add_tcp(self, rows: Iterable[SocketRow]) -> None:
+        """Add the LISTEN rows among TCP rows."""
+        self.add([row for row in rows if row[5] == LISTEN])
+
+    def add_udp(self, rows: Iterable[SocketRow]) -> None:
+        """Add the bound, unconnected rows (remote port 0) among UDP rows."""
+        self.add([row for row in rows if row[4] == 0])
+
+    def ports(self) -> list[ListeningPort]:
+        """The ports, sorted by number, then interface."""
+        return [
+            ListeningPort(port, name)
+            for port, name in sorted(self._seen, key=lambda item: (item[0], item[1] or ""))
+        ]
 
 
 def listening_tcp_ports(rows: Iterable[SocketRow], interfaces: InterfaceMap) -> list[ListeningPort]:
@@ -46,7 +63,9 @@ def listening_tcp_ports(rows: Iterable[SocketRow], interfaces: InterfaceMap) -> 
     >>> listening_tcp_ports(rows, InterfaceMap())
     [ListeningPort(port=22, interface=None), ListeningPort(port=631, interface='lo')]
     """
-    return _ports((row for row in rows if row[5] == LISTEN), interfaces)
+    ports = PortSet(interfaces)
+    ports.add_tcp(rows)
+    return ports.ports()
 
 
 def listening_udp_ports(rows: Iterable[SocketRow], interfaces: InterfaceMap) -> list[ListeningPort]:
@@ -58,4 +77,6 @@ def listening_udp_ports(rows: Iterable[SocketRow], interfaces: InterfaceMap) -> 
     >>> listening_udp_ports(rows, InterfaceMap(wildcard="any"))
     [ListeningPort(port=68, interface='any')]
     """
-    return _ports((row for row in rows if row[4] == 0), interfaces)
+    ports = PortSet(interfaces)
+    ports.add_udp(rows)
+    return ports.ports()

@@ -15,15 +15,27 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional, TypeVar
 
 from defender_agent.collectors import _psutil, _sockdiag
 from defender_agent.collectors._inet import ESTABLISHED, LISTEN, SocketRow, parse_socket_table
+from defender_agent.collectors.interfaces import InterfaceMap
+from defender_agent.collectors.listening_ports import PortSet
+from defender_agent.collectors.tcp_connections import ConnectionSelector
+from defender_agent.model import Connection, ListeningPort
 from defender_agent.procfs import ProcFS
 
-__all__ = ["SocketSource", "SocketTables", "read_socket_tables", "resolve_source"]
+__all__ = [
+    "SocketSource",
+    "SocketSummary",
+    "SocketTables",
+    "read_socket_tables",
+    "resolve_source",
+    "summarize_sockets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +43,7 @@ SocketSource = Literal["auto", "proc", "netlink", "psutil"]
 ResolvedSource = Literal["proc", "netlink", "psutil"]
 
 _TCP_STATES = frozenset({ESTABLISHED, LISTEN})
+T = TypeVar("T")
 _UDP_UNCONNECTED = 7  # TCP_CLOSE: how the kernel shows a UDP socket with no peer
 
 
@@ -73,9 +86,8 @@ def resolve_source(requested: SocketSource, procfs: ProcFS) -> ResolvedSource:
     return "netlink" if live and _sockdiag.available() else "proc"
 
 
-def _read_proc(procfs: ProcFS, tables: SocketTables) -> None:
+def _proc_chunks(procfs: ProcFS, status: SocketTables) -> Iterator[tuple[str, list[SocketRow]]]:
     for proto, states in (("tcp", _TCP_STATES), ("udp", None)):
-        rows: Optional[list[SocketRow]] = []
         for name, family, required in (
             (proto, socket.AF_INET, True),
             (proto + "6", socket.AF_INET6, False),
@@ -84,47 +96,132 @@ def _read_proc(procfs: ProcFS, tables: SocketTables) -> None:
                 data = procfs.read_bytes("net", name)
             except OSError as exc:
                 if required:
-                    tables.missing[f"net/{name}"] = exc.strerror or str(exc)
-                    rows = None
+                    status.missing[f"net/{name}"] = exc.strerror or str(exc)
                 else:
                     log.debug("%s not readable (no IPv6?): %s", name, exc)
                 continue
-            parsed, bad = parse_socket_table(data, family, states)
+            rows, bad = parse_socket_table(data, family, states)
+            del data
             if bad:
-                tables.malformed[f"net/{name}"] = bad
-            if rows is not None:
-                rows.extend(parsed)
-        setattr(tables, proto, rows)
+                status.malformed[f"net/{name}"] = bad
+            yield proto, rows
 
 
-def _read_netlink(tables: SocketTables) -> None:
+def _netlink_chunks() -> Iterator[tuple[str, list[SocketRow]]]:
     tcp_states = (1 << ESTABLISHED) | (1 << LISTEN)
-    tables.tcp = _sockdiag.dump_sockets(socket.IPPROTO_TCP, socket.AF_INET, tcp_states)
-    tables.tcp += _sockdiag.dump_sockets(socket.IPPROTO_TCP, socket.AF_INET6, tcp_states)
     udp_states = 1 << _UDP_UNCONNECTED
-    tables.udp = _sockdiag.dump_sockets(socket.IPPROTO_UDP, socket.AF_INET, udp_states)
-    tables.udp += _sockdiag.dump_sockets(socket.IPPROTO_UDP, socket.AF_INET6, udp_states)
+    for proto, number, states in (
+        ("tcp", socket.IPPROTO_TCP, tcp_states),
+        ("udp", socket.IPPROTO_UDP, udp_states),
+    ):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for chunk in _sockdiag.iter_dump(number, family, states):
+                yield proto, chunk
+
+
+def _chunks(
+    procfs: ProcFS, resolved: ResolvedSource, status: SocketTables
+) -> Iterator[tuple[str, list[SocketRow]]]:
+    """Yield ``("tcp"|"udp", rows)`` chunks, recording missing and malformed files in ``status``."""
+    status.source = resolved
+    if resolved == "psutil":
+        tcp, udp = _psutil.socket_rows()
+        yield "tcp", tcp
+        yield "udp", udp
+    elif resolved == "netlink":
+        yield from _netlink_chunks()
+    else:
+        yield from _proc_chunks(procfs, status)
+
+
+def _with_fallback(
+    procfs: ProcFS,
+    source: SocketSource,
+    consume: Callable[[Iterator[tuple[str, list[SocketRow]]], SocketTables], T],
+) -> T:
+    resolved = resolve_source(source, procfs)
+    status = SocketTables()
+    try:
+        return consume(_chunks(procfs, resolved, status), status)
+    except _sockdiag.SockDiagUnavailable as exc:
+        log.debug("netlink sock_diag failed, reading /proc instead: %s", exc)
+    status = SocketTables()
+    return consume(_chunks(procfs, "proc", status), status)
 
 
 def read_socket_tables(procfs: ProcFS, source: SocketSource = "auto") -> SocketTables:
-    """Read the TCP and UDP socket tables from the chosen source.
+    """Read the whole TCP and UDP socket tables from the chosen source.
 
     Netlink failures fall back to /proc for that read, with a debug message.
     """
-    tables = SocketTables()
-    resolved = resolve_source(source, procfs)
-    if resolved == "psutil":
-        tables.tcp, tables.udp = _psutil.socket_rows()
-        tables.source = "psutil"
-        return tables
-    if resolved == "netlink":
-        try:
-            _read_netlink(tables)
-        except _sockdiag.SockDiagUnavailable as exc:
-            log.debug("netlink sock_diag failed, reading /proc instead: %s", exc)
-            tables = SocketTables()
-        else:
-            tables.source = "netlink"
-            return tables
-    _read_proc(procfs, tables)
-    return tables
+
+    def consume(
+        chunks: Iterator[tuple[str, list[SocketRow]]], status: SocketTables
+    ) -> SocketTables:
+        tcp: list[SocketRow] = []
+        udp: list[SocketRow] = []
+        for proto, rows in chunks:
+            (tcp if proto == "tcp" else udp).extend(rows)
+        status.tcp = None if "net/tcp" in status.missing else tcp
+        status.udp = None if "net/udp" in status.missing else udp
+        return status
+
+    return _with_fallback(procfs, source, consume)
+
+
+@dataclass
+class SocketSummary:
+    """What the report needs from the socket tables, gathered without keeping them.
+
+    Attributes:
+        tcp_ports: listening TCP ports (``None``: ``net/tcp`` unreadable).
+        udp_ports: listening UDP ports (``None``: ``net/udp`` unreadable).
+        connections: the chosen established connections (``None``: ``net/tcp`` unreadable).
+        connections_total: how many established connections there are.
+        status: the source used, and the missing and malformed files.
+    """
+
+    tcp_ports: Optional[list[ListeningPort]]
+    udp_ports: Optional[list[ListeningPort]]
+    connections: Optional[list[Connection]]
+    connections_total: int
+    status: SocketTables
+
+
+def summarize_sockets(
+    procfs: ProcFS,
+    interfaces: InterfaceMap,
+    *,
+    source: SocketSource = "auto",
+    include_loopback: bool = False,
+    limit: Optional[int] = None,
+) -> SocketSummary:
+    """Stream the socket tables into listening ports and chosen connections.
+
+    Rows arrive a datagram (netlink) or a file (/proc) at a time and are folded into
+    the result at once, so a cycle's memory does not grow with the number of sockets.
+    """
+
+    def consume(
+        chunks: Iterator[tuple[str, list[SocketRow]]], status: SocketTables
+    ) -> SocketSummary:
+        tcp_ports = PortSet(interfaces)
+        udp_ports = PortSet(interfaces)
+        selector = ConnectionSelector(limit, include_loopback=include_loopback)
+        for proto, rows in chunks:
+            if proto == "tcp":
+                tcp_ports.add_tcp(rows)
+                selector.add(rows)
+            else:
+                udp_ports.add_udp(rows)
+        tcp_ok = "net/tcp" not in status.missing
+        udp_ok = "net/udp" not in status.missing
+        return SocketSummary(
+            tcp_ports=tcp_ports.ports() if tcp_ok else None,
+            udp_ports=udp_ports.ports() if udp_ok else None,
+            connections=selector.connections(interfaces) if tcp_ok else None,
+            connections_total=selector.total,
+            status=status,
+        )
+
+    return _with_fallback(procfs, source, consume)

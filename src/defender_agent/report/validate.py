@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from importlib.metadata import version
 from typing import Callable, Final, Optional, Union
 
 import cbor2
@@ -485,7 +484,15 @@ def _text_keys_v5(_decoder: object, mapping: Mapping[object, object]) -> object:
 # cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
 # object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
 # object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
-_CBOR6: Final = int(version("cbor2").split(".")[0]) >= 6
+def _cbor2_checks_duplicates() -> bool:
+    try:
+        cbor2.CBORDecoder(io.BytesIO(b""), allow_duplicate_keys=False)
+    except TypeError:
+        return False
+    return True
+
+
+_CBOR6: Final = _cbor2_checks_duplicates()
 _CBOR_OPTIONS: Final[dict[str, object]] = {
     "read_size": 1,  # so that stream.tell() is where the data item ends
     **(
