@@ -52,3 +52,12 @@ def advance(root: Path) -> None:
         nxt = root / (rel + ".next")
         if nxt.exists():
             shutil.copyfile(nxt, root / rel)
+
+
+def all_keys(node: object) -> set[str]:
+    """Every mapping key anywhere in a decoded document."""
+    if isinstance(node, dict):
+        return set(node) | {k for v in node.values() for k in all_keys(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in all_keys(v)}
+    return set()

@@ -17,7 +17,7 @@ from defender_agent.collect import Collector, CollectorConfig
 from defender_agent.model import Report
 from defender_agent.report.serialize import encode_report, pretty_json
 from defender_agent.report.validate import PayloadFormat, validate_payload
-from tests.conftest import GOLDEN, SCENARIOS, advance
+from tests.conftest import GOLDEN, SCENARIOS, advance, all_keys
 
 FIXED_CLOCK = 1_700_000_000.0
 
@@ -78,19 +78,12 @@ def test_golden_files_cover_every_field_in_both_styles() -> None:
     """Two-way coverage: every name in the table appears in some golden file of each style."""
     from defender_agent.report.names import LONG_TO_SHORT
 
-    def keys(node: object) -> set[str]:
-        if isinstance(node, dict):
-            return set(node) | {k for v in node.values() for k in keys(v)}
-        if isinstance(node, list):
-            return {k for v in node for k in keys(v)}
-        return set()
-
     long_keys: set[str] = set()
     short_keys: set[str] = set()
     for path in GOLDEN.glob("*.long.json"):
-        long_keys |= keys(json.loads(path.read_text()))
+        long_keys |= all_keys(json.loads(path.read_text()))
     for path in GOLDEN.glob("*.short.json"):
-        short_keys |= keys(json.loads(path.read_text()))
+        short_keys |= all_keys(json.loads(path.read_text()))
     assert set(LONG_TO_SHORT) <= long_keys
     assert set(LONG_TO_SHORT.values()) <= short_keys
     assert "cpu_usage" in long_keys and "cpu_usage" in short_keys

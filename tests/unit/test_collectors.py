@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from defender_agent.collectors._inet import SocketRow
 from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
 from defender_agent.collectors.interfaces import (
     InterfaceMap,
@@ -257,14 +258,14 @@ def test_cpu_percent_edges() -> None:
 
 
 # --------------------------------------------------------------------------- streaming selection
-def reference_choice(rows: list, limit: int) -> list:
+def reference_choice(rows: list[SocketRow], limit: int) -> list[SocketRow]:
     """The selection rule written plainly over the whole list."""
     from operator import itemgetter
 
     by_remote = itemgetter(3, 4, 2, 0, 1)
     if len(rows) <= limit:
         return sorted(rows)
-    reps: dict[bytes, tuple] = {}
+    reps: dict[bytes, SocketRow] = {}
     for row in rows:
         if row[3] not in reps or row < reps[row[3]]:
             reps[row[3]] = row
@@ -291,7 +292,9 @@ def reference_choice(rows: list, limit: int) -> list:
     st.integers(1, 40),
     st.integers(1, 50),
 )
-def test_streaming_selector_matches_the_plain_rule(rows: list, limit: int, chunk: int) -> None:
+def test_streaming_selector_matches_the_plain_rule(
+    rows: list[SocketRow], limit: int, chunk: int
+) -> None:
     from defender_agent.collectors.tcp_connections import ConnectionSelector
 
     selector = ConnectionSelector(limit, include_loopback=True)

@@ -25,6 +25,7 @@ from defender_agent.report.fit import fit_report
 from defender_agent.report.names import LONG_TO_SHORT, SHORT_TO_LONG, NameStyle
 from defender_agent.report.serialize import ReportFormat, encode_report, pretty_json
 from defender_agent.report.validate import validate_document, validate_payload
+from tests.conftest import all_keys
 
 FULL = Report(
     report_id=1700000000000,
@@ -96,15 +97,8 @@ def test_short_document_is_the_long_one_renamed() -> None:
 
 
 def test_every_table_name_is_emitted() -> None:
-    def keys(node: object) -> set[str]:
-        if isinstance(node, dict):
-            return set(node) | {k for v in node.values() for k in keys(v)}
-        if isinstance(node, list):
-            return {k for v in node for k in keys(v)}
-        return set()
-
-    assert set(LONG_TO_SHORT) <= keys(to_document(FULL, NameStyle.LONG))
-    assert set(LONG_TO_SHORT.values()) <= keys(to_document(FULL, NameStyle.SHORT))
+    assert set(LONG_TO_SHORT) <= all_keys(to_document(FULL, NameStyle.LONG))
+    assert set(LONG_TO_SHORT.values()) <= all_keys(to_document(FULL, NameStyle.SHORT))
 
 
 @pytest.mark.parametrize("short", [False, True])

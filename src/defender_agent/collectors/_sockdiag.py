@@ -43,6 +43,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from defender_agent.collectors._inet import SocketRow
+
 __all__ = [
     "SockDiagUnavailable",
     "SocketRow",
@@ -52,9 +54,6 @@ __all__ = [
     "iter_dump",
     "parse_messages",
 ]
-
-#: (family, local_ip_packed, local_port, remote_ip_packed, remote_port, state)
-SocketRow = tuple[int, bytes, int, bytes, int, int]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
