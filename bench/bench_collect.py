@@ -4,7 +4,7 @@ For each N (default 100, 1000, 5000, 20000) established loopback TCP connections
 ends open (2N sockets), plus 10 TCP listeners (127.0.0.1 and ::) and 5 unconnected UDP
 sockets, it times:
 
-1. ours, in-process: ``Collector.cycle()`` + ``encode_report(report)``, median of
+1. ours, in-process: ``Collector.cycle()`` + ``encode_fitted(report)``, median of
    ``--reps`` cycles after the baseline cycle; once per socket source that the
    config accepts (default, ``proc``, ``netlink``);
 2. the public sample ``AWSIoTDeviceDefenderAgentSDK==2.0.0``
@@ -185,7 +185,7 @@ def _ours_variants() -> tuple[list[tuple[str, Any]], list[str]]:
 
 def time_ours(reps: int) -> dict[str, Any]:
     from defender_agent.collect import Collector
-    from defender_agent.report.serialize import encode_report
+    from defender_agent.report.fit import encode_fitted
 
     variants, notes = _ours_variants()
     out: dict[str, Any] = {"notes": notes}
@@ -199,7 +199,7 @@ def time_ours(reps: int) -> dict[str, Any]:
             for _ in range(reps):
                 t = time.perf_counter()
                 report = collector.cycle()
-                payload = encode_report(report)
+                payload = encode_fitted(report).payload
                 times.append(time.perf_counter() - t)
             out[label] = {
                 "median_ms": median_ms(times),
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "sample_package": SAMPLE_PKG,
         "method": {
-            "ours": "Collector.cycle() + encode_report(report), in-process, median of "
+            "ours": "Collector.cycle() + encode_fitted(report), in-process, median of "
             f"{args.reps} after one baseline cycle",
             "sample": "Collector(short_metrics_names=False).collect_metrics() in its own venv, "
             "in-process median reported by the subprocess",

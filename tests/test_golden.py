@@ -22,12 +22,11 @@ from tests.conftest import GOLDEN, SCENARIOS, advance, all_keys
 FIXED_CLOCK = 1_700_000_000.0
 
 
-def collect_report(root: Path, *, short_names: bool, list_size: int) -> Report:
+def collect_report(root: Path, *, list_size: int) -> Report:
     config = CollectorConfig(
         proc_root=root,
         include_custom_metrics=True,
         socket_source="proc",
-        short_names=short_names,
         list_size=list_size,
     )
     collector = Collector(config, state_dir=None, clock=lambda: FIXED_CLOCK)
@@ -51,7 +50,7 @@ def check(path: Path, actual: str, update: bool) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_golden_report(scenario: str, names: str, proc_copy, update_golden: bool) -> None:
     short = names == "short"
-    report = collect_report(proc_copy(scenario), short_names=short, list_size=50)
+    report = collect_report(proc_copy(scenario), list_size=50)
     text = pretty_json(report, short_names=short) + "\n"
     check(GOLDEN / f"{scenario}.{names}.json", text, update_golden)
     cbor_hex = encode_report(report, "cbor", short_names=short).hex() + "\n"

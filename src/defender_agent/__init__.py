@@ -2,12 +2,13 @@
 
 The public API, for embedding the collector, reports and validator::
 
-    from defender_agent import Collector, CollectorConfig, encode_report
+    from defender_agent import Collector, CollectorConfig, encode_fitted
 
     collector = Collector(CollectorConfig(include_custom_metrics=True))
     collector.cycle()                      # the baseline
     report = collector.cycle()             # one complete report
-    payload = encode_report(report, "cbor", short_names=True)
+    encoded = encode_fitted(report, "cbor", short_names=True)   # within IoT Core's 128 KB
+    encoded.payload                        # the bytes to publish
 
 Everything not listed in ``__all__`` is internal and may change.
 """
@@ -34,6 +35,7 @@ from defender_agent.model import (
     Report,
 )
 from defender_agent.report.document import to_document
+from defender_agent.report.fit import EncodedReport, encode_fitted
 from defender_agent.report.names import NameStyle
 from defender_agent.report.serialize import encode_report
 from defender_agent.report.validate import (
@@ -58,6 +60,7 @@ __all__ = [
     "ConnectionList",
     "CustomMetric",
     "CustomMetricType",
+    "EncodedReport",
     "ListeningPort",
     "NameStyle",
     "NetworkStats",
@@ -74,6 +77,7 @@ __all__ = [
     "ValidationPolicy",
     "ValidationResult",
     "__version__",
+    "encode_fitted",
     "encode_report",
     "to_document",
     "validate_document",

@@ -14,6 +14,7 @@ Errors are one line on stderr; bad options exit 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -26,9 +27,7 @@ from defender_agent import __version__
 from defender_agent.collect import DEFAULT_LIST_SIZE, Collector, CollectorConfig
 from defender_agent.errors import AgentError
 from defender_agent.procfs import default_proc_root
-from defender_agent.report.document import to_document
-from defender_agent.report.names import NameStyle
-from defender_agent.report.serialize import encode_report, pretty_json
+from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import (
     PayloadFormat,
     ValidationPolicy,
@@ -278,13 +277,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         interfaces_exclude=tuple(args.interfaces_exclude or ("lo",)),
         wildcard_interface=args.wildcard_interface,
         socket_source=args.socket_source,
-        report_format=args.format,
-        short_names=args.short_names,
     )
     output = _open_output(args.output, args.format == "cbor")
     stream = output or sys.stdout.buffer
     collector = Collector(config, state_dir=args.state_dir or default_state_dir())
-    style = NameStyle.SHORT if args.short_names else NameStyle.LONG
     invalid = False
     try:
         collector.cycle()  # baseline
@@ -296,13 +292,14 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             report = collector.cycle()
             if report is None:  # pragma: no cover - only the first cycle returns None
                 continue
-            for problem in validate_document(to_document(report, style)):
+            encoded = encode_fitted(report, args.format, short_names=args.short_names)
+            for problem in validate_document(encoded.document):
                 invalid = True
                 log.error("built an invalid report: %s", problem)
             if args.format == "cbor":
-                stream.write(encode_report(report, "cbor", short_names=args.short_names))
+                stream.write(encoded.payload)
             else:
-                stream.write(pretty_json(report, short_names=args.short_names).encode() + b"\n")
+                stream.write(json.dumps(encoded.document, indent=2).encode() + b"\n")
             stream.flush()
             printed += 1
     except KeyboardInterrupt:

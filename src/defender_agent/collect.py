@@ -38,8 +38,6 @@ from defender_agent.model import (
     Report,
 )
 from defender_agent.procfs import ProcFS, default_proc_root
-from defender_agent.report.fit import fit_report
-from defender_agent.report.serialize import ReportFormat
 from defender_agent.state import ReportIdSequence, StateDir
 
 __all__ = ["Collector", "CollectorConfig", "Snapshot"]
@@ -67,9 +65,6 @@ class CollectorConfig:
             another proc root, psutil where there is no /proc), ``proc``,
             ``netlink`` or ``psutil`` (the fallback, which also supplies the
             counters, interface addresses and CPU times).
-        report_format: the encoding the report must fit in (for the size limit).
-        short_names: whether the report is encoded with short names (size limit).
-        max_report_bytes: the encoded report is kept under this size (IoT Core: 128 KB).
     """
 
     proc_root: Path = field(default_factory=default_proc_root)
@@ -80,9 +75,6 @@ class CollectorConfig:
     interfaces_exclude: tuple[str, ...] = ("lo",)
     wildcard_interface: Optional[str] = None
     socket_source: SocketSource = "auto"
-    report_format: ReportFormat = "json"
-    short_names: bool = False
-    max_report_bytes: int = 131072
 
 
 @dataclass
@@ -215,7 +207,9 @@ class Collector:
         Returns:
             The report, or ``None`` for the very first cycle, which only takes
             the baseline that deltas need (nothing is reported until a delta
-            exists, as in the public sample).
+            exists, as in the public sample). Lists hold at most ``list_size``
+            entries; :func:`~defender_agent.report.fit.encode_fitted` encodes
+            it within the message size limit.
         """
         snap = self._read_snapshot()
         previous, self._previous = self._previous, snap
@@ -230,19 +224,13 @@ class Collector:
             usage = cpu_percent(previous.cpu, snap.cpu)
             if usage is not None:
                 custom.append(CustomMetric("cpu_usage", CustomMetricType.NUMBER, usage))
-        report = Report(
+        return Report(
             report_id=self._ids.next(),
             listening_tcp_ports=tcp_ports,
             listening_udp_ports=udp_ports,
             tcp_connections=connections,
             network_stats=stats,
             custom_metrics=tuple(custom),
-        )
-        return fit_report(
-            report,
-            self.config.report_format,
-            short_names=self.config.short_names,
-            max_bytes=self.config.max_report_bytes,
         )
 
 

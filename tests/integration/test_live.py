@@ -71,7 +71,6 @@ def collect(source: SocketSource) -> Report:
         proc_root=Path("/proc"),
         include_loopback_connections=True,
         list_size=1_000_000,
-        max_report_bytes=1 << 40,
         socket_source=source,
     )
     collector = Collector(config, state_dir=None)
