@@ -9,7 +9,11 @@
     ├── ReportError            a report could not be built, encoded or decoded
     │   ├── ReportDecodeError  a payload is not a JSON object / CBOR map
     │   └── ReportTooLargeError     a report cannot be made to fit the size limit
-    └── StateError             the state directory cannot be used
+    ├── StateError             the state directory cannot be used
+    └── TransportError         MQTT connection, subscription or publish failed
+        ├── ConnectError       one connection attempt failed (the caller retries)
+        ├── PublishError       a publish was not acknowledged
+        └── TlsSetupError      certificate, key or CA files are unusable (fatal)
 
 Every message is one line that names what is wrong; the CLI prints it without
 a traceback.
@@ -21,11 +25,15 @@ __all__ = [
     "AgentError",
     "CollectorError",
     "ConfigError",
+    "ConnectError",
     "ProcParseError",
+    "PublishError",
     "ReportDecodeError",
     "ReportError",
     "ReportTooLargeError",
     "StateError",
+    "TlsSetupError",
+    "TransportError",
 ]
 
 
@@ -59,3 +67,19 @@ class ReportTooLargeError(ReportError):
 
 class StateError(AgentError):
     """The state directory or a state file cannot be used."""
+
+
+class TransportError(AgentError):
+    """An MQTT operation failed."""
+
+
+class ConnectError(TransportError):
+    """One connection attempt failed; connecting again later may succeed."""
+
+
+class PublishError(TransportError):
+    """A publish was not acknowledged (the link dropped, or the broker refused it)."""
+
+
+class TlsSetupError(TransportError):
+    """The certificate, key or CA files cannot be used; retrying will not help."""

@@ -1,0 +1,1 @@
+"""Transports: how reports reach AWS IoT Core (or a compatible broker) and how replies come back."""
