@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from defender_agent.collectors import _psutil
 from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
@@ -144,6 +144,14 @@ class Collector:
     # ------------------------------------------------------------------ reading
     def _read_snapshot(self) -> Snapshot:
         snap = Snapshot(monotonic=time.monotonic())
+        try:
+            self._read_counters(snap)
+        except Exception:  # a collector bug drops its group from this report, never the cycle
+            log.exception("reading the traffic and CPU counters failed; leaving them out")
+            snap.interfaces = snap.cpu = None
+        return snap
+
+    def _read_counters(self, snap: Snapshot) -> None:
         if self._psutil:
             snap.interfaces = select_interfaces(
                 _psutil.interface_counters(),
@@ -152,7 +160,7 @@ class Collector:
             )
             if self.config.include_custom_metrics:
                 snap.cpu = _psutil.cpu_times()
-            return snap
+            return
         dev = self._read("net", "dev")
         if dev is not None:
             counters, bad = parse_net_dev(dev)
@@ -166,7 +174,6 @@ class Collector:
                 snap.cpu = parse_proc_stat(stat)
                 if snap.cpu is None:
                     self._count_malformed("stat", 1)
-        return snap
 
     def _sockets(
         self,
@@ -215,7 +222,11 @@ class Collector:
         previous, self._previous = self._previous, snap
         if previous is None:
             return None
-        tcp_ports, udp_ports, connections = self._sockets()
+        try:
+            tcp_ports, udp_ports, connections = self._sockets()
+        except Exception:  # a collector bug drops its groups from this report, never the cycle
+            log.exception("reading the socket tables failed; leaving out ports and connections")
+            tcp_ports = udp_ports = connections = None
         stats: Optional[NetworkStats] = None
         if previous.interfaces is not None and snap.interfaces is not None:
             stats = network_delta(previous.interfaces, snap.interfaces)
@@ -232,6 +243,46 @@ class Collector:
             network_stats=stats,
             custom_metrics=tuple(custom),
         )
+
+    # ------------------------------------------------------------------ baseline
+    def export_baseline(self) -> Optional[dict[str, Any]]:
+        """The readings the next delta needs, as plain data for the state file."""
+        prev = self._previous
+        if prev is None:
+            return None
+        return {
+            "interfaces": None
+            if prev.interfaces is None
+            else {name: list(counters) for name, counters in prev.interfaces.items()},
+            "cpu": None if prev.cpu is None else list(prev.cpu),
+        }
+
+    def import_baseline(self, data: object) -> bool:
+        """Take a baseline saved by :meth:`export_baseline` (after a restart on the same boot).
+
+        Returns:
+            Whether it was usable; a malformed one is ignored (the next cycle
+            then takes a fresh baseline).
+        """
+        if not isinstance(data, dict):
+            return False
+        try:
+            raw_ifaces = data.get("interfaces")
+            interfaces = (
+                None
+                if raw_ifaces is None
+                else {
+                    str(k): InterfaceCounters(*(int(x) for x in v)) for k, v in raw_ifaces.items()
+                }
+            )
+            raw_cpu = data.get("cpu")
+            cpu = None if raw_cpu is None else CpuTimes(*(int(x) for x in raw_cpu))
+        except (TypeError, ValueError, AttributeError):
+            return False
+        if interfaces is not None and any(min(c) < 0 for c in interfaces.values()):
+            return False
+        self._previous = Snapshot(interfaces=interfaces, cpu=cpu, monotonic=time.monotonic())
+        return True
 
 
 def _port_list(ports: list[ListeningPort], limit: int) -> PortList:

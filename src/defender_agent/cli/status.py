@@ -1,0 +1,106 @@
+"""``defender-agent status``: what the running (or last) agent reported, from its status file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from defender_agent.cli._common import EXIT_INVALID, EXIT_OK, Parser
+from defender_agent.state import StateDir, default_state_dir
+
+__all__ = ["add_parser", "command", "render"]
+
+
+def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    """Add ``status`` to the command line."""
+    p = sub.add_parser(
+        "status",
+        help="show the agent's counters and last replies",
+        description="Print the status the agent keeps in its state directory: reports sent, "
+        "accepted, rejected (by error code), unanswered and dropped, the last acceptance and "
+        "the last rejection. Exit 1 when there is no status file.",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the agent's state directory (default: as 'run')",
+    )
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+    p.set_defaults(func=command)
+
+
+def _ago(stamp: Any, now: float) -> str:  # noqa: ANN401 - a JSON value
+    if not isinstance(stamp, (int, float)):
+        return "never"
+    seconds = max(0, int(now - stamp))
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
+    return f"{when} ({seconds} s ago)"
+
+
+def _alive(pid: Any) -> bool:  # noqa: ANN401 - a JSON value
+    return isinstance(pid, int) and pid > 0 and Path(f"/proc/{pid}").exists()
+
+
+def render(status: dict[str, Any], now: float) -> str:
+    """The status as lines for a person.
+
+    >>> print(render({"thing_name": "gw", "counters": {"sent": 2, "accepted": 1,
+    ...               "rejected": {"Throttled": 1}}}, 0).splitlines()[3])
+    reports: built 0, sent 2, accepted 1, rejected 1 (Throttled 1), unanswered 0, dropped 0
+    """
+    c = status.get("counters") or {}
+    rejected = c.get("rejected") or {}
+    by_code = ", ".join(f"{code} {n}" for code, n in sorted(rejected.items()))
+    running = "running" if _alive(status.get("pid")) else "not running"
+    lines = [
+        f"thing: {status.get('thing_name')}  topic: {status.get('topic')}",
+        (
+            f"agent: pid {status.get('pid')} ({running}), "
+            f"started {_ago(status.get('started_at'), now)}"
+        ),
+        (
+            f"endpoint: {status.get('endpoint')}  connected: {status.get('connected')}  "
+            f"updated {_ago(status.get('updated_at'), now)}"
+        ),
+        (
+            f"reports: built {c.get('built', 0)}, sent {c.get('sent', 0)}, accepted "
+            f"{c.get('accepted', 0)}, rejected {sum(rejected.values())}"
+            + (f" ({by_code})" if by_code else "")
+            + f", unanswered {c.get('unanswered', 0)}, dropped {c.get('dropped', 0)}"
+        ),
+        (
+            f"held after Throttled: {c.get('held', 0)}, invalid: {c.get('invalid', 0)}, "
+            f"errors: {c.get('cycle_errors', 0)}, awaiting reply: {c.get('awaiting_reply', 0)}"
+        ),
+        f"last accepted: {_ago(c.get('last_accepted_at'), now)}",
+    ]
+    last = c.get("last_rejection")
+    if isinstance(last, dict):
+        lines.append(
+            f"last rejection: report {last.get('report_id')} {last.get('code')}: "
+            f"{last.get('message')} at {_ago(last.get('at'), now)}"
+        )
+    if c.get("last_error"):
+        lines.append(f"last error: {c['last_error']}")
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Print the status file."""
+    state = StateDir(
+        args.state_dir or os.environ.get("DEFENDER_AGENT_STATE_DIR") or default_state_dir()
+    )
+    status = state.load("status")
+    if status is None:
+        print(f"no agent status in {state.path} (has 'defender-agent run' used this state dir?)")
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(render(status, time.time()))
+    return EXIT_OK

@@ -1,0 +1,232 @@
+"""Device Defender's replies to the agent's reports: parse them, match them, count them.
+
+Every report the agent publishes is remembered by its ``report_id`` until the
+service answers on ``.../accepted`` or ``.../rejected`` (protocol.md §4). A
+reply is matched on ``reportId``; one for an id the agent is not waiting for
+is logged and not trusted (it may be another agent's, or stale). Rejections
+are logged at ERROR with their ``ErrorCode`` and ``ErrorMessage``; a
+``Throttled`` rejection asks the agent to hold its next report a full
+interval. Reports that get no answer within an interval count as unanswered.
+
+The ledger is shared between the client's callback threads and the agent's
+loop, so every method takes its lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import cbor2
+
+__all__ = ["Counters", "Reply", "ReplyLedger", "parse_reply"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One decoded reply."""
+
+    accepted: bool
+    report_id: Optional[int]
+    error_code: Optional[str] = None
+    error_message: Optional[str] = None
+
+
+def parse_reply(topic: str, payload: bytes) -> Reply:
+    """Decode a reply from its topic (``.../{json,cbor}/{accepted,rejected}``) and payload.
+
+    >>> parse_reply("$aws/things/t/defender/metrics/json/accepted",
+    ...             b'{"thingName":"t","reportId":7,"status":"ACCEPTED","timestamp":1}')
+    Reply(accepted=True, report_id=7, error_code=None, error_message=None)
+
+    Raises:
+        ValueError: the payload is not a reply document.
+    """
+    parts = topic.split("/")
+    if len(parts) < 2 or parts[-1] not in ("accepted", "rejected"):
+        raise ValueError(f"not a reply topic: {topic!r}")
+    try:
+        doc = cbor2.loads(payload) if parts[-2] == "cbor" else json.loads(payload)
+    except Exception as exc:  # any decoder failure means the same thing here
+        raise ValueError(f"undecodable reply ({type(exc).__name__})") from None
+    if not isinstance(doc, Mapping):
+        raise ValueError("reply is not an object")  # noqa: TRY004 - callers expect ValueError
+    raw_id = doc.get("reportId")
+    report_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+    status = doc.get("status")
+    accepted = parts[-1] == "accepted"
+    if status not in (None, "ACCEPTED" if accepted else "REJECTED"):
+        raise ValueError(f"status {status!r} on the {parts[-1]} topic")
+    details = doc.get("statusDetails")
+    code = message = None
+    if isinstance(details, Mapping):
+        code = details.get("ErrorCode") if isinstance(details.get("ErrorCode"), str) else None
+        message = (
+            details.get("ErrorMessage") if isinstance(details.get("ErrorMessage"), str) else None
+        )
+    if not accepted and code is None:
+        code = "Unknown"
+    return Reply(accepted, report_id, code, message)
+
+
+@dataclass
+class Counters:
+    """What happened to the reports, for the status file."""
+
+    built: int = 0
+    sent: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    unanswered: int = 0
+    dropped: int = 0
+    held: int = 0
+    invalid: int = 0
+    cycle_errors: int = 0
+    unknown_replies: int = 0
+    bad_replies: int = 0
+    last_accepted_at: Optional[float] = None
+    last_report_id: Optional[int] = None
+    last_rejection: Optional[dict[str, Any]] = None
+    last_error: Optional[str] = None
+
+
+class ReplyLedger:
+    """Reports awaiting replies, and the counters.
+
+    Args:
+        answer_timeout: seconds after which a report without a reply is unanswered.
+        clock: monotonic clock for the timeout; ``wall`` stamps "last accepted".
+    """
+
+    def __init__(
+        self,
+        answer_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.answer_timeout = answer_timeout
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._pending: dict[int, float] = {}
+        self._hold_next = False
+        self.counters = Counters()
+
+    def count(self, name: str, error: Optional[str] = None) -> None:
+        """Add one to a plain counter (``dropped``, ``held``, ...) and remember the error."""
+        with self._lock:
+            setattr(self.counters, name, getattr(self.counters, name) + 1)
+            if error:
+                self.counters.last_error = error
+
+    def built(self, report_id: int) -> None:
+        """A report was built."""
+        with self._lock:
+            self.counters.built += 1
+            self.counters.last_report_id = report_id
+
+    def expect(self, report_id: int) -> None:
+        """``report_id`` is about to be published: its reply may come before the PUBACK."""
+        with self._lock:
+            self._pending[report_id] = self._clock()
+
+    def sent(self, report_id: int) -> None:
+        """The broker acknowledged the publish of ``report_id`` (PUBACK)."""
+        with self._lock:
+            self.counters.sent += 1
+
+    def failed(self, report_id: int, error: str) -> None:
+        """The publish of ``report_id`` failed: it will get no reply; count it dropped."""
+        with self._lock:
+            self._pending.pop(report_id, None)
+            self.counters.dropped += 1
+            self.counters.last_error = error
+
+    def take_hold(self) -> bool:
+        """Whether the next report must be held (a Throttled rejection came); resets the flag."""
+        with self._lock:
+            hold, self._hold_next = self._hold_next, False
+            return hold
+
+    def expire(self) -> int:
+        """Count reports whose reply did not come in time; return how many expired now."""
+        now = self._clock()
+        with self._lock:
+            late = [rid for rid, at in self._pending.items() if now - at > self.answer_timeout]
+            for rid in late:
+                del self._pending[rid]
+            self.counters.unanswered += len(late)
+        for rid in late:
+            log.warning("report %d got no reply within %.0f s", rid, self.answer_timeout)
+        return len(late)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Handle a message on the accepted/rejected topics (called on a client thread)."""
+        try:
+            reply = parse_reply(topic, payload)
+        except ValueError as exc:
+            self.count("bad_replies")
+            log.warning("ignoring a malformed reply on %s: %s", topic, exc)
+            return
+        with self._lock:
+            known = reply.report_id is not None and reply.report_id in self._pending
+            if known:
+                assert reply.report_id is not None
+                del self._pending[reply.report_id]
+            if reply.accepted:
+                if known:
+                    self.counters.accepted += 1
+                    self.counters.last_accepted_at = self._wall()
+                else:
+                    self.counters.unknown_replies += 1
+            else:
+                code = reply.error_code or "Unknown"
+                if known or reply.report_id is None:
+                    self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
+                    self.counters.last_rejection = {
+                        "report_id": reply.report_id,
+                        "code": code,
+                        "message": reply.error_message,
+                        "at": self._wall(),
+                    }
+                    if code == "Throttled":
+                        self._hold_next = True
+                else:
+                    self.counters.unknown_replies += 1
+        if reply.accepted and known:
+            log.info("report %d accepted", reply.report_id)
+        elif reply.accepted:
+            log.warning(
+                "accepted reply for unknown report id %s; not ours or late: ignored",
+                reply.report_id,
+            )
+        elif known or reply.report_id is None:
+            log.error(
+                "report %s rejected: %s: %s%s",
+                reply.report_id if reply.report_id is not None else "(no reportId)",
+                reply.error_code,
+                reply.error_message,
+                "; holding the next report a full interval"
+                if reply.error_code == "Throttled"
+                else "",
+            )
+        else:
+            log.warning(
+                "rejection for unknown report id %s (%s); ignored",
+                reply.report_id,
+                reply.error_code,
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters and the number of reports awaiting replies, as plain data."""
+        with self._lock:
+            data = asdict(self.counters)
+            data["awaiting_reply"] = len(self._pending)
+            return data
