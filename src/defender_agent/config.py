@@ -171,7 +171,12 @@ def validate_thing_name(name: str) -> str:
 
 def _thing(value: object) -> Optional[str]:
     text = _optional_text(value)
-    return validate_thing_name(text) if text else None
+    if not text:
+        return None
+    try:
+        return validate_thing_name(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid thing name {text!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the settings table

@@ -72,7 +72,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("[mqtt]\nport = 70000\n", "mqtt.port: expected a whole number from 1 to 65535, got 70000"),
         ("[agent]\nformat = 'xml'\n", "agent.format: expected one of json, cbor, got 'xml'"),
         ("[agent]\nshort_names = 'maybe'\n", "agent.short_names: expected true or false"),
-        ("[agent]\nthing_name = 'a/b'\n", "agent.thing_name: must not contain"),
+        ("[agent]\nthing_name = 'a/b'\n", "agent.thing_name: invalid thing name 'a/b': must not"),
         ("[collector]\ninterfaces_exclude = 3\n", "expected a list of glob patterns"),
         ("agent = 1\n", "[agent] must be a table"),
         ("[agent\n", "is not valid TOML"),
