@@ -1,0 +1,194 @@
+"""The Device Defender responder on an MQTT connection.
+
+:class:`ResponderService` subscribes to every report topic
+(``$aws/things/+/defender/metrics/+``, QoS 1), hands each message to a
+:class:`~defender_agent.responder.Responder` and publishes its reply on the
+format's ``accepted``/``rejected`` topic (protocol.md §1.1, §4, §7). The filter
+has exactly one level after ``metrics``, so it never matches the reply topics and
+the service never answers its own replies.
+
+The caller owns the transport: it connects it before :meth:`~ResponderService.start`
+and disconnects it after :meth:`~ResponderService.stop`. Messages arrive on the
+transport's callback thread; the service never raises into it and never blocks on
+a publish: every reply is fired and its failure, if any, is logged at WARNING when
+the transport reports it. An exception while handling a message is logged with its
+traceback and counted, and the next message is handled as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Final, Optional
+
+from defender_agent.responder import Outcome, Reply, Responder
+from defender_agent.transport.base import Transport
+
+__all__ = ["REPORT_TOPIC_FILTER", "ResponderService", "ServiceStats"]
+
+#: Every report topic, JSON and CBOR, of every thing (§1.1); not the reply topics.
+REPORT_TOPIC_FILTER: Final = "$aws/things/+/defender/metrics/+"
+
+_log = logging.getLogger(__name__)
+_SHOWN: Final = 160  # characters of a hostile topic or thing name shown in a log line
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """A read-only snapshot of the service's own counters.
+
+    The responder's counters (accepted, rejected by code, per thing) are in
+    :meth:`Responder.snapshot`.
+
+    Attributes:
+        messages: Messages received while running.
+        replies: Replies handed to the transport.
+        publish_failures: Replies the transport failed to publish.
+        handler_errors: Messages whose handling raised (logged with the traceback).
+        ignored: Messages received while stopped.
+    """
+
+    messages: int
+    replies: int
+    publish_failures: int
+    handler_errors: int
+    ignored: int
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted and escaped for a one-line log, and cut if long."""
+    shown = repr(text)
+    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
+
+
+class ResponderService:
+    """Answers Device Defender reports that arrive on a transport.
+
+    Args:
+        transport: A connected transport (or one about to connect); the caller owns it.
+        responder: The decisions; a new :class:`Responder` with the default policy
+            (protocol.md §7) if None.
+    """
+
+    def __init__(self, transport: Transport, responder: Optional[Responder] = None) -> None:
+        self._transport = transport
+        self._responder = responder if responder is not None else Responder()
+        self._lock = threading.Lock()
+        self._running = False
+        self._subscribed = False
+        self._messages = 0
+        self._replies = 0
+        self._publish_failures = 0
+        self._handler_errors = 0
+        self._ignored = 0
+
+    @property
+    def responder(self) -> Responder:
+        """The responder that decides the replies (its counters: ``snapshot()``)."""
+        return self._responder
+
+    @property
+    def running(self) -> bool:
+        """Whether messages are being answered."""
+        return self._running
+
+    def start(self) -> None:
+        """Subscribe to the report topics (QoS 1) and answer from now on; idempotent.
+
+        Raises:
+            TransportError: The subscription was refused or not acknowledged; the
+                service stays stopped.
+        """
+        with self._lock:
+            if self._running:
+                return
+            self._running = True  # before the SUBACK: a report may follow right away
+        if self._subscribed:  # the transport keeps a subscription across reconnects
+            _log.info("responder answering reports on %s again", REPORT_TOPIC_FILTER)
+            return
+        try:
+            self._transport.subscribe(REPORT_TOPIC_FILTER, self._on_message)
+        except BaseException:
+            with self._lock:
+                self._running = False
+            raise
+        self._subscribed = True
+        _log.info("responder subscribed to %s", REPORT_TOPIC_FILTER)
+
+    def stop(self) -> None:
+        """Stop answering; later messages are counted as ignored. Idempotent.
+
+        The transport has no unsubscribe: the subscription stays until the caller
+        disconnects the transport, and :meth:`start` resumes without subscribing again.
+        """
+        with self._lock:
+            was_running, self._running = self._running, False
+        if was_running:
+            _log.info("responder stopped")
+
+    def stats(self) -> ServiceStats:
+        """A consistent, read-only copy of the service's counters."""
+        with self._lock:
+            return ServiceStats(
+                messages=self._messages,
+                replies=self._replies,
+                publish_failures=self._publish_failures,
+                handler_errors=self._handler_errors,
+                ignored=self._ignored,
+            )
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """The transport's message callback: answer, never raise, never wait."""
+        with self._lock:
+            if not self._running:
+                self._ignored += 1
+                return
+            self._messages += 1
+        try:
+            outcome = self._responder.handle(topic, bytes(payload))
+            self._log_outcome(topic, outcome)
+            if outcome.reply is not None:
+                self._publish(outcome.reply)
+        except Exception:
+            with self._lock:
+                self._handler_errors += 1
+            _log.exception("responder failed on a message on topic %s", _shown(topic))
+
+    @staticmethod
+    def _log_outcome(topic: str, outcome: Outcome) -> None:
+        reply = outcome.reply
+        if reply is None:
+            _log.info("report topic=%s status=DROPPED: %s", _shown(topic), outcome.reason)
+            return
+        _log.info(
+            "report thing=%s report_id=%s status=%s code=%s: %s",
+            _shown(reply.thing_name),
+            reply.report_id,
+            "ACCEPTED" if reply.accepted else "REJECTED",
+            reply.error_code or "-",
+            outcome.reason,
+        )
+
+    def _publish(self, reply: Reply) -> None:
+        """Fire the publish; a failure now or later is logged at WARNING and counted."""
+        try:
+            future = self._transport.publish(reply.topic, reply.payload)
+        except Exception as exc:
+            self._publish_failed(reply, exc)
+            return
+        with self._lock:
+            self._replies += 1
+        future.add_done_callback(lambda done: self._published(reply, done))
+
+    def _published(self, reply: Reply, done: Future[None]) -> None:
+        if done.cancelled():
+            self._publish_failed(reply, "cancelled")
+        elif (exc := done.exception()) is not None:
+            self._publish_failed(reply, exc)
+
+    def _publish_failed(self, reply: Reply, why: object) -> None:
+        with self._lock:
+            self._publish_failures += 1
+        _log.warning("responder could not publish the reply on %s: %s", _shown(reply.topic), why)

@@ -1,0 +1,338 @@
+"""Tests for defender_agent.responder_service over an in-memory transport."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Optional
+
+import cbor2
+import pytest
+
+from defender_agent.errors import PublishError, TransportError
+from defender_agent.responder import Outcome, Responder
+from defender_agent.responder_service import REPORT_TOPIC_FILTER, ResponderService, ServiceStats
+from defender_agent.transport.base import ConnectionListener, MessageHandler, Transport
+
+REPORT = b'{"header":{"report_id":7,"version":"1.0"},"metrics":{}}'
+JSON_TOPIC = "$aws/things/thing1/defender/metrics/json"
+CBOR_TOPIC = "$aws/things/thing1/defender/metrics/cbor"
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic filter matching (MQTT 3.1.1 §4.7), enough for these tests."""
+    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(f_levels):
+        if level == "#":
+            return True
+        if i >= len(t_levels) or (level not in ("+", t_levels[i])):
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+class FakeTransport:
+    """Records subscriptions and publishes; ``inject`` delivers a message like a broker."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[str] = []
+        self.handlers: list[tuple[str, MessageHandler]] = []
+        self.published: list[tuple[str, bytes]] = []
+        self.futures: list[Future[None]] = []
+        self.complete_publishes = True
+        self.publish_error: Optional[Exception] = None
+        self.subscribe_error: Optional[Exception] = None
+        self._connected = True
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        if self.subscribe_error is not None:
+            raise self.subscribe_error
+        self.subscriptions.append(topic_filter)
+        self.handlers.append((topic_filter, handler))
+
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
+        if self.publish_error is not None:
+            raise self.publish_error
+        self.published.append((topic, payload))
+        future: Future[None] = Future()
+        if self.complete_publishes:
+            future.set_result(None)
+        self.futures.append(future)
+        return future
+
+    def disconnect(self) -> None:
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
+        pass
+
+    def inject(self, topic: str, payload: bytes) -> int:
+        """Deliver to every matching subscription, as the client thread would; returns how many."""
+        delivered = 0
+        for topic_filter, handler in self.handlers:
+            if matches(topic_filter, topic):
+                handler(topic, payload)
+                delivered += 1
+        return delivered
+
+
+class ExplodingResponder(Responder):
+    """Raises on the first ``failures`` messages, then answers normally."""
+
+    def __init__(self, failures: int = 1) -> None:
+        super().__init__(clock=lambda: 1_700_000_000.0)
+        self.failures = failures
+
+    def handle(self, topic: str, payload: bytes) -> Outcome:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("boom")
+        return super().handle(topic, payload)
+
+
+@pytest.fixture
+def transport() -> FakeTransport:
+    return FakeTransport()
+
+
+@pytest.fixture
+def service(transport: FakeTransport) -> ResponderService:
+    svc = ResponderService(transport, Responder(clock=lambda: 1_700_000_000.0))
+    svc.start()
+    return svc
+
+
+def test_the_fake_is_a_transport(transport: FakeTransport) -> None:
+    typed: Transport = transport  # checked by mypy
+    assert typed.connected
+
+
+def test_start_subscribes_to_every_report_topic_once(transport: FakeTransport) -> None:
+    service = ResponderService(transport)
+    assert not service.running
+    service.start()
+    service.start()
+    assert transport.subscriptions == ["$aws/things/+/defender/metrics/+"]
+    assert REPORT_TOPIC_FILTER == "$aws/things/+/defender/metrics/+"
+    assert service.running
+
+
+@pytest.mark.parametrize(
+    ("topic", "matched"),
+    [
+        (JSON_TOPIC, True),
+        (CBOR_TOPIC, True),
+        ("$aws/things/other/defender/metrics/json", True),
+        ("$aws/things/thing1/defender/metrics/JSON", True),  # matched, then dropped
+        ("$aws/things/thing1/defender/metrics/json/accepted", False),  # never our own replies
+        ("$aws/things/thing1/defender/metrics/json/rejected", False),
+        ("$aws/things/thing1/defender/metrics/cbor/accepted", False),
+        ("$aws/things/thing1/shadow/update", False),
+    ],
+)
+def test_subscription_filter(topic: str, matched: bool) -> None:
+    assert matches(REPORT_TOPIC_FILTER, topic) is matched
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reply_topic", "status"),
+    [
+        (JSON_TOPIC, REPORT, JSON_TOPIC + "/accepted", "ACCEPTED"),
+        (JSON_TOPIC, b"{}", JSON_TOPIC + "/rejected", "REJECTED"),
+        (CBOR_TOPIC, cbor2.dumps(json.loads(REPORT)), CBOR_TOPIC + "/accepted", "ACCEPTED"),
+        (CBOR_TOPIC, REPORT, CBOR_TOPIC + "/rejected", "REJECTED"),
+    ],
+)
+def test_reply_is_published_on_the_right_topic(
+    service: ResponderService,
+    transport: FakeTransport,
+    topic: str,
+    payload: bytes,
+    reply_topic: str,
+    status: str,
+) -> None:
+    assert transport.inject(topic, payload) == 1
+    assert [t for t, _ in transport.published] == [reply_topic]
+    reply = transport.published[0][1]
+    doc = json.loads(reply) if topic.endswith("json") else cbor2.loads(reply)
+    assert doc["status"] == status
+    assert doc["thingName"] == "thing1"
+    assert service.stats() == ServiceStats(
+        messages=1, replies=1, publish_failures=0, handler_errors=0, ignored=0
+    )
+
+
+def test_throttled_second_report(service: ResponderService, transport: FakeTransport) -> None:
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject(JSON_TOPIC, REPORT)
+    second = json.loads(transport.published[1][1])
+    assert transport.published[1][0] == JSON_TOPIC + "/rejected"
+    assert second["statusDetails"]["ErrorCode"] == "Throttled"
+    assert second["reportId"] == 7
+    snap = service.responder.snapshot()
+    assert (snap.accepted, dict(snap.rejected)) == (1, {"Throttled": 1})
+
+
+def test_not_a_report_topic_publishes_nothing(
+    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "defender_agent.responder_service")
+    transport.inject("$aws/things/thing1/defender/metrics/JSON", REPORT)
+    transport.inject("$aws/things/thing1/defender/metrics/json", b"\x00" * 200_000)
+    assert transport.published == []
+    assert service.stats().messages == 2
+    assert service.responder.snapshot().dropped == 2
+    dropped = [r.getMessage() for r in caplog.records if "DROPPED" in r.getMessage()]
+    assert len(dropped) == 2
+    assert "not a Device Defender report topic" in dropped[0]
+
+
+def test_each_outcome_is_logged_at_info_in_one_line(
+    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "defender_agent.responder_service")
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject("$aws/things/a\nb/defender/metrics/json", b"nonsense")
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "report thing='thing1' report_id=7 status=ACCEPTED code=-: accepted" in lines
+    assert any(
+        line.startswith("report thing='thing1' report_id=7 status=REJECTED code=Throttled: ")
+        for line in lines
+    )
+    assert any(
+        line.startswith("report thing='a\\nb' report_id=None status=REJECTED") for line in lines
+    )
+    assert all("\n" not in line for line in lines)
+
+
+def test_exception_in_handling_is_caught_logged_and_counted(
+    transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = ResponderService(transport, ExplodingResponder(failures=2))
+    service.start()
+    transport.inject(JSON_TOPIC, REPORT)  # must not raise into the transport's thread
+    transport.inject(JSON_TOPIC, REPORT)
+    assert service.stats().handler_errors == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert errors[0].exc_info is not None
+    assert "thing1" in errors[0].getMessage()
+    transport.inject(JSON_TOPIC, REPORT)  # the next message is answered as usual
+    assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
+    assert service.stats().messages == 3
+
+
+def test_publish_that_raises_is_logged_at_warning(
+    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport.publish_error = PublishError("not connected")
+    transport.inject(JSON_TOPIC, REPORT)
+    assert service.stats().publish_failures == 1
+    assert service.stats().replies == 0
+    assert service.stats().handler_errors == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    reply_topic = "'$aws/things/thing1/defender/metrics/json/accepted'"
+    assert warnings == [f"responder could not publish the reply on {reply_topic}: not connected"]
+
+
+def test_publish_is_fired_not_awaited(service: ResponderService, transport: FakeTransport) -> None:
+    transport.complete_publishes = False
+    transport.inject(JSON_TOPIC, REPORT)  # returns although the PUBACK never comes
+    assert service.stats().replies == 1
+    assert service.stats().publish_failures == 0
+
+
+def test_publish_failing_later_is_logged_at_warning(
+    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport.complete_publishes = False
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject("$aws/things/thing2/defender/metrics/json", REPORT)
+    transport.futures[0].set_exception(PublishError("no PUBACK"))
+    transport.futures[1].cancel()
+    assert service.stats().publish_failures == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0].endswith("json/accepted': no PUBACK")
+    assert warnings[1].endswith("json/accepted': cancelled")
+
+
+def test_stop_ignores_messages_and_start_resumes(
+    service: ResponderService, transport: FakeTransport
+) -> None:
+    service.stop()
+    service.stop()
+    assert not service.running
+    transport.inject(JSON_TOPIC, REPORT)
+    assert transport.published == []
+    assert service.stats().ignored == 1
+    service.start()
+    transport.inject(JSON_TOPIC, REPORT)
+    assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
+    assert transport.subscriptions == [REPORT_TOPIC_FILTER]  # not subscribed twice
+
+
+def test_failed_subscription_leaves_the_service_stopped(transport: FakeTransport) -> None:
+    service = ResponderService(transport)
+    transport.subscribe_error = TransportError("SUBACK refused")
+    with pytest.raises(TransportError):
+        service.start()
+    assert not service.running
+    transport.subscribe_error = None
+    service.start()
+    assert transport.subscriptions == [REPORT_TOPIC_FILTER]
+    transport.inject(JSON_TOPIC, REPORT)
+    assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
+
+
+def test_default_responder(transport: FakeTransport) -> None:
+    service = ResponderService(transport)
+    assert service.responder.policy.min_delay_s == 300.0
+
+
+HOSTILE = [
+    b"",
+    b"\xff\xfe\x00",
+    b"[" * 100_000,
+    b"\x81" * 100_000 + b"\x00",
+    b"\x9b\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\xd8\x1c\x81\xd8\x1d\x00",
+    b'{"header":{"report_id":NaN}}',
+    b"x" * 131_073,
+]
+
+
+def test_hostile_messages_never_escape(service: ResponderService, transport: FakeTransport) -> None:
+    for n, payload in enumerate(HOSTILE):
+        for fmt in ("json", "cbor"):
+            transport.inject(f"$aws/things/t{n}/defender/metrics/{fmt}", payload)
+            transport.inject(f"$aws/things/t\x00{n}/defender/metrics/{fmt}", payload)
+    stats = service.stats()
+    assert stats.handler_errors == 0
+    assert stats.messages == 4 * len(HOSTILE)
+    assert stats.replies == 4 * (len(HOSTILE) - 1)  # the oversize payloads get no reply
+    assert all(topic.endswith("/rejected") for topic, _ in transport.published)
+
+
+def test_concurrent_deliveries(service: ResponderService, transport: FakeTransport) -> None:
+    def deliver(n: int) -> None:
+        for _ in range(25):
+            transport.inject(f"$aws/things/t{n % 4}/defender/metrics/json", REPORT)
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert service.stats().messages == service.stats().replies == 200
+    snap = service.responder.snapshot()
+    assert snap.accepted == 4
+    assert dict(snap.rejected) == {"Throttled": 196}
