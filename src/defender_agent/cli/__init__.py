@@ -4,6 +4,7 @@
 * ``status`` — the running agent's counters, from its state directory.
 * ``collect`` — the public sample's standalone collector: print complete reports.
 * ``validate FILE`` — check a report against the Device Defender rules.
+* ``data`` — query the local service's stored metric values (things, list-metric-values, export).
 
 Errors are one line on stderr; bad options exit 2, never a traceback.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from defender_agent import __version__
-from defender_agent.cli import collect, run, status, validate
+from defender_agent.cli import collect, run, service_data, status, validate
 from defender_agent.cli._common import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, Parser, setup_logging
 from defender_agent.errors import AgentError
 
@@ -43,7 +44,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for module in (run, status, collect, validate):
+    for module in (run, status, collect, validate, service_data):
         module.add_parser(sub)
     return parser
 

@@ -1,0 +1,1 @@
+"""The local Device Defender-compatible service: ingest, storage and queries of metrics reports."""
