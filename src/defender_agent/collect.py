@@ -12,6 +12,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from defender_agent.collectors import _psutil
-from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
+from defender_agent.collectors.cpu_usage import CpuTimes
 from defender_agent.collectors.interfaces import InterfaceMap, read_interface_map
 from defender_agent.collectors.network_stats import (
     InterfaceCounters,
@@ -27,11 +28,10 @@ from defender_agent.collectors.network_stats import (
     select_interfaces,
 )
 from defender_agent.collectors.sockets import SocketSource, resolve_source, summarize_sockets
+from defender_agent.custom import CustomMetrics, CustomMetricsConfig
 from defender_agent.delta import network_delta
 from defender_agent.model import (
     ConnectionList,
-    CustomMetric,
-    CustomMetricType,
     ListeningPort,
     NetworkStats,
     PortList,
@@ -55,7 +55,8 @@ class CollectorConfig:
         proc_root: the proc filesystem to read (``PROCFS_PATH`` or ``/proc`` by default).
         list_size: the most entries per list (ports, connections); ``total``
             keeps the true count.
-        include_custom_metrics: add the ``cpu_usage`` custom metric.
+        include_custom_metrics: add the ``cpu_usage`` custom metric (the sample's).
+        custom_metrics: the custom metrics to collect (built-ins, exec, plugins).
         include_loopback_connections: report connections to 127.0.0.0/8 and ``::1``.
         interfaces_include: glob patterns of interfaces counted in ``network_stats``.
         interfaces_exclude: glob patterns of interfaces left out of ``network_stats``.
@@ -75,6 +76,7 @@ class CollectorConfig:
     interfaces_exclude: tuple[str, ...] = ("lo",)
     wildcard_interface: Optional[str] = None
     socket_source: SocketSource = "auto"
+    custom_metrics: CustomMetricsConfig = field(default_factory=CustomMetricsConfig)
 
 
 @dataclass
@@ -82,7 +84,6 @@ class Snapshot:
     """The raw readings of one cycle that the next cycle needs for its deltas."""
 
     interfaces: Optional[dict[str, InterfaceCounters]] = None
-    cpu: Optional[CpuTimes] = None
     monotonic: float = 0.0
 
 
@@ -106,6 +107,14 @@ class Collector:
         self._ids = ReportIdSequence(StateDir(state_dir) if state_dir else None, clock)
         self._psutil = resolve_source(self.config.socket_source, self.procfs) == "psutil"
         self._previous: Optional[Snapshot] = None
+        custom = self.config.custom_metrics
+        if self.config.include_custom_metrics:
+            custom = custom.enable("cpu_usage")
+        custom = dataclasses.replace(custom, list_size=self.config.list_size)
+        cpu_times = _psutil.cpu_times if self._psutil else None
+        self._custom = (
+            None if custom.empty else CustomMetrics(custom, self.procfs, cpu_times=cpu_times)
+        )
         self._warned: set[str] = set()
         #: file → malformed lines skipped, summed over the process's life
         self.malformed: dict[str, int] = {}
@@ -147,8 +156,8 @@ class Collector:
         try:
             self._read_counters(snap)
         except Exception:  # a collector bug drops its group from this report, never the cycle
-            log.exception("reading the traffic and CPU counters failed; leaving them out")
-            snap.interfaces = snap.cpu = None
+            log.exception("reading the traffic counters failed; leaving them out")
+            snap.interfaces = None
         return snap
 
     def _read_counters(self, snap: Snapshot) -> None:
@@ -158,8 +167,6 @@ class Collector:
                 self.config.interfaces_include,
                 self.config.interfaces_exclude,
             )
-            if self.config.include_custom_metrics:
-                snap.cpu = _psutil.cpu_times()
             return
         dev = self._read("net", "dev")
         if dev is not None:
@@ -168,12 +175,6 @@ class Collector:
             snap.interfaces = select_interfaces(
                 counters, self.config.interfaces_include, self.config.interfaces_exclude
             )
-        if self.config.include_custom_metrics:
-            stat = self._read("stat")
-            if stat is not None:
-                snap.cpu = parse_proc_stat(stat)
-                if snap.cpu is None:
-                    self._count_malformed("stat", 1)
 
     def _sockets(
         self,
@@ -221,6 +222,8 @@ class Collector:
         snap = self._read_snapshot()
         previous, self._previous = self._previous, snap
         if previous is None:
+            if self._custom is not None:
+                self._custom.baseline()
             return None
         try:
             tcp_ports, udp_ports, connections = self._sockets()
@@ -230,11 +233,7 @@ class Collector:
         stats: Optional[NetworkStats] = None
         if previous.interfaces is not None and snap.interfaces is not None:
             stats = network_delta(previous.interfaces, snap.interfaces)
-        custom: list[CustomMetric] = []
-        if previous.cpu is not None and snap.cpu is not None:
-            usage = cpu_percent(previous.cpu, snap.cpu)
-            if usage is not None:
-                custom.append(CustomMetric("cpu_usage", CustomMetricType.NUMBER, usage))
+        custom = self._custom.collect() if self._custom is not None else []
         return Report(
             report_id=self._ids.next(),
             listening_tcp_ports=tcp_ports,
@@ -254,7 +253,7 @@ class Collector:
             "interfaces": None
             if prev.interfaces is None
             else {name: list(counters) for name, counters in prev.interfaces.items()},
-            "cpu": None if prev.cpu is None else list(prev.cpu),
+            "cpu": self._custom.export_state().get("cpu_usage") if self._custom else None,
         }
 
     def import_baseline(self, data: object) -> bool:
@@ -281,7 +280,9 @@ class Collector:
             return False
         if interfaces is not None and any(min(c) < 0 for c in interfaces.values()):
             return False
-        self._previous = Snapshot(interfaces=interfaces, cpu=cpu, monotonic=time.monotonic())
+        if cpu is not None and self._custom is not None:
+            self._custom.import_state({"cpu_usage": list(cpu)})
+        self._previous = Snapshot(interfaces=interfaces, monotonic=time.monotonic())
         return True
 
 

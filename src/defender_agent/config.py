@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from defender_agent.collect import CollectorConfig
+from defender_agent.custom import CustomMetricsConfig, parse_custom_metrics_table
 from defender_agent.errors import ConfigError
 from defender_agent.procfs import default_proc_root
 from defender_agent.transport.base import MqttSettings
@@ -293,6 +294,7 @@ class AgentConfig:
 
     values: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
+    custom_metrics: CustomMetricsConfig = field(default_factory=CustomMetricsConfig)
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - values are typed by the table
         try:
@@ -352,6 +354,7 @@ class AgentConfig:
             interfaces_exclude=tuple(v["interfaces_exclude"]),
             wildcard_interface=v["wildcard_interface"],
             socket_source=v["socket_source"],
+            custom_metrics=self.custom_metrics,
         )
 
     @property
@@ -369,7 +372,7 @@ def _unknown(where: str, key: str, choices: list[str]) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+def _read_file(path: Path) -> tuple[dict[str, tuple[Any, str]], CustomMetricsConfig]:
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -377,10 +380,14 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw_custom = data.pop("custom_metrics", {})
+    if not isinstance(raw_custom, dict):
+        raise ConfigError(f"{path}: [custom_metrics] must be a table")
+    custom = parse_custom_metrics_table(raw_custom, str(path))
     found: dict[str, tuple[Any, str]] = {}
     for section, table in data.items():
         if section not in _SECTIONS:
-            raise _unknown(str(path), section, _SECTIONS)
+            raise _unknown(str(path), section, [*_SECTIONS, "custom_metrics"])
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key, value in table.items():
@@ -389,7 +396,7 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
                 keys = [k for (sec, k) in _BY_SECTION_KEY if sec == section]
                 raise _unknown(str(path), f"{section}.{key}", [f"{section}.{k}" for k in keys])
             found[setting.name] = (value, f"{path}: {section}.{key}")
-    return found
+    return found, custom
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -427,10 +434,12 @@ def load_config(
     path = config_file
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = Path(env[ENV_PREFIX + "CONFIG"])
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    custom = CustomMetricsConfig()
     if path is not None:
-        layers.append(_read_file(path))
-    elif DEFAULT_CONFIG_FILE.is_file():
-        layers.append(_read_file(DEFAULT_CONFIG_FILE))
+        found, custom = _read_file(path)
+        layers.append(found)
     layers.append(_read_env(env))
     layers.append(
         {
@@ -449,7 +458,7 @@ def load_config(
             except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             sources[name] = where
-    config = AgentConfig(values, sources)
+    config = AgentConfig(values, sources, custom)
     _check(config)
     return config
 

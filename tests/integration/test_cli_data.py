@@ -17,7 +17,6 @@ from defender_agent.cli import build_parser
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.storage import open_store
 
-NOW = time.time()
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 
@@ -70,9 +69,11 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ]
             store.record("gw-1", 1000 + i, T0 + 300 * i, "json", values)
         store.record("gw-2", None, T0 + 60, "cbor", [MetricValue("cpu_usage", number=26.5)])
-        # recent values, for the relative times
+        # recent values, for the relative times (now = when the module's tests start, not when
+        # the suite was collected)
+        now = time.time()
         for ago in (7200, 1800, 60):
-            store.record("gw-3", int(NOW - ago), NOW - ago, "json", [MetricValue("m", count=ago)])
+            store.record("gw-3", int(now - ago), now - ago, "json", [MetricValue("m", count=ago)])
     return path
 
 

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,6 +411,28 @@ def _stored(row: Sequence[Any]) -> tuple[StoredValue, str]:
     return StoredValue(str(thing), str(metric), float(received_at), report, value), str(fmt)
 
 
+def _retry_busy(action: Callable[[], object], timeout: float) -> None:
+    """Run ``action``, retrying while SQLite says the database is busy or locked.
+
+    SQLite's busy timeout does not cover every case: switching to WAL and
+    recovering a WAL left by another process can answer ``database is locked``
+    at once when two processes open a new file together.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            action()
+        except (sqlite3.OperationalError, StateError) as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        else:
+            return
+
+
 class SQLiteStore(Store):
     """A store in one SQLite file (WAL journal, busy timeout, one connection and a lock).
 
@@ -458,13 +480,13 @@ class SQLiteStore(Store):
             )
             self._conn = conn
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
                 conn.execute("PRAGMA foreign_keys = ON")
             except sqlite3.Error:
                 self._close()
                 raise
         try:
-            self._migrate(migrations)
+            _retry_busy(lambda: self._migrate(migrations), busy_timeout)
         except StateError:
             self._close()
             raise

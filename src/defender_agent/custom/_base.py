@@ -1,0 +1,57 @@
+"""What every custom metric source shares: the failure type, the source contract, warn-once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Protocol
+
+from defender_agent.model import CustomMetricType
+
+__all__ = ["MetricError", "Source", "WarnOnce"]
+
+log = logging.getLogger("defender_agent.custom")
+
+
+class MetricError(Exception):
+    """A metric has no value this cycle; the metric is left out of the report.
+
+    Attributes:
+        kind: a short word for the kind of failure (``timeout``, ``exit``,
+            ``output``, ``read``, ``invalid``, ...); warnings are given once
+            per metric and kind.
+        reason: one line naming what went wrong.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class Source(Protocol):
+    """A custom metric source: a name, a type, and a sample per cycle."""
+
+    name: str
+    type: CustomMetricType
+
+    def sample(self) -> Optional[object]:
+        """Return this cycle's raw value, or ``None`` when there is none yet (a baseline).
+
+        Raises:
+            MetricError: the value cannot be had this cycle.
+            OSError: a file could not be read.
+        """
+
+
+class WarnOnce:
+    """Log a WARNING the first time a (metric, kind) pair comes up, DEBUG afterwards."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def __call__(self, metric: str, kind: str, message: str, *args: object) -> None:
+        """Log ``message % args``, prefixed with the metric's name."""
+        key = (metric, kind)
+        level = logging.DEBUG if key in self._seen else logging.WARNING
+        self._seen.add(key)
+        log.log(level, "custom metric %s: %s", metric, message % args if args else message)
