@@ -25,6 +25,7 @@ def test_the_example_config_loads_and_documents_every_setting() -> None:
     assert config.endpoint == "abcdefghij1234-ats.iot.eu-west-1.amazonaws.com"
     assert config.interval == 300
     assert config.alpn is None
+    assert config.custom_metrics.enabled == () and config.custom_metrics.exec_metrics == ()
     text = EXAMPLE.read_text()
     for setting in SETTINGS:
         section = re.search(rf"^\[{setting.section}\]$", text, re.M)
@@ -159,3 +160,21 @@ def test_valid_thing_names(name: str) -> None:
 def test_invalid_thing_name_from_client_id() -> None:
     with pytest.raises(ConfigError, match="invalid thing name"):
         load_config({**BASE, "client_id": "a/b"}, environ={})
+
+
+def test_the_example_exec_metric_parses(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("enabled = []", 'enabled = ["cpu_usage", "uptime"]')
+    text = text.replace("# [[custom_metrics.exec]]", "[[custom_metrics.exec]]")
+    for key in ("name", "command", "type", "timeout"):
+        text = text.replace(f"# {key} = ", f"{key} = ")
+    config = load_config({}, write(tmp_path, text), environ={})
+    assert config.custom_metrics.enabled == ("cpu_usage", "uptime")
+    [spec] = config.custom_metrics.exec_metrics
+    assert spec.name == "queue_depth" and spec.timeout_s == 5
+    assert config.collector_config().custom_metrics == config.custom_metrics
+
+
+def test_bad_custom_metrics_table_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[custom_metrics]\nenabled = ["cpu_usgae"]\n')
+    with pytest.raises(ConfigError, match="cpu_usgae"):
+        load_config(BASE, path, environ={})
