@@ -40,6 +40,7 @@ class RecordingResponder(Responder):
         super().__init__(policy)
         self.accepted: list[int] = []
         self.rejected: list[tuple[Optional[int], Optional[str]]] = []
+        self.payloads: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
 
     def handle(self, topic: str, payload: bytes) -> Outcome:
@@ -49,6 +50,7 @@ class RecordingResponder(Responder):
                 if outcome.reply.accepted:
                     assert outcome.reply.report_id is not None
                     self.accepted.append(outcome.reply.report_id)
+                    self.payloads.append((topic, payload))
                 else:
                     self.rejected.append((outcome.reply.report_id, outcome.reply.error_code))
         return outcome
@@ -454,3 +456,55 @@ def test_restart_keeps_ids_increasing_and_reports_an_interval_apart(
     assert "resuming with the baseline saved" in second.logtext()
     ids = dd.responder.accepted
     assert ids == sorted(ids) and len(ids) == len(set(ids))
+
+
+CUSTOM_CONFIG = """
+[custom_metrics]
+enabled = ["cpu_usage", "memory_usage", "uptime", "load_average", "interface_addresses"]
+
+[[custom_metrics.exec]]
+name = "app_states"
+command = ["printf", "idle\\nrunning/ok\\n"]
+type = "string-list"
+
+[[custom_metrics.exec]]
+name = "upstreams"
+command = ["printf", "192.0.2.1\\n2001:db8::1\\n"]
+type = "ip-address-list"
+
+[[custom_metrics.exec]]
+name = "queue_depth"
+command = ["echo", "42"]
+type = "number"
+"""
+
+
+@pytest.mark.parametrize(("fmt", "names"), [("json", []), ("cbor", ["--short-names"])])
+def test_all_four_custom_metric_types_are_accepted(
+    pki: Pki,
+    mosquitto: Mosquitto,
+    dd: Service,
+    run_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+    fmt: str,
+    names: list[str],
+) -> None:
+    import cbor2
+
+    config = tmp_path / "custom.toml"
+    config.write_text(CUSTOM_CONFIG)
+    args = agent_args(pki, mosquitto.port, "--config", str(config), "--format", fmt, *names)
+    args[args.index("--proc-root") + 1] = "/proc"  # the built-ins read the live host
+    agent = run_agent(args)
+    agent.wait(lambda: agent.counter("accepted") >= 2)
+    assert agent.stop() == 0
+    _topic, payload = dd.responder.payloads[-1]
+    doc = cbor2.loads(payload) if fmt == "cbor" else json.loads(payload)
+    custom = doc["cmet" if names else "custom_metrics"]
+    kinds = {key for values in custom.values() for key in values[0]}
+    assert kinds == {"number", "number_list", "string_list", "ip_list"}
+    assert custom["upstreams"] == [{"ip_list": ["192.0.2.1", "2001:db8::1"]}]
+    assert custom["app_states"] == [{"string_list": ["idle", "running/ok"]}]
+    assert custom["queue_depth"] == [{"number": 42}]
+    assert 0 <= custom["cpu_usage"][0]["number"] <= 100
+    assert agent.counter("rejected") == {}
