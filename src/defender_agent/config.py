@@ -46,7 +46,10 @@ __all__ = [
     "SETTINGS",
     "AgentConfig",
     "Setting",
+    "config_file_path",
+    "custom_metrics_table",
     "load_config",
+    "read_toml",
     "validate_thing_name",
 ]
 
@@ -372,18 +375,45 @@ def _unknown(where: str, key: str, choices: list[str]) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def _read_file(path: Path) -> tuple[dict[str, tuple[Any, str]], CustomMetricsConfig]:
+def config_file_path(
+    config_file: Optional[Path] = None, environ: Optional[Mapping[str, str]] = None
+) -> Optional[Path]:
+    """The configuration file to read (``None``: no file).
+
+    ``config_file`` when given, else ``$DEFENDER_AGENT_CONFIG``, else the default
+    ``/etc/defender-agent/config.toml`` when it exists.
+    """
+    env = os.environ if environ is None else environ
+    if config_file is not None:
+        return config_file
+    if env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; one-line :class:`ConfigError` when it cannot be read or parsed."""
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def custom_metrics_table(data: dict[str, Any], path: Path) -> CustomMetricsConfig:
+    """Take the ``[custom_metrics]`` table out of a config document and parse it."""
     raw_custom = data.pop("custom_metrics", {})
     if not isinstance(raw_custom, dict):
         raise ConfigError(f"{path}: [custom_metrics] must be a table")
-    custom = parse_custom_metrics_table(raw_custom, str(path))
+    return parse_custom_metrics_table(raw_custom, str(path))
+
+
+def _read_file(path: Path) -> tuple[dict[str, tuple[Any, str]], CustomMetricsConfig]:
+    data = read_toml(path)
+    custom = custom_metrics_table(data, path)
     found: dict[str, tuple[Any, str]] = {}
     for section, table in data.items():
         if section not in _SECTIONS:
@@ -431,11 +461,7 @@ def load_config(
     """
     env = os.environ if environ is None else environ
     layers: list[dict[str, tuple[Any, str]]] = []
-    path = config_file
-    if path is None and env.get(ENV_PREFIX + "CONFIG"):
-        path = Path(env[ENV_PREFIX + "CONFIG"])
-    if path is None and DEFAULT_CONFIG_FILE.is_file():
-        path = DEFAULT_CONFIG_FILE
+    path = config_file_path(config_file, env)
     custom = CustomMetricsConfig()
     if path is not None:
         found, custom = _read_file(path)

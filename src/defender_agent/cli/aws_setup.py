@@ -41,7 +41,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import re
 import shlex
 import sys
@@ -51,17 +50,17 @@ from pathlib import Path
 from typing import Any, Final, Optional, Protocol, TextIO
 
 from defender_agent.cli._common import EXIT_OK, Parser
-from defender_agent.config import DEFAULT_CONFIG_FILE, ENV_PREFIX
+from defender_agent.config import (
+    DEFAULT_CONFIG_FILE,
+    ENV_PREFIX,
+    config_file_path,
+    custom_metrics_table,
+    read_toml,
+)
 from defender_agent.custom import BUILTINS, CustomMetrics, CustomMetricsConfig
-from defender_agent.custom.registry import parse_custom_metrics_table
-from defender_agent.errors import AgentError, ConfigError
+from defender_agent.errors import AgentError
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS, default_proc_root
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.9/3.10
-    import tomli as tomllib
 
 __all__ = [
     "add_parser",
@@ -185,24 +184,10 @@ def load_custom_metrics_config(
     Raises:
         ConfigError: the file cannot be read or parsed, or the table is invalid.
     """
-    env = os.environ if environ is None else environ
-    if path is None and env.get(ENV_PREFIX + "CONFIG"):
-        path = Path(env[ENV_PREFIX + "CONFIG"])
-    if path is None:
-        if not DEFAULT_CONFIG_FILE.is_file():
-            return CustomMetricsConfig()
-        path = DEFAULT_CONFIG_FILE
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    table = data.get("custom_metrics", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [custom_metrics] must be a table")
-    return parse_custom_metrics_table(table, str(path))
+    found = config_file_path(path, environ)
+    if found is None:
+        return CustomMetricsConfig()
+    return custom_metrics_table(read_toml(found), found)
 
 
 # --------------------------------------------------------------------------- what to create
