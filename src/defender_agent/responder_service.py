@@ -7,12 +7,26 @@ format's ``accepted``/``rejected`` topic (protocol.md §1.1, §4, §7). The filt
 has exactly one level after ``metrics``, so it never matches the reply topics and
 the service never answers its own replies.
 
+Scaling out (issue #4): ``topic_filter`` may be a shared subscription,
+``$share/<group>/$aws/things/+/defender/metrics/+`` (:func:`report_filter`), so that
+several service processes split the reports; the broker hands each message to one
+member of the group, with its real topic. ``topic_prefix`` serves brokers that route
+reports under a prefix (mosquitto 2.0 never matches a ``$`` topic against a shared
+subscription, so a bridge there republishes ``$aws/...`` as ``<prefix>$aws/...``): the
+prefix is taken off each received topic before the responder sees it, and replies go
+to the real ``$aws/...`` reply topics.
+
 The caller owns the transport: it connects it before :meth:`~ResponderService.start`
 and disconnects it after :meth:`~ResponderService.stop`. Messages arrive on the
 transport's callback thread; the service never raises into it and never blocks on
 a publish: every reply is fired and its failure, if any, is logged at WARNING when
 the transport reports it. An exception while handling a message is logged with its
 traceback and counted, and the next message is handled as usual.
+
+An optional ``on_outcome(topic, payload, outcome)`` hook runs after the reply was
+handed to the transport (the storage of the local service, a sandbox's printout); it
+gets the topic as the responder saw it. Its exceptions are logged and counted like
+the handler's.
 """
 
 from __future__ import annotations
@@ -21,15 +35,54 @@ import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Final, Optional
+from typing import Callable, Final, Optional
 
+from defender_agent.errors import ConfigError
 from defender_agent.responder import Outcome, Reply, Responder
 from defender_agent.transport.base import Transport
 
-__all__ = ["REPORT_TOPIC_FILTER", "ResponderService", "ServiceStats"]
+__all__ = [
+    "REPORT_TOPIC_FILTER",
+    "OutcomeHook",
+    "ResponderService",
+    "ServiceStats",
+    "report_filter",
+]
 
 #: Every report topic, JSON and CBOR, of every thing (§1.1); not the reply topics.
 REPORT_TOPIC_FILTER: Final = "$aws/things/+/defender/metrics/+"
+
+#: ``hook(topic, payload, outcome)``: called after each handled message's reply was fired.
+OutcomeHook = Callable[[str, bytes, Outcome], None]
+
+
+def report_filter(shared_group: Optional[str] = None, topic_prefix: str = "") -> str:
+    """The subscription filter for the report topics, shared by a group or not.
+
+    >>> report_filter()
+    '$aws/things/+/defender/metrics/+'
+    >>> report_filter("dd", "bridged/")
+    '$share/dd/bridged/$aws/things/+/defender/metrics/+'
+
+    Args:
+        shared_group: An MQTT shared-subscription group name (``$share/<group>/``): the
+            broker gives each report to one subscriber of the group. None: every report
+            to this subscriber.
+        topic_prefix: A prefix the broker puts before ``$aws/...`` (see the module notes).
+
+    Raises:
+        ConfigError: The group is empty or has ``/``, ``+`` or ``#``; the prefix has a
+            wildcard.
+    """
+    if shared_group is not None and (not shared_group or any(c in shared_group for c in "/+#")):
+        raise ConfigError(
+            f"shared group {shared_group!r}: expected a non-empty name without '/', '+' or '#'"
+        )
+    if any(c in topic_prefix for c in "+#\x00"):
+        raise ConfigError(f"topic prefix {topic_prefix!r}: wildcards are not allowed")
+    share = f"$share/{shared_group}/" if shared_group is not None else ""
+    return f"{share}{topic_prefix}{REPORT_TOPIC_FILTER}"
+
 
 _log = logging.getLogger(__name__)
 _SHOWN: Final = 160  # characters of a hostile topic or thing name shown in a log line
@@ -70,11 +123,29 @@ class ResponderService:
         transport: A connected transport (or one about to connect); the caller owns it.
         responder: The decisions; a new :class:`Responder` with the default policy
             (protocol.md §7) if None.
+        topic_filter: What to subscribe to: :data:`REPORT_TOPIC_FILTER`, or a shared or
+            prefixed form of it from :func:`report_filter`.
+        topic_prefix: Taken off the front of each received topic that has it, before the
+            responder sees the topic (the prefix :func:`report_filter` was given).
+        on_outcome: Called with ``(topic, payload, outcome)`` after each reply was fired
+            (or after a drop); ``topic`` without ``topic_prefix``. It runs on the
+            transport's thread: it must be quick and must not block.
     """
 
-    def __init__(self, transport: Transport, responder: Optional[Responder] = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        responder: Optional[Responder] = None,
+        *,
+        topic_filter: str = REPORT_TOPIC_FILTER,
+        topic_prefix: str = "",
+        on_outcome: Optional[OutcomeHook] = None,
+    ) -> None:
         self._transport = transport
         self._responder = responder if responder is not None else Responder()
+        self._filter = topic_filter
+        self._prefix = topic_prefix
+        self._on_outcome = on_outcome
         self._lock = threading.Lock()
         self._running = False
         self._subscribed = False
@@ -88,6 +159,11 @@ class ResponderService:
     def responder(self) -> Responder:
         """The responder that decides the replies (its counters: ``snapshot()``)."""
         return self._responder
+
+    @property
+    def topic_filter(self) -> str:
+        """The subscription filter."""
+        return self._filter
 
     @property
     def running(self) -> bool:
@@ -106,16 +182,16 @@ class ResponderService:
                 return
             self._running = True  # before the SUBACK: a report may follow right away
         if self._subscribed:  # the transport keeps a subscription across reconnects
-            _log.info("responder answering reports on %s again", REPORT_TOPIC_FILTER)
+            _log.info("responder answering reports on %s again", self._filter)
             return
         try:
-            self._transport.subscribe(REPORT_TOPIC_FILTER, self._on_message)
+            self._transport.subscribe(self._filter, self._on_message)
         except BaseException:
             with self._lock:
                 self._running = False
             raise
         self._subscribed = True
-        _log.info("responder subscribed to %s", REPORT_TOPIC_FILTER)
+        _log.info("responder subscribed to %s", self._filter)
 
     def stop(self) -> None:
         """Stop answering; later messages are counted as ignored. Idempotent.
@@ -147,10 +223,15 @@ class ResponderService:
                 return
             self._messages += 1
         try:
-            outcome = self._responder.handle(topic, bytes(payload))
+            if self._prefix and topic.startswith(self._prefix):
+                topic = topic[len(self._prefix) :]
+            payload = bytes(payload)
+            outcome = self._responder.handle(topic, payload)
             self._log_outcome(topic, outcome)
             if outcome.reply is not None:
                 self._publish(outcome.reply)
+            if self._on_outcome is not None:
+                self._on_outcome(topic, payload, outcome)
         except Exception:
             with self._lock:
                 self._handler_errors += 1

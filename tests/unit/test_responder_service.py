@@ -11,9 +11,14 @@ from typing import Optional
 import cbor2
 import pytest
 
-from defender_agent.errors import PublishError, TransportError
+from defender_agent.errors import ConfigError, PublishError, TransportError
 from defender_agent.responder import Outcome, Responder
-from defender_agent.responder_service import REPORT_TOPIC_FILTER, ResponderService, ServiceStats
+from defender_agent.responder_service import (
+    REPORT_TOPIC_FILTER,
+    ResponderService,
+    ServiceStats,
+    report_filter,
+)
 from defender_agent.transport.base import ConnectionListener, MessageHandler, Transport
 
 REPORT = b'{"header":{"report_id":7,"version":"1.0"},"metrics":{}}'
@@ -336,3 +341,78 @@ def test_concurrent_deliveries(service: ResponderService, transport: FakeTranspo
     snap = service.responder.snapshot()
     assert snap.accepted == 4
     assert dict(snap.rejected) == {"Throttled": 196}
+
+
+# --------------------------------------------------------------------------- topic_filter, topic_prefix, on_outcome
+def test_report_filter_forms() -> None:
+    assert report_filter() == REPORT_TOPIC_FILTER
+    assert report_filter("dd") == "$share/dd/$aws/things/+/defender/metrics/+"
+    assert report_filter(None, "b/") == "b/$aws/things/+/defender/metrics/+"
+    for group in ("", "a/b", "a+", "#"):
+        with pytest.raises(ConfigError):
+            report_filter(group)
+    with pytest.raises(ConfigError):
+        report_filter(None, "x/+/")
+
+
+def test_shared_filter_is_subscribed_and_real_topics_answered(transport: FakeTransport) -> None:
+    shared = report_filter("dd")
+    service = ResponderService(transport, Responder(clock=lambda: 1.0), topic_filter=shared)
+    service.start()
+    assert transport.subscriptions == [shared]
+    assert service.topic_filter == shared
+    ((_, handler),) = transport.handlers
+    handler(JSON_TOPIC, REPORT)  # a broker hands shared messages over with the real topic
+    assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
+
+
+def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport) -> None:
+    seen: list[tuple[str, bytes, Outcome]] = []
+    service = ResponderService(
+        transport,
+        Responder(clock=lambda: 1.0),
+        topic_filter=report_filter("dd", "bridged/"),
+        topic_prefix="bridged/",
+        on_outcome=lambda t, p, o: seen.append((t, p, o)),
+    )
+    service.start()
+    ((_, handler),) = transport.handlers
+    handler("bridged/" + JSON_TOPIC, REPORT)
+    handler(JSON_TOPIC, REPORT)  # without the prefix: handled as it is (throttled here)
+    assert [t for t, _ in transport.published] == [
+        JSON_TOPIC + "/accepted",
+        JSON_TOPIC + "/rejected",
+    ]
+    assert [(t, p) for t, p, _ in seen] == [(JSON_TOPIC, REPORT), (JSON_TOPIC, REPORT)]
+    assert seen[0][2].reason == "accepted"
+
+
+def test_on_outcome_runs_after_the_publish_and_for_drops(transport: FakeTransport) -> None:
+    order: list[str] = []
+
+    def hook(topic: str, payload: bytes, outcome: Outcome) -> None:
+        order.append(f"hook:{len(transport.published)}:{outcome.reply is not None}")
+
+    service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)
+    service.start()
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject(JSON_TOPIC, b"x" * 200_000)  # dropped: no reply, the hook still runs
+    assert order == ["hook:1:True", "hook:1:False"]
+
+
+def test_on_outcome_errors_are_contained(
+    transport: FakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(topic: str, payload: bytes, outcome: Outcome) -> None:
+        raise RuntimeError("storage bug")
+
+    service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)
+    service.start()
+    transport.inject(JSON_TOPIC, REPORT)
+    transport.inject("$aws/things/t2/defender/metrics/json", REPORT)
+    assert [t for t, _ in transport.published] == [
+        JSON_TOPIC + "/accepted",
+        "$aws/things/t2/defender/metrics/json/accepted",
+    ]  # the reply went out before the hook failed
+    assert service.stats().handler_errors == 2
+    assert "responder failed on a message" in caplog.text

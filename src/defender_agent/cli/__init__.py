@@ -4,6 +4,7 @@
 * ``status`` — the running agent's counters, from its state directory.
 * ``collect`` — the public sample's standalone collector: print complete reports.
 * ``validate FILE`` — check a report against the Device Defender rules.
+* ``service`` — a local Device Defender service on an MQTT broker, storing accepted reports.
 * ``aws-setup`` — the AWS calls that create the configured custom metrics and a security profile.
 * ``data`` — query the local service's stored metric values (things, list-metric-values, export).
 
@@ -18,7 +19,15 @@ from collections.abc import Sequence
 from typing import Optional
 
 from defender_agent import __version__
-from defender_agent.cli import aws_setup, collect, run, service_data, status, validate
+from defender_agent.cli import (
+    aws_setup,
+    collect,
+    run,
+    service,
+    service_data,
+    status,
+    validate,
+)
 from defender_agent.cli._common import EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, Parser, setup_logging
 from defender_agent.errors import AgentError
 
@@ -45,7 +54,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for module in (run, status, collect, validate, service_data, aws_setup):
+    for module in (run, status, collect, validate, service, service_data, aws_setup):
         module.add_parser(sub)
     return parser
 
