@@ -238,8 +238,8 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
         raise ConfigError("mutual TLS needs --cert-file and --key-file (or --no-tls)")
     if args.mqtt5 and args.shared_group is not None:
         raise ConfigError(
-            "--shared-group needs MQTT 3.1.1: the MQTT 5 transport does not "
-            "route shared-subscription messages yet"
+            "--shared-group is supported with MQTT 3.1.1 only (MQTT 5 shared "
+            "subscriptions are not tested yet)"
         )
     generated = args.client_id is None
     client_id = args.client_id or f"defender-agent-service-{socket.gethostname()}-{os.getpid()}"

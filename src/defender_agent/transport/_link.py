@@ -111,7 +111,14 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
         True
         >>> topic_matches("a/#", "a"), topic_matches("a/+", "a/b/c"), topic_matches("#", "$aws/x")
         (True, False, False)
+        >>> topic_matches("$share/g/$aws/things/+/x", "$aws/things/t1/x")  # a shared subscription
+        True
     """
+    if topic_filter.startswith("$share/"):  # $share/<group>/<filter> matches as <filter> does
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3:
+            return False
+        topic_filter = parts[2]
     if topic.startswith("$") and topic_filter[:1] in ("#", "+"):
         return False
     filter_levels = topic_filter.split("/")
