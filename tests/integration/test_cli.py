@@ -338,3 +338,24 @@ def test_validate_missing_file() -> None:
     result = run("validate", "/nonexistent/report.json")
     assert result.returncode == 2
     assert "cannot read /nonexistent/report.json" in one_line_error(result)
+
+
+def test_only_the_requested_command_is_imported() -> None:
+    code = (
+        "import sys; from defender_agent.cli import main; main(['status', '--state-dir', '/nonexistent']);"
+        "print(sorted(m for m in sys.modules if m.startswith(('defender_agent.service',"
+        " 'defender_agent.sandbox', 'sqlite3', 'importlib.metadata', 'boto3'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
+    )
+    assert result.stdout.decode().strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_has_help() -> None:
+    from defender_agent.cli._common import COMMANDS
+
+    for name in COMMANDS:
+        result = run(name, "--help")
+        assert result.returncode == 0, (name, result.stderr)
+        assert f"usage: defender-agent {name}" in result.stdout.decode()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 __all__ = [
+    "COMMANDS",
     "EXIT_INVALID",
     "EXIT_OK",
     "EXIT_SOFTWARE",
@@ -23,6 +24,37 @@ __all__ = [
     "seconds",
     "setup_logging",
 ]
+
+#: Subcommand -> (module, one-line help). Only the module of the command being run is
+#: imported, so ``run`` does not pay for the service's storage or aws-setup's code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("defender_agent.cli.run", "publish a report to AWS IoT Device Defender every interval"),
+    "status": ("defender_agent.cli.status", "show the agent's counters and last replies"),
+    "collect": (
+        "defender_agent.cli.collect",
+        "collect metrics and print reports (the sample's standalone collector)",
+    ),
+    "validate": (
+        "defender_agent.cli.validate",
+        "check a report file against the Device Defender rules",
+    ),
+    "sandbox": (
+        "defender_agent.cli.sandbox",
+        "run the agent, the local service and a broker on this machine",
+    ),
+    "service": (
+        "defender_agent.cli.service",
+        "run a local Device Defender service on an MQTT broker",
+    ),
+    "data": (
+        "defender_agent.cli.service_data",
+        "query the local Device Defender service's stored metric values",
+    ),
+    "aws-setup": (
+        "defender_agent.cli.aws_setup",
+        "print (or make) the AWS calls that create the configured custom metrics",
+    ),
+}
 
 EXIT_OK = 0
 EXIT_INVALID = 1

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Optional, Protocol, TextIO
 
-from defender_agent.cli._common import EXIT_OK, Parser
+from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser
 from defender_agent.config import (
     DEFAULT_CONFIG_FILE,
     ENV_PREFIX,
@@ -132,7 +132,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add this subcommand to the command line."""
     p = sub.add_parser(
         "aws-setup",
-        help="print (or make) the AWS calls that create the configured custom metrics",
+        help=COMMANDS["aws-setup"][1],
         description="Print the 'aws iot create-custom-metric' command of every configured "
         "custom metric and, with --security-profile, a starter security profile with one "
         "behavior per metric. --apply makes the same calls with boto3, idempotently.",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 from defender_agent.cli._common import (
+    COMMANDS,
     EXIT_INVALID,
     EXIT_OK,
     Parser,
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add this subcommand to the command line."""
     p = sub.add_parser(
         "collect",
-        help="collect metrics and print reports (the sample's standalone collector)",
+        help=COMMANDS["collect"][1],
         description="Collect Device Defender metrics from this machine and print complete "
         "reports. The first sample only takes the baseline that deltas need; each report "
         "follows one sample period later.",

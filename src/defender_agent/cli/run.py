@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, Optional
 
 from defender_agent.agent import Agent
-from defender_agent.cli._common import Parser, optional_bool, setup_logging
+from defender_agent.cli._common import COMMANDS, Parser, optional_bool, setup_logging
 from defender_agent.collect import Collector
 from defender_agent.config import SETTINGS, load_config
 from defender_agent.state import StateDir, default_state_dir
@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     helps = {s.name: s.help for s in SETTINGS}
     p = sub.add_parser(
         "run",
-        help="publish a report to AWS IoT Device Defender every interval",
+        help=COMMANDS["run"][1],
         description="Collect metrics and publish a Device Defender report every interval over "
         "MQTT (mutual TLS on 8883, 443 with ALPN, or WebSocket with SigV4, optionally through "
         "an HTTP proxy), match the service's accepted/rejected replies and keep counters in "

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Final, Optional
 
 from defender_agent.cli._common import (
+    COMMANDS,
     EXIT_OK,
     EXIT_USAGE,
     Parser,
@@ -69,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add ``service`` to the command line."""
     p = sub.add_parser(
         "service",
-        help="run a local Device Defender service on an MQTT broker",
+        help=COMMANDS["service"][1],
         description="Answer Device Defender metrics reports on an MQTT broker as AWS IoT "
         "Device Defender does (accepted/rejected, JSON or CBOR, Throttled per thing) and "
         "store the metric values of every accepted report. Choices where the real "

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Optional, TextIO
 
-from defender_agent.cli._common import EXIT_OK, EXIT_USAGE, Parser, positive
+from defender_agent.cli._common import COMMANDS, EXIT_OK, EXIT_USAGE, Parser, positive
 from defender_agent.errors import AgentError, ConfigError
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.storage import Store, default_url, open_store
@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add ``data`` and its queries to the command line."""
     p = sub.add_parser(
         "data",
-        help="query the local Device Defender service's stored metric values",
+        help=COMMANDS["data"][1],
         description="Query what the local Device Defender service stored: the things, one "
         f"metric of a thing over time, or everything as JSON lines. TIME: {_TIME_HELP} "
         "(UTC when no zone is given).",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from defender_agent.cli._common import EXIT_INVALID, EXIT_OK, Parser
+from defender_agent.cli._common import COMMANDS, EXIT_INVALID, EXIT_OK, Parser
 from defender_agent.state import StateDir, default_state_dir
 
 __all__ = ["add_parser", "command", "render"]
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add ``status`` to the command line."""
     p = sub.add_parser(
         "status",
-        help="show the agent's counters and last replies",
+        help=COMMANDS["status"][1],
         description="Print the status the agent keeps in its state directory: reports sent, "
         "accepted, rejected (by error code), unanswered and dropped, the last acceptance and "
         "the last rejection. Exit 1 when there is no status file.",

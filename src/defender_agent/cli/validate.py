@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from defender_agent.cli._common import EXIT_INVALID, EXIT_OK, Parser
+from defender_agent.cli._common import COMMANDS, EXIT_INVALID, EXIT_OK, Parser
 from defender_agent.errors import AgentError
 from defender_agent.report.validate import PayloadFormat, ValidationPolicy, validate_payload
 
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add this subcommand to the command line."""
     p = sub.add_parser(
         "validate",
-        help="check a report file against the Device Defender rules",
+        help=COMMANDS["validate"][1],
         description="Validate a metrics report (JSON or CBOR, long or short names). Exit 0 "
         "when valid (warnings are printed), 1 with every problem listed when invalid.",
     )

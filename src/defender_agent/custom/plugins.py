@@ -23,15 +23,17 @@ must be quick; exceptions are caught and the metric left out.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Callable, Final, Optional, Union
+from typing import TYPE_CHECKING, Callable, Final, Optional, Union
 
 from defender_agent.custom._base import MetricError
 from defender_agent.custom.checks import check_name, parse_type
 from defender_agent.model import CustomMetricType
+
+if TYPE_CHECKING:  # importlib.metadata costs ~5 MiB: loaded only when plugins are looked up
+    import importlib.metadata
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginSource", "discover_plugins", "load_plugin"]
 
@@ -42,6 +44,8 @@ ENTRY_POINT_GROUP: Final = "defender_agent.custom_metrics"
 
 
 def _group(group: str) -> Iterable[importlib.metadata.EntryPoint]:
+    import importlib.metadata  # noqa: PLC0415 - see the module's imports
+
     if sys.version_info >= (3, 10):
         return importlib.metadata.entry_points(group=group)
     else:  # noqa: RET505 - an else mypy understands as the 3.9 branch
