@@ -322,7 +322,6 @@ class Agent:
         self.stop_event.set()
 
     def _shutdown(self) -> None:
-        self._save()
         if self.transport is not None:
             try:
                 self.transport.disconnect()
@@ -330,6 +329,7 @@ class Agent:
                 log.warning("disconnect: %s", exc)
         if self._connector is not None:
             self._connector.join(timeout=5)
+        self._save()  # after the disconnect, so the status says "not connected"
         log.info("stopped; state saved")
 
 
