@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -13,27 +12,13 @@ from typing import Any
 
 import pytest
 
-from defender_agent.cli import build_parser
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.storage import open_store
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 
-def _registered() -> bool:
-    return any(
-        isinstance(action, argparse._SubParsersAction) and "data" in action.choices
-        for action in build_parser()._actions
-    )
-
-
-# Once cli/__init__.py lists service_data, the real entry point is tested; until then the
-# module's own main() (the same parser and error handling) stands in.
-EXE = (
-    [sys.executable, "-m", "defender_agent", "data"]
-    if _registered()
-    else [sys.executable, "-m", "defender_agent.cli.service_data"]
-)
+EXE = [sys.executable, "-m", "defender_agent", "data"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

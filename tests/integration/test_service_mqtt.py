@@ -37,13 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # --------------------------------------------------------------------------- helpers (also used by test_service_scaleout)
 def service_command() -> list[str]:
-    """``python -m defender_agent service``, or the module itself until the CLI lists it."""
-    from defender_agent.cli import build_parser
-
-    commands = next(a.choices for a in build_parser()._actions if getattr(a, "choices", None))
-    if "service" in (commands or {}):
-        return [sys.executable, "-m", "defender_agent", "service"]
-    return [sys.executable, "-m", "defender_agent.cli.service"]
+    """``python -m defender_agent service``."""
+    return [sys.executable, "-m", "defender_agent", "service"]
 
 
 class ServiceProcess:

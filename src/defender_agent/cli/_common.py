@@ -6,10 +6,13 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import NoReturn, Optional
+from types import FrameType
+from typing import Callable, NoReturn, Optional
 
 __all__ = [
     "COMMANDS",
@@ -23,6 +26,7 @@ __all__ = [
     "positive",
     "seconds",
     "setup_logging",
+    "stop_on_signals",
 ]
 
 #: Subcommand -> (module, one-line help). Only the module of the command being run is
@@ -114,6 +118,20 @@ def setup_logging(level: str, fmt: str = "text", *, timestamps: bool = False) ->
     root.setLevel(getattr(logging, level.upper()))
     # awscrt's own logging is off unless asked for; keep third-party chatter at warning
     logging.getLogger("awscrt").setLevel(logging.WARNING)
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT (logged), when running in the main thread."""
+
+    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+        logging.getLogger("defender_agent").info(
+            "%s received: stopping", signal.Signals(signum).name
+        )
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
 
 
 def count(text: str) -> int:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 from defender_agent.agent import Agent
-from defender_agent.cli._common import COMMANDS, Parser, optional_bool, setup_logging
+from defender_agent.cli._common import (
+    COMMANDS,
+    Parser,
+    optional_bool,
+    setup_logging,
+    stop_on_signals,
+)
 from defender_agent.collect import Collector
 from defender_agent.config import SETTINGS, load_config
 from defender_agent.state import StateDir, default_state_dir
@@ -124,13 +127,7 @@ def command(args: argparse.Namespace) -> int:
     collector = Collector(config.collector_config(), state_dir=state.path)
     agent = Agent(config, collector, transport, state)
 
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        agent.stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(agent.stop)
     code = agent.run()
     if agent.fatal:
         print(f"defender-agent: error: {agent.fatal}", file=sys.stderr)

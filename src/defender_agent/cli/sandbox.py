@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Optional
 
-from defender_agent.cli._common import COMMANDS, EXIT_USAGE, Parser, count, positive, setup_logging
-from defender_agent.errors import AgentError
+from defender_agent.cli._common import (
+    COMMANDS,
+    Parser,
+    count,
+    positive,
+    setup_logging,
+    stop_on_signals,
+)
 
-__all__ = ["add_parser", "command", "main"]
+__all__ = ["add_parser", "command"]
 
 log = logging.getLogger(__name__)
 
@@ -118,27 +118,5 @@ def command(args: argparse.Namespace) -> int:
     )
     sandbox = Sandbox(config)
 
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        sandbox.request_stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(sandbox.request_stop)
     return sandbox.run()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m defender_agent.cli.sandbox …``, as ``defender-agent sandbox``."""
-    parser = Parser(prog="defender-agent")
-    add_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return command(args)
-    except AgentError as exc:
-        print(f"defender-agent: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,26 +17,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Final, Optional
+from typing import Final
 
 from defender_agent.cli._common import (
     COMMANDS,
     EXIT_OK,
-    EXIT_USAGE,
     Parser,
     count,
     positive,
     seconds,
     setup_logging,
+    stop_on_signals,
 )
-from defender_agent.errors import AgentError, ConfigError, ConnectError
+from defender_agent.errors import ConfigError, ConnectError
 from defender_agent.report.validate import ValidationPolicy
 from defender_agent.responder import INVALID_PAYLOAD, ResponderPolicy
 from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
@@ -44,7 +40,7 @@ from defender_agent.service.storage import DEFAULT_FILE
 from defender_agent.state import default_state_dir
 from defender_agent.transport.base import MqttSettings
 
-__all__ = ["add_parser", "build_config", "command", "main"]
+__all__ = ["add_parser", "build_config", "command"]
 
 log = logging.getLogger(__name__)
 
@@ -300,13 +296,7 @@ def command(args: argparse.Namespace) -> int:
             log.warning("%s", warning)
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop.set)
     service = DeviceDefenderService(config)
     try:
         delay = _BACKOFF_FIRST_S
@@ -328,19 +318,3 @@ def command(args: argparse.Namespace) -> int:
     finally:
         service.stop()
     return EXIT_OK
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m defender_agent.cli.service …``, as ``defender-agent service``."""
-    parser = Parser(prog="defender-agent")
-    add_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    args = parser.parse_args(["service", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return command(args)
-    except AgentError as exc:
-        print(f"defender-agent: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

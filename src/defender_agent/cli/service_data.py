@@ -26,12 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final, Optional, TextIO
 
-from defender_agent.cli._common import COMMANDS, EXIT_OK, EXIT_USAGE, Parser, positive
+from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser, positive
 from defender_agent.errors import AgentError, ConfigError
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.storage import Store, default_url, open_store
 
-__all__ = ["add_parser", "command", "main", "parse_time"]
+__all__ = ["add_parser", "command", "parse_time"]
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _AGO: Final = re.compile(r"-([0-9]+(?:\.[0-9]+)?)([smhdw])")
@@ -254,21 +254,3 @@ def command(args: argparse.Namespace) -> int:
     with open_store(args.db or default_url(), create=False) as store:
         run = {"things": _things, "list-metric-values": _values, "export": _export}
         return run[args.data_command](store, args)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m defender_agent.cli.service_data QUERY …``, as ``defender-agent data``."""
-    parser = Parser(prog="defender-agent")
-    add_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return command(args)
-    except AgentError as exc:
-        print(f"defender-agent: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
