@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import os
 import platform
-import pwd
 import resource
 import shutil
 import signal
@@ -306,60 +305,24 @@ class Broker:
 
 
 class Postgres:
-    """A throwaway PostgreSQL cluster on a free port (default settings, fsync on)."""
+    """A throwaway PostgreSQL cluster on a free port, fsync on (tests/pg_infra.py)."""
 
     def __init__(self) -> None:
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        initdb = found[-1] if found else shutil.which("initdb")
-        if not initdb:
-            raise RuntimeError("PostgreSQL server binaries are not installed")
-        self.bindir = Path(initdb).parent
-        self.root = Path(tempfile.mkdtemp(prefix="dd-bench-pg-"))
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        self.data = self.root / "data"
-        self.port = _free_port()
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        )
-        self.databases = 0
+        from tests.pg_infra import Cluster, pg_bin
 
-    def _run(self, tool: str, *args: str) -> None:
-        argv = [str(self.bindir / tool), *args]
-        if self.as_root:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode:
-            raise RuntimeError(f"{tool} failed: {done.stderr.strip()}")
+        bindir = pg_bin()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL server binaries are not installed")
+        self.cluster = Cluster(bindir, durable=True)
+        self.cluster.start()
 
     def new_database(self) -> str:
-        import psycopg
+        from tests.pg_infra import create_database
 
-        self.databases += 1
-        name = f"bench{self.databases}"
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-    def url(self, db: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+        return create_database(self.cluster)
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.cluster.stop()
 
 
 def _stored_count(db: str) -> int:
@@ -377,12 +340,7 @@ def _stored_count(db: str) -> int:
 
 
 def _service_argv() -> list[str]:
-    from defender_agent.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if getattr(a, "choices", None))
-    if "service" in (sub.choices or {}):
-        return [sys.executable, "-m", "defender_agent", "service"]
-    return [sys.executable, "-m", "defender_agent.cli.service"]
+    return [sys.executable, "-m", "defender_agent", "service"]
 
 
 def _proc_cpu(pid: int) -> float:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.mqtt_infra.broker import Mosquitto, mosquitto_binary
 from tests.mqtt_infra.pki import Pki, make_pki, openssl_available
+from tests.pg_infra import Cluster, create_database, pg_bin, unavailable_reason
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,25 @@ def mosquitto(pki: Pki, tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (see tests/pg_infra.py)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    bindir = pg_bin()
+    assert bindir is not None
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh, empty database in the session's cluster."""
+    return create_database(pg_cluster)

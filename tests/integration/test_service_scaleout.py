@@ -7,18 +7,15 @@ services subscribe to ``$share/dd-test/dd/$aws/things/+/defender/metrics/+`` wit
 ``--topic-prefix dd/`` and reply on the real ``$aws/.../accepted`` topics. The broker gives
 each report to one of them. Devices and services use the broker's plain listener (no ACL:
 the test PKI has certificates for two things only). The PostgreSQL cluster is started by
-the test on a free port (see test_storage_postgres.py).
+the test on a free port (tests/pg_infra.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
-import shutil
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +25,6 @@ import pytest
 from defender_agent.transport.base import MqttSettings
 from defender_agent.transport.mqtt import MqttTransport
 from tests.integration.test_service_mqtt import ServiceProcess, report
-from tests.integration.test_storage_postgres import Cluster, _has_user, _pg_bin
 from tests.mqtt_infra.broker import Mosquitto, mosquitto_binary
 from tests.mqtt_infra.pki import Pki
 
@@ -58,29 +54,6 @@ class BridgedMosquitto(Mosquitto):
         ]
         with self.conf.open("a") as conf:
             conf.write("\n".join(bridge) + "\n")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _has_user("postgres")):
-        pytest.skip("running as root needs runuser and a 'postgres' user for initdb")
-    pg = Cluster(bindir)
-    try:
-        pg.start()
-        yield pg
-    finally:
-        pg.stop()
-
-
-@pytest.fixture
-def db_url(cluster: Cluster) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return cluster.url(name)
 
 
 @pytest.fixture
@@ -154,7 +127,7 @@ def handled(proc: ServiceProcess) -> int:
 
 
 def test_two_processes_split_the_reports_and_share_one_database(
-    broker: Mosquitto, db_url: str, tmp_path: Path
+    broker: Mosquitto, pg_url: str, tmp_path: Path
 ) -> None:
     assert broker.plain is not None
     common = [
@@ -164,7 +137,7 @@ def test_two_processes_split_the_reports_and_share_one_database(
         "--port",
         str(broker.plain),
         "--db",
-        db_url,
+        pg_url,
         "--min-delay",
         "0",
         "--shared-group",
@@ -201,7 +174,7 @@ def test_two_processes_split_the_reports_and_share_one_database(
     first, second = handled(procs[0]), handled(procs[1])
     assert first > DEVICES and second > 0, (first, second)  # both answered some
     assert first + second == DEVICES * (REPORTS + 1)
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT thing, report_id, COUNT(*) FROM reports GROUP BY thing, report_id"
         ).fetchall()

@@ -8,16 +8,8 @@ gets its own database. Skipped when the server binaries or psycopg are missing.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,6 +22,8 @@ from defender_agent.service.storage import (
     Store,
     open_store,
 )
+from tests.mqtt_infra.broker import free_port
+from tests.pg_infra import Cluster
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgresql extra)")
 
@@ -37,94 +31,10 @@ T0 = 1_700_000_000.0
 BYTES = MetricValue("aws:all-bytes-out", count=1)
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(  # Debian: /usr/lib/postgresql/<major>/bin; the newest major wins
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
-    )
-    initdb = found[-1] if found else shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Cluster:
-    """A PostgreSQL cluster in a temporary directory, run as ``user`` when we are root."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="defender-agent-pg-"))
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        self.data = self.root / "data"
-        self.port = 0
-
-    def run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.bindir / tool), *args]
-        if self.as_root:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-
-    def start(self) -> None:
-        done = self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
-        if done.returncode:
-            raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
-        for _ in range(5):  # the port may be taken between choosing and binding
-            self.port = _free_port()
-            options = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c max_connections=50"
-            )
-            log = str(self.root / "server.log")
-            done = self.run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
-            if done.returncode == 0:
-                return
-        raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}")
-
-    def url(self, db: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
-
-    def stop(self) -> None:
-        self.run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _has_user("postgres")):
-        pytest.skip("running as root needs runuser and a 'postgres' user for initdb")
-    pg = Cluster(bindir)
-    try:
-        pg.start()
-        yield pg
-    finally:
-        pg.stop()
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 @pytest.fixture
-def url(cluster: Cluster) -> str:
+def url(pg_url: str) -> str:
     """A fresh, empty database for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return cluster.url(name)
+    return pg_url
 
 
 @pytest.fixture
@@ -242,10 +152,10 @@ def test_reopen_keeps_the_data(url: str) -> None:
 
 
 def test_a_dropped_connection_fails_one_call_then_reconnects(
-    store: Store, cluster: Cluster
+    store: Store, pg_cluster: Cluster
 ) -> None:
     store.record("gw", 1, T0, "json", [BYTES])
-    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'defender-agent'"
@@ -257,7 +167,7 @@ def test_a_dropped_connection_fails_one_call_then_reconnects(
 
 
 def test_unreachable_server_is_a_state_error_without_the_password() -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(StateError) as info:
         PostgresStore(f"postgresql://svc:s3cret@127.0.0.1:{port}/db", connect_timeout=2)
     assert "s3cret" not in str(info.value)
