@@ -338,6 +338,14 @@ class Holders:
         self.holders.clear()
 
 
+def save_results(out: Path, result: dict[str, object]) -> None:
+    """Write a benchmark's results as indented JSON, atomically (temp file, rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def count_tcp_sockets() -> int:
     """All TCP sockets of this network namespace, any state (/proc/net/tcp and tcp6)."""
     n = 0

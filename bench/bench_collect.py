@@ -615,10 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.monotonic() - started,
     }
     out = args.out or BENCH / "results" / f"collect-{dt.date.today().isoformat()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    _fixture.save_results(out, result)
 
     print(markdown_table(rows))
     print()

@@ -848,10 +848,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "elapsed_s": time.monotonic() - started,
     }
     out = args.out or BENCH / "results" / f"footprint-{dt.date.today().isoformat()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(out)
+    _fixture.save_results(out, result)
 
     print(markdown_table(runs))
     print()

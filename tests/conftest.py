@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TESTS = Path(__file__).parent
 PROC_FIXTURES = TESTS / "fixtures" / "proc"
 GOLDEN = TESTS / "golden"
+#: The standard metrics of the example report in protocol.md §2.7 (long names).
+PROTOCOL_EXAMPLE_METRICS: dict[str, Any] = {
+    "listening_tcp_ports": {"ports": [{"interface": "eth0", "port": 22}], "total": 1},
+    "listening_udp_ports": {"ports": [{"interface": "eth0", "port": 68}], "total": 1},
+    "network_stats": {"bytes_in": 5120, "bytes_out": 2048, "packets_in": 40, "packets_out": 31},
+    "tcp_connections": {
+        "established_connections": {
+            "connections": [
+                {
+                    "local_interface": "eth0",
+                    "local_port": 50312,
+                    "remote_addr": "203.0.113.7:8883",
+                },
+                {"local_port": 50400, "remote_addr": "[2001:db8::5]:443"},
+            ],
+            "total": 2,
+        }
+    },
+}
 SCENARIOS = sorted(p.name for p in PROC_FIXTURES.iterdir() if p.is_dir())
 
 

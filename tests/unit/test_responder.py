@@ -6,6 +6,7 @@ key order included, so the exact shape of §4.1 and §4.2 is pinned.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import threading
@@ -29,6 +30,7 @@ from defender_agent.responder import (
     ThingCounts,
     parse_topic,
 )
+from tests.conftest import PROTOCOL_EXAMPLE_METRICS
 
 JSON, CBOR = PayloadFormat.JSON, PayloadFormat.CBOR
 T0 = 1_700_000_000.5  # a clock reading with an exact millisecond value
@@ -39,24 +41,7 @@ THROTTLED_DETAILS = {"ErrorCode": "Throttled", "ErrorMessage": "Throttled"}
 # protocol.md §2.7, long names
 LONG: dict[str, Any] = {
     "header": {"report_id": 1700000000, "version": "1.0"},
-    "metrics": {
-        "listening_tcp_ports": {"ports": [{"interface": "eth0", "port": 22}], "total": 1},
-        "listening_udp_ports": {"ports": [{"interface": "eth0", "port": 68}], "total": 1},
-        "network_stats": {"bytes_in": 5120, "bytes_out": 2048, "packets_in": 40, "packets_out": 31},
-        "tcp_connections": {
-            "established_connections": {
-                "connections": [
-                    {
-                        "local_interface": "eth0",
-                        "local_port": 50312,
-                        "remote_addr": "203.0.113.7:8883",
-                    },
-                    {"local_port": 50400, "remote_addr": "[2001:db8::5]:443"},
-                ],
-                "total": 2,
-            }
-        },
-    },
+    "metrics": copy.deepcopy(PROTOCOL_EXAMPLE_METRICS),
     "custom_metrics": {"cpu_usage": [{"number": 12.5}], "ifaces": [{"string_list": ["eth0"]}]},
 }
 # the same report with short names (§2.7)

@@ -33,6 +33,7 @@ from defender_agent.report.validate import (
     validate_document,
     validate_payload,
 )
+from tests.conftest import PROTOCOL_EXAMPLE_METRICS
 
 LONG, SHORT = NameStyle.LONG, NameStyle.SHORT
 JSON, CBOR = PayloadFormat.JSON, PayloadFormat.CBOR
@@ -51,24 +52,7 @@ NAME_EXPECTED = "expected a name matching [a-zA-Z0-9:_-]{1,128}, not starting wi
 # protocol.md §2.7
 EXAMPLE: dict[str, Any] = {
     "header": {"report_id": 1700000000, "version": "1.0"},
-    "metrics": {
-        "listening_tcp_ports": {"ports": [{"interface": "eth0", "port": 22}], "total": 1},
-        "listening_udp_ports": {"ports": [{"interface": "eth0", "port": 68}], "total": 1},
-        "network_stats": {"bytes_in": 5120, "bytes_out": 2048, "packets_in": 40, "packets_out": 31},
-        "tcp_connections": {
-            "established_connections": {
-                "connections": [
-                    {
-                        "local_interface": "eth0",
-                        "local_port": 50312,
-                        "remote_addr": "203.0.113.7:8883",
-                    },
-                    {"local_port": 50400, "remote_addr": "[2001:db8::5]:443"},
-                ],
-                "total": 2,
-            }
-        },
-    },
+    "metrics": copy.deepcopy(PROTOCOL_EXAMPLE_METRICS),
     "custom_metrics": {
         "cpu_usage": [{"number": 12.5}],
         "ifaces": [{"string_list": ["eth0", "lo"]}],
