@@ -170,7 +170,7 @@ def machine_info() -> dict[str, Any]:
 
 def _ours_variants() -> tuple[list[tuple[str, Any]], list[str]]:
     """Return [(label, config)] for each socket source the config accepts, and notes."""
-    from defender_agent.collect import CollectorConfig
+    from defender_agent.cycle import CollectorConfig
 
     notes: list[str] = []
     base = {"proc_root": Path("/proc"), "include_loopback_connections": True}
@@ -184,7 +184,7 @@ def _ours_variants() -> tuple[list[tuple[str, Any]], list[str]]:
 
 
 def time_ours(reps: int) -> dict[str, Any]:
-    from defender_agent.collect import Collector
+    from defender_agent.cycle import Collector
     from defender_agent.report.fit import encode_fitted
 
     variants, notes = _ours_variants()
@@ -280,7 +280,7 @@ def baseline_rss() -> dict[str, int | None]:
     for label, code in (
         ("python -c pass", "pass"),
         ("python -c 'import defender_agent.cli'", "import defender_agent.cli"),
-        ("python -c 'import defender_agent.collect'", "import defender_agent.collect"),
+        ("python -c 'import defender_agent.cycle'", "import defender_agent.cycle"),
     ):
         r = run_measured([py, "-c", code], 60.0, env=env, cwd=REPO)
         out[label] = r.maxrss_kib if r.rc == 0 else None

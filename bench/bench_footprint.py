@@ -73,8 +73,8 @@ from tests.mqtt_infra.pki import Pki, make_pki  # noqa: E402
 
 import _fixture  # noqa: E402
 import bench_collect  # noqa: E402  (machine_info, the sample's venv)
-from defender_agent.responder import Outcome, Responder, ResponderPolicy  # noqa: E402
-from defender_agent.responder_service import ResponderService  # noqa: E402
+from defender_agent.service.responder import Outcome, Responder, ResponderPolicy  # noqa: E402
+from defender_agent.service.responder_service import ResponderService  # noqa: E402
 from defender_agent.transport.base import MqttSettings  # noqa: E402
 from defender_agent.transport.mqtt import MqttTransport  # noqa: E402
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from defender_agent.collectors import _sockdiag
+from defender_agent.readers import _sockdiag
 
 REPEAT = 15
 RESERVE = 100
@@ -127,7 +127,7 @@ def proc_read() -> int:
 
 
 def proc_parse() -> int:
-    from defender_agent.collectors._inet import parse_socket_table
+    from defender_agent.readers._inet import parse_socket_table
 
     wanted = frozenset((1, 10))
     rows, _ = parse_socket_table(Path("/proc/net/tcp").read_bytes(), socket.AF_INET, wanted)

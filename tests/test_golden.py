@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from defender_agent.collect import Collector, CollectorConfig
+from defender_agent.cycle import Collector, CollectorConfig
 from defender_agent.model import Report
 from defender_agent.report.serialize import encode_report, pretty_json
 from defender_agent.report.validate import PayloadFormat, validate_payload

@@ -13,7 +13,7 @@ The public API, for embedding the collector, reports and validator::
 Everything not listed in ``__all__`` is internal and may change.
 """
 
-from defender_agent.collect import Collector, CollectorConfig
+from defender_agent.cycle import Collector, CollectorConfig
 from defender_agent.errors import (
     AgentError,
     CollectorError,

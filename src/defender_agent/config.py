@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from defender_agent.collect import CollectorConfig
 from defender_agent.custom import CustomMetricsConfig, parse_custom_metrics_table
+from defender_agent.cycle import CollectorConfig
 from defender_agent.errors import ConfigError
 from defender_agent.procfs import default_proc_root
 from defender_agent.transport.base import MqttSettings

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from defender_agent.collectors.network_stats import InterfaceCounters
 from defender_agent.model import NetworkStats
+from defender_agent.readers.network_stats import InterfaceCounters
 
 __all__ = ["WRAP_WINDOW", "counter_delta", "network_delta"]
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from defender_agent.responder import Outcome, Responder, ResponderPolicy
-from defender_agent.responder_service import ResponderService
+from defender_agent.service.responder import Outcome, Responder, ResponderPolicy
+from defender_agent.service.responder_service import ResponderService
 from defender_agent.transport.base import MqttSettings
 from defender_agent.transport.mqtt import MqttTransport
 from tests.conftest import proc_fixture

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from defender_agent.collect import Collector, CollectorConfig
-from defender_agent.collectors import _psutil, _sockdiag
-from defender_agent.collectors.sockets import SocketSource
+from defender_agent.cycle import Collector, CollectorConfig
 from defender_agent.model import Connection, ListeningPort, Report
+from defender_agent.readers import _psutil, _sockdiag
+from defender_agent.readers.sockets import SocketSource
 
 pytestmark = pytest.mark.live
 

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import cbor2
 import pytest
 
-from defender_agent.responder import Responder
-from defender_agent.responder_service import ResponderService
+from defender_agent.service.responder import Responder
+from defender_agent.service.responder_service import ResponderService
 from defender_agent.transport.base import MqttSettings
 from defender_agent.transport.mqtt import MqttTransport
 from tests.mqtt_infra.broker import Mosquitto

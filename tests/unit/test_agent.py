@@ -12,8 +12,8 @@ from typing import Any, Callable
 import pytest
 
 from defender_agent.agent import Agent, report_topic
-from defender_agent.collect import Collector
 from defender_agent.config import AgentConfig, load_config
+from defender_agent.cycle import Collector
 from defender_agent.errors import TlsSetupError
 from defender_agent.state import StateDir
 from tests.conftest import advance

@@ -9,24 +9,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defender_agent.collectors._inet import SocketRow
-from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
-from defender_agent.collectors.interfaces import (
+from defender_agent.model import Connection, ListeningPort
+from defender_agent.procfs import ProcFS
+from defender_agent.readers._inet import SocketRow
+from defender_agent.readers.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
+from defender_agent.readers.interfaces import (
     InterfaceMap,
     parse_fib_trie_local,
     parse_route,
     read_interface_map,
 )
-from defender_agent.collectors.listening_ports import listening_tcp_ports, listening_udp_ports
-from defender_agent.collectors.network_stats import (
+from defender_agent.readers.listening_ports import listening_tcp_ports, listening_udp_ports
+from defender_agent.readers.network_stats import (
     InterfaceCounters,
     parse_net_dev,
     select_interfaces,
 )
-from defender_agent.collectors.sockets import read_socket_tables, resolve_source
-from defender_agent.collectors.tcp_connections import established_connections, select_rows
-from defender_agent.model import Connection, ListeningPort
-from defender_agent.procfs import ProcFS
+from defender_agent.readers.sockets import read_socket_tables, resolve_source
+from defender_agent.readers.tcp_connections import established_connections, select_rows
 from tests.conftest import proc_fixture
 
 
@@ -78,7 +78,7 @@ def test_fib_trie_and_route_parsers() -> None:
 
 
 def test_most_specific_route_wins() -> None:
-    from defender_agent.collectors.interfaces import build_v4_map
+    from defender_agent.readers.interfaces import build_v4_map
 
     routes = [(0xC0000000, 0xFF000000, "wide0"), (0xC0000200, 0xFFFFFF00, "eth0")]
     assert build_v4_map({v4("192.0.2.10"), v4("192.9.9.9"), v4("10.0.0.1")}, routes) == {
@@ -295,7 +295,7 @@ def reference_choice(rows: list[SocketRow], limit: int) -> list[SocketRow]:
 def test_streaming_selector_matches_the_plain_rule(
     rows: list[SocketRow], limit: int, chunk: int
 ) -> None:
-    from defender_agent.collectors.tcp_connections import ConnectionSelector
+    from defender_agent.readers.tcp_connections import ConnectionSelector
 
     selector = ConnectionSelector(limit, include_loopback=True)
     selector.prune_slack = 0  # prune as often as possible

@@ -16,7 +16,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from defender_agent.collectors.cpu_usage import CpuTimes
 from defender_agent.custom._base import MetricError, WarnOnce
 from defender_agent.custom.builtins import (
     BUILTINS,
@@ -39,6 +38,7 @@ from defender_agent.custom.builtins import (
 from defender_agent.custom.checks import Invalid, check_value
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS
+from defender_agent.readers.cpu_usage import CpuTimes
 
 HOST = Path(__file__).parents[1] / "fixtures" / "custom_host"
 LISTENERS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defender_agent.collectors.network_stats import InterfaceCounters
 from defender_agent.delta import WRAP_WINDOW, counter_delta, network_delta
 from defender_agent.model import NetworkStats
+from defender_agent.readers.network_stats import InterfaceCounters
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 WRAP = 2**32

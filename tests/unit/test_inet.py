@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defender_agent.collectors._inet import (
+from defender_agent.readers._inet import (
     ESTABLISHED,
     LISTEN,
     decode_hex_address,

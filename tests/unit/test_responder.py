@@ -1,4 +1,4 @@
-"""Tests for defender_agent.responder: every rule of protocol.md §7 and the replies of §4.
+"""Tests for defender_agent.service.responder: every rule of protocol.md §7 and the replies of §4.
 
 Replies are checked by decoding them (json / cbor2) and comparing whole documents,
 key order included, so the exact shape of §4.1 and §4.2 is pinned.
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from defender_agent.errors import ConfigError
 from defender_agent.report.validate import PayloadFormat, ValidationPolicy
-from defender_agent.responder import (
+from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
     INVALID_PAYLOAD,
     THROTTLED,

@@ -1,4 +1,4 @@
-"""Tests for defender_agent.responder_service over an in-memory transport."""
+"""Tests for defender_agent.service.responder_service over an in-memory transport."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import cbor2
 import pytest
 
 from defender_agent.errors import ConfigError, PublishError, TransportError
-from defender_agent.responder import Outcome, Responder
-from defender_agent.responder_service import (
+from defender_agent.service.responder import Outcome, Responder
+from defender_agent.service.responder_service import (
     REPORT_TOPIC_FILTER,
     ResponderService,
     ServiceStats,
@@ -189,7 +189,7 @@ def test_throttled_second_report(service: ResponderService, transport: FakeTrans
 def test_not_a_report_topic_publishes_nothing(
     service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "defender_agent.responder_service")
+    caplog.set_level(logging.INFO, "defender_agent.service.responder_service")
     transport.inject("$aws/things/thing1/defender/metrics/JSON", REPORT)
     transport.inject("$aws/things/thing1/defender/metrics/json", b"\x00" * 200_000)
     assert transport.published == []
@@ -203,7 +203,7 @@ def test_not_a_report_topic_publishes_nothing(
 def test_each_outcome_is_logged_at_info_in_one_line(
     service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "defender_agent.responder_service")
+    caplog.set_level(logging.INFO, "defender_agent.service.responder_service")
     transport.inject(JSON_TOPIC, REPORT)
     transport.inject(JSON_TOPIC, REPORT)
     transport.inject("$aws/things/a\nb/defender/metrics/json", b"nonsense")

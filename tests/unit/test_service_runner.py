@@ -16,8 +16,8 @@ import cbor2
 import pytest
 
 from defender_agent.errors import ConfigError, ConnectError, StateError
-from defender_agent.responder import Outcome, ResponderPolicy
 from defender_agent.service.metrics_map import MetricValue
+from defender_agent.service.responder import Outcome, ResponderPolicy
 from defender_agent.service.runner import (
     DeviceDefenderService,
     ServiceConfig,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defender_agent.collectors import _sockdiag
-from defender_agent.collectors._sockdiag import (
+from defender_agent.readers import _sockdiag
+from defender_agent.readers._sockdiag import (
     SockDiagUnavailable,
     SocketRow,
     build_request,

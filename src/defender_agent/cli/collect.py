@@ -25,7 +25,7 @@ from defender_agent.cli._common import (
     positive,
     seconds,
 )
-from defender_agent.collect import DEFAULT_LIST_SIZE, Collector, CollectorConfig
+from defender_agent.cycle import DEFAULT_LIST_SIZE, Collector, CollectorConfig
 from defender_agent.errors import AgentError
 from defender_agent.procfs import default_proc_root
 from defender_agent.report.fit import encode_fitted

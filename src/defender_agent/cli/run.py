@@ -20,8 +20,8 @@ from defender_agent.cli._common import (
     setup_logging,
     stop_on_signals,
 )
-from defender_agent.collect import Collector
 from defender_agent.config import SETTINGS, load_config
+from defender_agent.cycle import Collector
 from defender_agent.state import StateDir, default_state_dir
 
 __all__ = ["add_parser", "command"]

@@ -34,7 +34,7 @@ from defender_agent.cli._common import (
 )
 from defender_agent.errors import ConfigError, ConnectError
 from defender_agent.report.validate import ValidationPolicy
-from defender_agent.responder import INVALID_PAYLOAD, ResponderPolicy
+from defender_agent.service.responder import INVALID_PAYLOAD, ResponderPolicy
 from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
 from defender_agent.service.storage import DEFAULT_FILE
 from defender_agent.state import default_state_dir

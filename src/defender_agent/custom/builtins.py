@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Optional
 
-from defender_agent.collectors._inet import ESTABLISHED, is_loopback, unmap_v4
-from defender_agent.collectors.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
-from defender_agent.collectors.interfaces import parse_fib_trie_local, parse_if_inet6
-from defender_agent.collectors.sockets import SocketSource, read_socket_tables
 from defender_agent.custom._base import MetricError, Source, WarnOnce
 from defender_agent.custom.checks import sanitize_string
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS
+from defender_agent.readers._inet import ESTABLISHED, is_loopback, unmap_v4
+from defender_agent.readers.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
+from defender_agent.readers.interfaces import parse_fib_trie_local, parse_if_inet6
+from defender_agent.readers.sockets import SocketSource, read_socket_tables
 
 __all__ = [
     "BUILTINS",

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Optional, Union
 
-from defender_agent.collectors.cpu_usage import CpuTimes
 from defender_agent.custom._base import MetricError, Source, WarnOnce
 from defender_agent.custom.builtins import BUILTINS, CpuUsage, create_builtin
 from defender_agent.custom.checks import Invalid, check_name, check_value, parse_type
@@ -44,6 +43,7 @@ from defender_agent.custom.plugins import PluginSource, discover_plugins, load_p
 from defender_agent.errors import ConfigError
 from defender_agent.model import CustomMetric, CustomMetricType
 from defender_agent.procfs import ProcFS
+from defender_agent.readers.cpu_usage import CpuTimes
 
 __all__ = [
     "BUILTIN_NAMES",

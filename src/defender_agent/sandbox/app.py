@@ -47,8 +47,8 @@ from urllib.parse import urlsplit
 from defender_agent.config import validate_thing_name
 from defender_agent.errors import ConfigError, ReportError, StateError
 from defender_agent.report.validate import PayloadFormat, decode_payload
-from defender_agent.responder import ResponderPolicy
 from defender_agent.service.metrics_map import MetricValue, metric_values
+from defender_agent.service.responder import ResponderPolicy
 from defender_agent.state import default_state_dir
 from defender_agent.transport.base import (
     ConnectionListener,
@@ -619,8 +619,8 @@ class Sandbox:
 
     def _start_agent(self) -> None:
         from defender_agent.agent import Agent  # noqa: PLC0415
-        from defender_agent.collect import Collector  # noqa: PLC0415
         from defender_agent.config import load_config  # noqa: PLC0415
+        from defender_agent.cycle import Collector  # noqa: PLC0415
         from defender_agent.state import StateDir  # noqa: PLC0415
         from defender_agent.transport.mqtt import MqttTransport  # noqa: PLC0415
 

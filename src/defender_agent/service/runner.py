@@ -3,7 +3,7 @@
 :class:`DeviceDefenderService` is what ``defender-agent service`` runs. It connects one
 MQTT client to a broker (mutual TLS or plain TCP), subscribes to every report topic
 (``$aws/things/+/defender/metrics/+``, or a shared subscription of it), answers each
-report the way AWS IoT Device Defender does (:class:`~defender_agent.responder.Responder`,
+report the way AWS IoT Device Defender does (:class:`~defender_agent.service.responder.Responder`,
 protocol.md §4, §7) and stores the metric values of every ACCEPTED report
 (:mod:`defender_agent.service.storage`).
 
@@ -57,16 +57,16 @@ from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
 from defender_agent.report.validate import PayloadFormat, decode_payload
-from defender_agent.responder import (
+from defender_agent.service import storage
+from defender_agent.service.metrics_map import MetricValue, metric_values
+from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
     Outcome,
     Responder,
     ResponderPolicy,
     parse_topic,
 )
-from defender_agent.responder_service import ResponderService, report_filter
-from defender_agent.service import storage
-from defender_agent.service.metrics_map import MetricValue, metric_values
+from defender_agent.service.responder_service import ResponderService, report_filter
 from defender_agent.service.storage import Store, open_store
 from defender_agent.transport.base import (
     ConnectionListener,

@@ -2,7 +2,7 @@
 
 :class:`ResponderService` subscribes to every report topic
 (``$aws/things/+/defender/metrics/+``, QoS 1), hands each message to a
-:class:`~defender_agent.responder.Responder` and publishes its reply on the
+:class:`~defender_agent.service.responder.Responder` and publishes its reply on the
 format's ``accepted``/``rejected`` topic (protocol.md §1.1, §4, §7). The filter
 has exactly one level after ``metrics``, so it never matches the reply topics and
 the service never answers its own replies.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
-from defender_agent.responder import Outcome, Reply, Responder
+from defender_agent.service.responder import Outcome, Reply, Responder
 from defender_agent.transport.base import Transport
 
 __all__ = [

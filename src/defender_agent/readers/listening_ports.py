@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from defender_agent.collectors._inet import LISTEN, SocketRow, unmap_v4
-from defender_agent.collectors.interfaces import InterfaceMap
 from defender_agent.model import ListeningPort
+from defender_agent.readers._inet import LISTEN, SocketRow, unmap_v4
+from defender_agent.readers.interfaces import InterfaceMap
 
 __all__ = ["PortSet", "listening_tcp_ports", "listening_udp_ports"]
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, TypeVar
 
-from defender_agent.collectors import _psutil, _sockdiag
-from defender_agent.collectors._inet import ESTABLISHED, LISTEN, SocketRow, parse_socket_table
-from defender_agent.collectors.interfaces import InterfaceMap
-from defender_agent.collectors.listening_ports import PortSet
-from defender_agent.collectors.tcp_connections import ConnectionSelector
 from defender_agent.model import Connection, ListeningPort
 from defender_agent.procfs import ProcFS
+from defender_agent.readers import _psutil, _sockdiag
+from defender_agent.readers._inet import ESTABLISHED, LISTEN, SocketRow, parse_socket_table
+from defender_agent.readers.interfaces import InterfaceMap
+from defender_agent.readers.listening_ports import PortSet
+from defender_agent.readers.tcp_connections import ConnectionSelector
 
 __all__ = [
     "SocketSource",

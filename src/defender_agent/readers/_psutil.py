@@ -12,11 +12,11 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional
 
-from defender_agent.collectors._inet import ESTABLISHED, LISTEN, SocketRow
-from defender_agent.collectors.cpu_usage import CpuTimes
-from defender_agent.collectors.interfaces import InterfaceMap
-from defender_agent.collectors.network_stats import InterfaceCounters
 from defender_agent.errors import CollectorError
+from defender_agent.readers._inet import ESTABLISHED, LISTEN, SocketRow
+from defender_agent.readers.cpu_usage import CpuTimes
+from defender_agent.readers.interfaces import InterfaceMap
+from defender_agent.readers.network_stats import InterfaceCounters
 
 __all__ = ["available", "cpu_times", "interface_counters", "interface_map", "socket_rows"]
 

@@ -24,8 +24,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
-from defender_agent.collectors._inet import is_loopback
 from defender_agent.procfs import ProcFS
+from defender_agent.readers._inet import is_loopback
 
 __all__ = [
     "InterfaceMap",

@@ -26,7 +26,7 @@ header's ``report_id`` could be read as a 64-bit integer (§4.2, §7.8 [policy])
 
 The responder does no I/O and is thread-safe: the per-thing state (throttle table and
 counters) sits behind one lock and is bounded, so hostile thing names cannot make it grow
-without limit. :class:`~defender_agent.responder_service.ResponderService` binds it to an
+without limit. :class:`~defender_agent.service.responder_service.ResponderService` binds it to an
 MQTT transport.
 
 >>> responder = Responder(clock=lambda: 1700000000.0)

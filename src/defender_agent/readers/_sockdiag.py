@@ -43,7 +43,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from defender_agent.collectors._inet import SocketRow
+from defender_agent.readers._inet import SocketRow
 
 __all__ = [
     "SockDiagUnavailable",

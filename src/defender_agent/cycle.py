@@ -19,15 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from defender_agent.collectors import _psutil
-from defender_agent.collectors.cpu_usage import CpuTimes
-from defender_agent.collectors.interfaces import InterfaceMap, read_interface_map
-from defender_agent.collectors.network_stats import (
-    InterfaceCounters,
-    parse_net_dev,
-    select_interfaces,
-)
-from defender_agent.collectors.sockets import SocketSource, resolve_source, summarize_sockets
 from defender_agent.custom import CustomMetrics, CustomMetricsConfig
 from defender_agent.delta import network_delta
 from defender_agent.model import (
@@ -38,6 +29,15 @@ from defender_agent.model import (
     Report,
 )
 from defender_agent.procfs import ProcFS, default_proc_root
+from defender_agent.readers import _psutil
+from defender_agent.readers.cpu_usage import CpuTimes
+from defender_agent.readers.interfaces import InterfaceMap, read_interface_map
+from defender_agent.readers.network_stats import (
+    InterfaceCounters,
+    parse_net_dev,
+    select_interfaces,
+)
+from defender_agent.readers.sockets import SocketSource, resolve_source, summarize_sockets
 from defender_agent.state import ReportIdSequence, StateDir
 
 __all__ = ["Collector", "CollectorConfig", "Snapshot"]

@@ -17,7 +17,7 @@ state directory. An agent restarted on the same boot within
 delta at once, and reports stay at least an interval apart; after a reboot or
 a long gap it starts fresh (baseline first, first report one interval later).
 
-``python -m defender_agent.agent`` keeps the public sample's spelling.
+``python -m defender_agent.agent`` (the public sample's spelling) runs ``agent/__main__.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Optional
 
-from defender_agent.collect import Collector
 from defender_agent.config import AgentConfig
+from defender_agent.cycle import Collector
 from defender_agent.errors import (
     ConnectError,
     ReportError,
@@ -331,9 +331,3 @@ class Agent:
             self._connector.join(timeout=5)
         self._save()  # after the disconnect, so the status says "not connected"
         log.info("stopped; state saved")
-
-
-if __name__ == "__main__":  # the public sample's spelling: python -m defender_agent.agent ...
-    from defender_agent.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Optional
 
-from defender_agent.collectors._inet import ESTABLISHED, SocketRow, unmap_v4
-from defender_agent.collectors.interfaces import InterfaceMap
 from defender_agent.model import Connection
+from defender_agent.readers._inet import ESTABLISHED, SocketRow, unmap_v4
+from defender_agent.readers.interfaces import InterfaceMap
 
 __all__ = ["ConnectionSelector", "established_connections", "select_rows"]
 
