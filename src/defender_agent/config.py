@@ -34,6 +34,7 @@ from defender_agent.custom import CustomMetricsConfig, parse_custom_metrics_tabl
 from defender_agent.cycle import CollectorConfig
 from defender_agent.errors import ConfigError
 from defender_agent.procfs import default_proc_root
+from defender_agent.rules import validate_thing_name
 from defender_agent.transport.base import MqttSettings
 
 if sys.version_info >= (3, 11):
@@ -148,29 +149,6 @@ def _patterns(value: object) -> tuple[str, ...]:
     else:
         raise ValueError(f"expected a list of glob patterns, got {type(value).__name__}")
     return tuple(item for item in items if item)
-
-
-def validate_thing_name(name: str) -> str:
-    """Check a thing name as Device Defender does (protocol.md §1.2); return it.
-
-    1 to 128 bytes of UTF-8, no control characters, and none of ``+ # /``,
-    which would change the meaning of the MQTT topic.
-
-    >>> validate_thing_name("gateway-01")
-    'gateway-01'
-    >>> validate_thing_name("a/b")
-    Traceback (most recent call last):
-    ...
-    ValueError: must not contain '/', '+' or '#'
-    """
-    size = len(name.encode("utf-8"))
-    if not 1 <= size <= 128:
-        raise ValueError(f"must be 1 to 128 bytes of UTF-8, got {size}")
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
-        raise ValueError("must not contain control characters")
-    if any(ch in name for ch in "/+#"):
-        raise ValueError("must not contain '/', '+' or '#'")
-    return name
 
 
 def _thing(value: object) -> Optional[str]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from defender_agent.config import SETTINGS, load_config, validate_thing_name
+from defender_agent.config import SETTINGS, load_config
 from defender_agent.errors import ConfigError
+from defender_agent.rules import validate_thing_name
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "agent.toml"
 BASE = {"endpoint": "x-ats.iot.eu-west-1.amazonaws.com", "cert_file": "c", "key_file": "k"}

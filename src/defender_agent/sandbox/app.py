@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Final, Optional, Protocol
 from urllib.parse import urlsplit
 
-from defender_agent.config import validate_thing_name
 from defender_agent.errors import ConfigError, ReportError, StateError
 from defender_agent.report.validate import PayloadFormat, decode_payload
+from defender_agent.rules import validate_thing_name
 from defender_agent.service.metrics_map import MetricValue, metric_values
 from defender_agent.service.responder import ResponderPolicy
 from defender_agent.state import default_state_dir
