@@ -9,12 +9,18 @@ Report ids are epoch milliseconds, raised to one more than the last id ever
 handed out when the clock is behind (NTP stepped it back, a board without an
 RTC booted at 1970): ``max(now_ms, last + 1)``. The last id is kept in the
 state directory under an exclusive lock, so ids increase across restarts and
-between processes sharing the directory (pitfalls.md B25).
+between processes sharing the directory.
+
+One process at a time owns a state directory: :meth:`StateDir.acquire_lock`
+takes an exclusive ``flock`` on its ``lock`` file and writes the holder's pid
+in it. The kernel drops the lock when the holder exits, crashes included, so
+a stale pid in the file never blocks anyone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -27,11 +33,56 @@ from typing import Any, Callable, Optional
 
 from defender_agent.errors import StateError
 
-__all__ = ["ReportIdSequence", "StateDir", "default_state_dir"]
+__all__ = ["ReportIdSequence", "StateDir", "StateLock", "default_state_dir"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+#: The file whose ``flock`` says which process owns the directory.
+LOCK_FILE = "lock"
+
+
+class StateLock:
+    """An exclusive hold on a state directory, from :meth:`StateDir.acquire_lock`.
+
+    Released by :meth:`release`, at the end of a ``with`` block, or by the
+    kernel when the process ends.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: Optional[int] = fd
+
+    @property
+    def held(self) -> bool:
+        """Whether this process still holds the lock."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Give the directory up (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> Optional[int]:
+    """The pid the holder wrote in the lock file (``None`` if not written yet or garbled)."""
+    for _ in range(20):  # the holder writes its pid just after taking the lock
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.005)
+    return None
 
 
 def default_state_dir(environ: Optional[dict[str, str]] = None) -> Path:
@@ -119,9 +170,59 @@ class StateDir:
         except OSError as exc:
             raise StateError(f"cannot write state file {self.path / name}.json: {exc}") from exc
 
+    def acquire_lock(self) -> StateLock:
+        """Own the directory: an exclusive, non-blocking ``flock`` on its ``lock`` file.
+
+        Returns:
+            The held lock; keep it for as long as the directory is in use.
+
+        Raises:
+            StateError: another process holds it ("state directory /x is in use by
+                pid 1234; stop it or use --state-dir"), or the lock file cannot be opened.
+        """
+        self.ensure()
+        file = self.path / LOCK_FILE
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot lock state directory {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(fd) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise StateError(f"cannot lock state directory {self.path}: {exc}") from exc
+            who = f"pid {holder}" if holder is not None else "another process"
+            raise StateError(
+                f"state directory {self.path} is in use by {who}; stop it or use --state-dir"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # the lock is held all the same; only the pid is missing
+            log.debug("cannot write the pid into %s: %s", file, exc)
+        return StateLock(file, fd)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[StateLock]:
+        """:meth:`acquire_lock` for the length of a ``with`` block.
+
+        Raises:
+            StateError: the directory is in use by another process.
+        """
+        held = self.acquire_lock()
+        try:
+            yield held
+        finally:
+            held.release()
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold an exclusive lock on the directory (``.lock``) for a read-modify-write.
+        """Hold a short exclusive lock (``.lock``) for a read-modify-write of one file.
+
+        Not the ownership lock of :meth:`acquire_lock`: processes that share a
+        directory (``collect`` beside a running agent) take this one briefly.
 
         Raises:
             StateError: the lock file cannot be opened.

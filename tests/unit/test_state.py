@@ -107,3 +107,51 @@ def test_default_state_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert default_state_dir({"HOME": "/home/u"}) == Path("/home/u/.local/state/defender-agent")
     assert default_state_dir({"XDG_STATE_HOME": "/xdg"}) == Path("/xdg/defender-agent")
+
+
+HOLD = """
+import sys
+from defender_agent.state import StateDir
+held = StateDir(sys.argv[1]).acquire_lock()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_process_cannot_own_a_locked_directory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            assert (tmp_path / "lock").read_text() == f"{holder.pid}\n"
+            with pytest.raises(StateError) as caught:
+                StateDir(tmp_path).acquire_lock()
+            assert str(caught.value) == (
+                f"state directory {tmp_path} is in use by pid {holder.pid}; "
+                "stop it or use --state-dir"
+            )
+            # the short read-modify-write lock is another file: report ids work beside it
+            assert ReportIdSequence(StateDir(tmp_path), Clock(1.0)).next() == 1000
+        finally:
+            holder.kill()  # a crash: the kernel drops the lock, the stale pid stays in the file
+            holder.wait()
+    with StateDir(tmp_path).lock() as held:
+        assert held.held and (tmp_path / "lock").read_text() == f"{os.getpid()}\n"
+    assert not held.held
+    StateDir(tmp_path).acquire_lock().release()
+
+
+def test_the_lock_excludes_this_process_too_until_released(tmp_path: Path) -> None:
+    first = StateDir(tmp_path).acquire_lock()
+    with pytest.raises(StateError, match=f"in use by pid {os.getpid()}"):
+        StateDir(tmp_path).acquire_lock()
+    first.release()
+    first.release()  # idempotent
+    StateDir(tmp_path).acquire_lock().release()
