@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from defender_agent.custom import CustomMetrics, CustomMetricsConfig
 from defender_agent.delta import network_delta
+from defender_agent.errors import ConfigError
 from defender_agent.model import (
     ConnectionList,
     ListeningPort,
@@ -31,6 +32,7 @@ from defender_agent.model import (
 from defender_agent.procfs import ProcFS, default_proc_root
 from defender_agent.readers import _psutil
 from defender_agent.readers.cpu_usage import CpuTimes
+from defender_agent.readers.health import SourceHealth, missing_text
 from defender_agent.readers.interfaces import InterfaceMap, read_interface_map
 from defender_agent.readers.network_stats import (
     InterfaceCounters,
@@ -40,11 +42,14 @@ from defender_agent.readers.network_stats import (
 from defender_agent.readers.sockets import SocketSource, resolve_source, summarize_sockets
 from defender_agent.state import ReportIdSequence, StateDir
 
-__all__ = ["Collector", "CollectorConfig", "Snapshot"]
+__all__ = ["PSUTIL_MISSING", "Collector", "CollectorConfig", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIST_SIZE = 100
+
+#: The error when the psutil source is chosen but psutil cannot be imported.
+PSUTIL_MISSING = "psutil is not installed: pip install 'defender-agent[psutil]'"
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,10 @@ class Collector:
         config: what to collect.
         state_dir: where report ids are persisted; ``None`` keeps them in memory.
         clock: wall clock for report ids (injectable for tests).
+
+    Raises:
+        ConfigError: the socket source is psutil (asked for, or ``auto`` on a
+            host without /proc) and psutil is not installed.
     """
 
     def __init__(
@@ -104,8 +113,11 @@ class Collector:
     ) -> None:
         self.config = config or CollectorConfig()
         self.procfs = ProcFS(self.config.proc_root)
+        self._source = resolve_source(self.config.socket_source, self.procfs)
+        if self._source == "psutil" and not _psutil.available():
+            raise ConfigError(PSUTIL_MISSING)
+        self._psutil = self._source == "psutil"
         self._ids = ReportIdSequence(StateDir(state_dir) if state_dir else None, clock)
-        self._psutil = resolve_source(self.config.socket_source, self.procfs) == "psutil"
         self._previous: Optional[Snapshot] = None
         custom = self.config.custom_metrics
         if self.config.include_custom_metrics:
@@ -116,8 +128,43 @@ class Collector:
             None if custom.empty else CustomMetrics(custom, self.procfs, cpu_times=cpu_times)
         )
         self._warned: set[str] = set()
-        #: file → malformed lines skipped, summed over the process's life
-        self.malformed: dict[str, int] = {}
+        self._health: dict[str, SourceHealth] = {}
+        self._cycles = 0
+        self._cycle_ms = 0.0
+        self._used_source: Optional[str] = None
+
+    # ------------------------------------------------------------------ health
+    def health(self) -> dict[str, object]:
+        """How the metric sources fared, as JSON-able data (for ``status.json``).
+
+        Returns:
+            ``cycles`` run so far, ``duration_ms`` of the last one,
+            ``socket_source`` actually used by the last socket read (``netlink``,
+            ``proc`` or ``psutil``; ``None`` before the first one), and
+            ``sources``: per source (``net/dev``, ``interfaces``, ``sockets``,
+            ``custom/<metric>``) as of its last read, ``missing`` (why it or one
+            of its files could not be read, or ``None``), ``malformed`` lines
+            skipped by that read and ``malformed_total`` over the process's
+            life, and ``duration_ms``.
+        """
+        sources = {name: h.as_dict() for name, h in self._health.items()}
+        if self._custom is not None:
+            for name, h in self._custom.health().items():
+                sources[f"custom/{name}"] = h.as_dict()
+        return {
+            "cycles": self._cycles,
+            "duration_ms": self._cycle_ms,
+            "socket_source": self._used_source,
+            "sources": sources,
+        }
+
+    def _record(
+        self, name: str, started: float, missing: Optional[str] = None, malformed: int = 0
+    ) -> None:
+        health = self._health.get(name)
+        if health is None:
+            health = self._health[name] = SourceHealth()
+        health.record(missing=missing, malformed=malformed, seconds=time.perf_counter() - started)
 
     # ------------------------------------------------------------------ helpers
     def _warn_once(self, key: str, message: str, *args: object) -> None:
@@ -127,9 +174,8 @@ class Collector:
             self._warned.add(key)
             log.warning(message, *args)
 
-    def _count_malformed(self, name: str, count: int) -> None:
+    def _warn_malformed(self, name: str, count: int) -> None:
         if count:
-            self.malformed[name] = self.malformed.get(name, 0) + count
             self._warn_once(
                 f"malformed:{name}",
                 "skipped %d malformed line(s) in %s",
@@ -137,68 +183,77 @@ class Collector:
                 self.procfs.path(name),
             )
 
-    def _read(self, *parts: str) -> Optional[str]:
-        try:
-            return self.procfs.read_text(*parts)
-        except OSError as exc:
-            path = self.procfs.path(*parts)
-            self._warn_once(
-                f"missing:{path}",
-                "cannot read %s (%s); leaving out its metrics",
-                path,
-                exc.strerror or exc,
-            )
-            return None
+    def _warn_missing(self, name: str, reason: str) -> None:
+        path = self.procfs.path(name)
+        self._warn_once(
+            f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path, reason
+        )
 
     # ------------------------------------------------------------------ reading
     def _read_snapshot(self) -> Snapshot:
         snap = Snapshot(monotonic=time.monotonic())
+        started = time.perf_counter()
         try:
-            self._read_counters(snap)
-        except Exception:  # a collector bug drops its group from this report, never the cycle
+            self._read_counters(snap, started)
+        except (
+            Exception
+        ) as exc:  # a collector bug drops its group from this report, never the cycle
             log.exception("reading the traffic counters failed; leaving them out")
             snap.interfaces = None
+            self._record("net/dev", started, f"{type(exc).__name__}: {exc}")
         return snap
 
-    def _read_counters(self, snap: Snapshot) -> None:
+    def _read_counters(self, snap: Snapshot, started: float) -> None:
+        cfg = self.config
         if self._psutil:
+            counters = _psutil.interface_counters()
             snap.interfaces = select_interfaces(
-                _psutil.interface_counters(),
-                self.config.interfaces_include,
-                self.config.interfaces_exclude,
+                counters, cfg.interfaces_include, cfg.interfaces_exclude
             )
+            self._record("net/dev", started)
             return
-        dev = self._read("net", "dev")
-        if dev is not None:
-            counters, bad = parse_net_dev(dev)
-            self._count_malformed("net/dev", bad)
-            snap.interfaces = select_interfaces(
-                counters, self.config.interfaces_include, self.config.interfaces_exclude
-            )
+        try:
+            dev = self.procfs.read_text("net", "dev")
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._warn_missing("net/dev", reason)
+            self._record("net/dev", started, f"net/dev: {reason}")
+            return
+        counters, bad = parse_net_dev(dev)
+        self._warn_malformed("net/dev", bad)
+        snap.interfaces = select_interfaces(
+            counters, cfg.interfaces_include, cfg.interfaces_exclude
+        )
+        self._record("net/dev", started, None, bad)
 
     def _sockets(
         self,
     ) -> tuple[Optional[PortList], Optional[PortList], Optional[ConnectionList]]:
         cfg = self.config
+        started = time.perf_counter()
         interfaces: InterfaceMap = (
             _psutil.interface_map(cfg.wildcard_interface)
             if self._psutil
             else read_interface_map(self.procfs, cfg.wildcard_interface)
         )
+        self._record("interfaces", started, missing_text(interfaces.missing))
+        started = time.perf_counter()
         summary = summarize_sockets(
             self.procfs,
             interfaces,
-            source=cfg.socket_source,
+            source=self._source,
             include_loopback=cfg.include_loopback_connections,
             limit=cfg.list_size,
         )
-        for name, reason in summary.status.missing.items():
-            path = self.procfs.path(name)
-            self._warn_once(
-                f"missing:{path}", "cannot read %s (%s); leaving out its metrics", path, reason
-            )
-        for name, count in summary.status.malformed.items():
-            self._count_malformed(name, count)
+        status = summary.status
+        self._used_source = status.source
+        for name, reason in status.missing.items():
+            self._warn_missing(name, reason)
+        for name, count in status.malformed.items():
+            self._warn_malformed(name, count)
+        self._record(
+            "sockets", started, missing_text(status.missing), sum(status.malformed.values())
+        )
         tcp_ports = udp_ports = connections = None
         if summary.tcp_ports is not None:
             tcp_ports = _port_list(summary.tcp_ports, cfg.list_size)
@@ -219,17 +274,29 @@ class Collector:
             entries; :func:`~defender_agent.report.fit.encode_fitted` encodes
             it within the message size limit.
         """
+        started = time.perf_counter()
+        try:
+            return self._cycle()
+        finally:
+            self._cycles += 1
+            self._cycle_ms = round((time.perf_counter() - started) * 1000.0, 3)
+
+    def _cycle(self) -> Optional[Report]:
         snap = self._read_snapshot()
         previous, self._previous = self._previous, snap
         if previous is None:
             if self._custom is not None:
                 self._custom.baseline()
             return None
+        started = time.perf_counter()
         try:
             tcp_ports, udp_ports, connections = self._sockets()
-        except Exception:  # a collector bug drops its groups from this report, never the cycle
+        except (
+            Exception
+        ) as exc:  # a collector bug drops its groups from this report, never the cycle
             log.exception("reading the socket tables failed; leaving out ports and connections")
             tcp_ports = udp_ports = connections = None
+            self._record("sockets", started, f"{type(exc).__name__}: {exc}")
         stats: Optional[NetworkStats] = None
         if previous.interfaces is not None and snap.interfaces is not None:
             stats = network_delta(previous.interfaces, snap.interfaces)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from defender_agent.custom import CustomMetricsConfig
+from defender_agent.cycle import Collector, CollectorConfig
+from defender_agent.errors import ConfigError
 from defender_agent.model import Connection, ListeningPort
 from defender_agent.procfs import ProcFS
+from defender_agent.readers import _psutil
 from defender_agent.readers._inet import SocketRow
 from defender_agent.readers.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
 from defender_agent.readers.interfaces import (
@@ -64,7 +70,8 @@ def test_interface_map_wildcard_label() -> None:
 
 def test_interface_map_missing_files(tmp_path: Path) -> None:
     imap = read_interface_map(ProcFS(tmp_path))
-    assert imap == InterfaceMap()
+    assert (imap.v4, imap.v6) == ({}, {})
+    assert sorted(imap.missing) == ["net/fib_trie", "net/if_inet6", "net/route"]
     assert imap.lookup(socket.AF_INET, v4("127.0.0.1")) == "lo"
 
 
@@ -304,3 +311,64 @@ def test_streaming_selector_matches_the_plain_rule(
     assert selector.total == len(rows)
     chosen = selector.rows()
     assert sorted(chosen) == sorted(reference_choice(rows, limit))
+
+
+# --------------------------------------------------------------------------- collector health
+def test_health_counts_malformed_lines_per_cycle_and_in_total() -> None:
+    collector = Collector(CollectorConfig(proc_root=proc_fixture("malformed")))
+    assert collector.health() == {
+        "cycles": 0,
+        "duration_ms": 0.0,
+        "socket_source": None,
+        "sources": {},
+    }
+    collector.cycle()  # the baseline reads net/dev only
+    health: Any = collector.health()
+    assert health["cycles"] == 1 and list(health["sources"]) == ["net/dev"]
+    collector.cycle()
+    collector.cycle()
+    health = collector.health()
+    sources = health["sources"]
+    assert health["cycles"] == 3 and health["socket_source"] == "proc"
+    assert sorted(sources) == ["interfaces", "net/dev", "sockets"]
+    assert sources["net/dev"]["malformed"] == 1
+    assert sources["net/dev"]["malformed_total"] == 3
+    assert sources["sockets"]["malformed"] == 5  # 4 in net/tcp, 1 in net/udp
+    assert sources["sockets"]["malformed_total"] == 10
+    assert all(s["missing"] is None for s in sources.values())
+    assert all(isinstance(s["duration_ms"], float) for s in sources.values())
+    assert json.loads(json.dumps(health)) == health
+
+
+def test_health_names_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "udp").write_text("  sl  local_address\n")
+    (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable: 75 kB\n")
+    config = CollectorConfig(
+        proc_root=tmp_path,
+        custom_metrics=CustomMetricsConfig(enabled=("memory_usage", "uptime")),
+    )
+    collector = Collector(config)
+    collector.cycle()
+    report = collector.cycle()
+    assert report is not None and report.tcp_connections is None
+    sources: Any = collector.health()["sources"]
+    assert sources["net/dev"]["missing"] == "net/dev: No such file or directory"
+    assert sources["sockets"]["missing"] == "net/tcp: No such file or directory"
+    assert "net/fib_trie: No such file or directory" in sources["interfaces"]["missing"]
+    assert sources["custom/memory_usage"]["missing"] is None
+    assert "uptime" in sources["custom/uptime"]["missing"]
+    assert [m.name for m in report.custom_metrics] == ["memory_usage"]
+
+
+def test_psutil_source_refused_without_psutil_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_psutil, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^psutil is not installed: pip install"):
+        Collector(CollectorConfig(socket_source="psutil"))
+
+
+def test_auto_source_on_a_host_without_proc_is_psutil(tmp_path: Path) -> None:
+    assert resolve_source("auto", ProcFS(tmp_path)) == "proc"  # a proc root lacking net/tcp
+    live_without_net = ProcFS("/proc")
+    live_without_net.path = tmp_path.joinpath  # type: ignore[method-assign]
+    assert resolve_source("auto", live_without_net) == "psutil"

@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from defender_agent.errors import ConfigError
 from defender_agent.model import CustomMetric, CustomMetricType
 from defender_agent.procfs import ProcFS
 from defender_agent.readers.cpu_usage import CpuTimes
+from defender_agent.readers.health import SourceHealth
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -305,6 +307,21 @@ class CustomMetrics:
             taken.add(spec.name)
             exec_metrics.append(spec)
         self._exec = tuple(exec_metrics)
+        self._health: dict[str, SourceHealth] = {}
+        self._why: dict[str, str] = {}
+
+    def health(self) -> dict[str, SourceHealth]:
+        """Per metric, as of its last sample: why it had no value (``missing``) and how long it took.
+
+        Exec metrics run side by side, so each one's ``duration_ms`` is the batch's.
+        """  # noqa: E501 - the summary line
+        return dict(self._health)
+
+    def _record(self, name: str, started: float, missing: Optional[str]) -> None:
+        health = self._health.get(name)
+        if health is None:
+            health = self._health[name] = SourceHealth()
+        health.record(missing=missing, malformed=0, seconds=time.perf_counter() - started)
 
     def names_and_types(self) -> list[tuple[str, CustomMetricType]]:
         """Every metric this collects, with its type, in report order (for ``aws-setup``)."""
@@ -328,20 +345,29 @@ class CustomMetrics:
         """
         metrics: list[CustomMetric] = []
         for source in self._sources:  # first: the commands' processes would be in their view
+            started = time.perf_counter()
             raw = self._sample(source)
+            why = None if raw is not None else self._why.pop(source.name, None)
             if raw is not None:
-                self._add(metrics, source.name, source.type, raw)
+                why = self._add(metrics, source.name, source.type, raw)
+            self._record(source.name, started, why)
+        started = time.perf_counter()
         batch = self._start_commands()
-        for spec, output in zip(self._exec, self._wait(batch)):
+        outputs = self._wait(batch)
+        for spec, output in zip(self._exec, outputs):
+            why = None
             if isinstance(output, MetricError):
                 self._warn(spec.name, output.kind, "left out: %s", output.reason)
-                continue
-            try:
-                parsed = parse_output(spec.type, output)
-            except MetricError as failure:
-                self._warn(spec.name, failure.kind, "left out: %s", failure.reason)
-                continue
-            self._add(metrics, spec.name, spec.type, parsed)
+                why = output.reason
+            else:
+                try:
+                    parsed = parse_output(spec.type, output)
+                except MetricError as failure:
+                    self._warn(spec.name, failure.kind, "left out: %s", failure.reason)
+                    why = failure.reason
+                else:
+                    why = self._add(metrics, spec.name, spec.type, parsed)
+            self._record(spec.name, started, why)
         return metrics
 
     def _start_commands(self) -> Optional[CommandBatch]:
@@ -363,29 +389,35 @@ class CustomMetrics:
             return [MetricError("error", "the run failed") for _ in self._exec]
 
     def _sample(self, source: Source) -> Optional[object]:
+        """The raw value, or ``None``; why there is none is left in ``self._why``."""
         try:
             return source.sample()
         except MetricError as failure:
             self._warn(source.name, failure.kind, "left out: %s", failure.reason)
+            self._why[source.name] = failure.reason
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             self._warn(
                 source.name, "read", "left out: cannot read%s (%s)", where, exc.strerror or exc
             )
+            self._why[source.name] = f"cannot read{where} ({exc.strerror or exc})"
         except Exception as exc:  # a plugin's (or built-in's) bug leaves out that metric only
             log.debug("custom metric %s failed", source.name, exc_info=True)
             kind = "plugin" if isinstance(source, PluginSource) else "error"
             self._warn(source.name, kind, "left out: %s: %s", type(exc).__name__, exc)
+            self._why[source.name] = f"{type(exc).__name__}: {exc}"
         return None
 
     def _add(
         self, metrics: list[CustomMetric], name: str, metric_type: CustomMetricType, raw: object
-    ) -> None:
+    ) -> Optional[str]:
+        """Check and append a value; returns why it was left out, or ``None``."""
         value = check_value(metric_type, raw, list_size=self.config.list_size)
         if isinstance(value, Invalid):
             self._warn(name, "invalid", "left out: invalid %s: %s", metric_type.value, value.reason)
-            return
+            return f"invalid {metric_type.value}: {value.reason}"
         metrics.append(CustomMetric(name, metric_type, value))
+        return None
 
     # ------------------------------------------------------------------ restart-safe baseline
     def export_state(self) -> dict[str, object]:

@@ -114,11 +114,13 @@ class InterfaceMap:
         v4: packed IPv4 address → interface.
         v6: packed IPv6 address → interface.
         wildcard: the label for ``0.0.0.0``/``::`` binds (``None``: leave it out).
+        missing: file name → why it could not be read (for the collector's health).
     """
 
     v4: dict[bytes, str] = field(default_factory=dict)
     v6: dict[bytes, str] = field(default_factory=dict)
     wildcard: Optional[str] = None
+    missing: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, family: int, packed: bytes) -> Optional[str]:
         """Return the interface of a local address (IPv4-mapped already unmapped).
@@ -162,15 +164,17 @@ def read_interface_map(procfs: ProcFS, wildcard: Optional[str] = None) -> Interf
     interface, and the report leaves the interface out.
     """
     result = InterfaceMap(wildcard=wildcard)
-    try:
-        result.v6 = parse_if_inet6(procfs.read_text("net", "if_inet6"))
-    except OSError as exc:
-        log.debug("no IPv6 interface addresses: %s", exc)
-    try:
-        local = parse_fib_trie_local(procfs.read_text("net", "fib_trie"))
-        routes = parse_route(procfs.read_text("net", "route"))
-    except OSError as exc:
-        log.debug("no IPv4 interface addresses: %s", exc)
-    else:
-        result.v4 = build_v4_map(local, routes)
+    texts: dict[str, str] = {}
+    for name in ("if_inet6", "fib_trie", "route"):
+        try:
+            texts[name] = procfs.read_text("net", name)
+        except OSError as exc:
+            result.missing[f"net/{name}"] = exc.strerror or str(exc)
+            log.debug("cannot read net/%s: %s", name, exc)
+    if "if_inet6" in texts:
+        result.v6 = parse_if_inet6(texts["if_inet6"])
+    if "fib_trie" in texts and "route" in texts:
+        result.v4 = build_v4_map(
+            parse_fib_trie_local(texts["fib_trie"]), parse_route(texts["route"])
+        )
     return result

@@ -72,17 +72,18 @@ def resolve_source(requested: SocketSource, procfs: ProcFS) -> ResolvedSource:
     """Pick the source for ``auto``.
 
     netlink for the live ``/proc`` when the kernel offers sock_diag; the files
-    for any other proc root; psutil where there is no ``net/tcp`` at all (not
-    Linux) and psutil is installed.
+    for any other proc root; psutil where the live ``/proc`` has no ``net/tcp``
+    (not Linux). Whether psutil is installed is the caller's check: the
+    :class:`~defender_agent.cycle.Collector` refuses to start without it.
     """
     if requested != "auto":
         return requested
-    if not procfs.path("net", "tcp").exists():
-        return "psutil" if _psutil.available() else "proc"
     try:
         live = procfs.root.resolve() == Path("/proc").resolve()
     except OSError:
         live = False
+    if not procfs.path("net", "tcp").exists():
+        return "psutil" if live else "proc"
     return "netlink" if live and _sockdiag.available() else "proc"
 
 
