@@ -1,39 +1,25 @@
-"""``defender-agent aws-setup``: the AWS side of the configured custom metrics.
+"""``defender-agent aws-setup``: the AWS side of what the agent reports.
 
-Device Defender keeps a custom metric's values only when the metric was
-created in the account (CreateCustomMetric, protocol.md §5.4) and is used by a
-security profile. This command prints the AWS CLI calls for every custom
-metric the configuration enables (``[custom_metrics]`` of ``--config``, plus
-``cpu_usage`` with ``--include-custom-metrics``), and with
-``--security-profile NAME`` a starter profile with one behavior per metric.
+Device Defender keeps a metric's values only when a security profile uses it
+(as a behavior, or in its ``additionalMetricsToRetainV2``), and a custom
+metric only when it was also created in the account (CreateCustomMetric,
+docs/protocol.md §5.4). This command prints the AWS CLI calls for both: an
+``aws iot create-custom-metric`` per custom metric the configuration enables
+(``[custom_metrics]`` of ``--config``, plus ``cpu_usage`` with
+``--include-custom-metrics``), then an ``aws iot create-security-profile``
+(``--security-profile NAME``, default ``defender-agent``) with behaviors for
+the standard device-side metrics and one per custom metric
+(:mod:`defender_agent.security_profile` has the values), and the
+``attach-security-profile`` call to make it apply. ``--no-standard-metrics``
+leaves the ``aws:`` behaviors out, ``--no-security-profile`` the profile.
+
 ``--apply`` makes the same calls through boto3 (``pip install
 'defender-agent[aws]'``), idempotently: existing metrics are left alone (a type
 conflict is an error, since a type cannot change), a missing profile is
-created, an existing one gets behaviors only for the metrics it has none for.
-
-Starter behaviors (protocol.md §5.3: the value member each type needs; the
-``cpu_usage`` one is the public sample's ``CpuUsageIssue``; every behavior
-alarms and clears after one datapoint):
-
-| metric | criteria | alerts |
-| --- | --- | --- |
-| ``cpu_usage`` | ``greater-than`` ``{"number": 75}`` | yes |
-| ``memory_usage``, ``disk_usage`` | ``greater-than`` ``{"number": 90}`` | yes |
-| ``process_count`` | ``greater-than`` ``{"number": 500}`` | yes |
-| ``uptime`` | ``greater-than`` ``{"number": 31536000}`` (a year without a reboot: no kernel updates) | yes |
-| ``logged_in_users`` | ``not-in-set`` ``{"strings": ["root"]}`` (anyone else logs in) | yes |
-| ``interface_addresses`` | ``not-in-cidr-set`` private and link-local ranges (a public address) | yes |
-| ``listening_processes`` | ``not-in-set`` ``{"strings": ["sshd"]}`` | placeholder |
-| ``remote_ips`` | ``not-in-cidr-set`` private ranges | placeholder |
-| ``load_average``, other number-list | ``not-in-set`` ``{"numbers": [0]}`` | placeholder |
-| other number | ``greater-than`` ``{"number": 100}`` | placeholder |
-| other string-list | ``not-in-set`` ``{"strings": ["example"]}`` | placeholder |
-| other ip-address-list | ``not-in-cidr-set`` private ranges | placeholder |
-
-A placeholder behavior has ``"suppressAlerts": true``: Device Defender keeps
-the metric's data and records violations, but sends no alert until the values
-are replaced by the fleet's own.
-"""  # noqa: E501 - a table
+created, an existing one gains behaviors (and retained metrics) only for the
+metrics it does not watch yet. The profile is not attached by ``--apply``:
+the target is the account owner's choice.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +31,6 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Optional, Protocol, TextIO
 
@@ -59,8 +44,13 @@ from defender_agent.config import (
 )
 from defender_agent.custom import BUILTINS, CustomMetrics, CustomMetricsConfig
 from defender_agent.errors import AgentError
-from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS, default_proc_root
+from defender_agent.security_profile import (
+    DEFAULT_PROFILE,
+    Metric,
+    behaviors,
+    metrics_to_retain,
+)
 
 __all__ = [
     "add_parser",
@@ -73,46 +63,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_N = CustomMetricType.NUMBER
-_NL = CustomMetricType.NUMBER_LIST
-_SL = CustomMetricType.STRING_LIST
-_IPL = CustomMetricType.IP_ADDRESS_LIST
-_PRIVATE_V4: Final = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-_LOCAL: Final = (*_PRIVATE_V4, "fc00::/7", "fe80::/10")
 _NAME: Final = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _REGION: Final = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
-_DESCRIPTION: Final = "defender-agent custom metrics: starter behaviors"
+_DESCRIPTION: Final = "defender-agent: starter behaviors for its metrics"
 _NOT_FOUND: Final = "ResourceNotFoundException"
-
-
-@dataclass(frozen=True)
-class _Starter:
-    """A starter behavior's criteria; ``placeholder`` ones suppress alerts."""
-
-    operator: str
-    value: Mapping[str, object]
-    placeholder: bool = False
-
-
-_STARTERS: Final[Mapping[str, _Starter]] = {
-    "cpu_usage": _Starter("greater-than", {"number": 75}),
-    "memory_usage": _Starter("greater-than", {"number": 90}),
-    "disk_usage": _Starter("greater-than", {"number": 90}),
-    "process_count": _Starter("greater-than", {"number": 500}),
-    "uptime": _Starter("greater-than", {"number": 31_536_000}),
-    "logged_in_users": _Starter("not-in-set", {"strings": ["root"]}),
-    "interface_addresses": _Starter("not-in-cidr-set", {"cidrs": list(_LOCAL)}),
-    "listening_processes": _Starter("not-in-set", {"strings": ["sshd"]}, placeholder=True),
-    "remote_ips": _Starter("not-in-cidr-set", {"cidrs": list(_PRIVATE_V4)}, placeholder=True),
-}
-_GENERIC: Final[Mapping[CustomMetricType, _Starter]] = {
-    _N: _Starter("greater-than", {"number": 100}, placeholder=True),
-    _NL: _Starter("not-in-set", {"numbers": [0]}, placeholder=True),
-    _SL: _Starter("not-in-set", {"strings": ["example"]}, placeholder=True),
-    _IPL: _Starter("not-in-cidr-set", {"cidrs": list(_PRIVATE_V4)}, placeholder=True),
-}
-
-Metric = tuple[str, CustomMetricType]
 
 
 # --------------------------------------------------------------------------- the command line
@@ -133,9 +87,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "aws-setup",
         help=COMMANDS["aws-setup"][1],
-        description="Print the 'aws iot create-custom-metric' command of every configured "
-        "custom metric and, with --security-profile, a starter security profile with one "
-        "behavior per metric. --apply makes the same calls with boto3, idempotently.",
+        description="Print the AWS CLI calls that prepare an AWS account for the agent: "
+        "'aws iot create-custom-metric' for every configured custom metric, and a security "
+        "profile with behaviors for the standard device-side metrics and each custom metric. "
+        "--apply makes the same calls with boto3, idempotently.",
     )
     p.add_argument(
         "--config",
@@ -151,12 +106,28 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="add cpu_usage, as the agent's option of that name does",
     )
-    p.add_argument(
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument(
         "--security-profile",
         type=_profile_name,
-        default=None,
+        default=DEFAULT_PROFILE,
         metavar="NAME",
-        help="also a security profile of this name with one starter behavior per metric",
+        help="the security profile's name (default: %(default)s)",
+    )
+    profile.add_argument(
+        "--no-security-profile",
+        dest="security_profile",
+        action="store_const",
+        const=None,
+        default=DEFAULT_PROFILE,
+        help="only the custom metrics, no security profile",
+    )
+    p.add_argument(
+        "--no-standard-metrics",
+        dest="standard_metrics",
+        action="store_false",
+        help="leave the behaviors and retained values of the standard aws: metrics out of the "
+        "profile (only the custom metrics' behaviors)",
     )
     p.add_argument(
         "--apply",
@@ -190,34 +161,7 @@ def load_custom_metrics_config(
     return custom_metrics_table(read_toml(found), found)
 
 
-# --------------------------------------------------------------------------- what to create
-def behaviors(metrics: Sequence[Metric]) -> list[dict[str, Any]]:
-    """One starter behavior per metric (see the module's table), named after the metric.
-
-    >>> behaviors([("cpu_usage", CustomMetricType.NUMBER)])[0]["criteria"]
-    {'comparisonOperator': 'greater-than', 'value': {'number': 75}, 'consecutiveDatapointsToAlarm': 1, 'consecutiveDatapointsToClear': 1}
-    """  # noqa: E501 - a doctest output line
-    result: list[dict[str, Any]] = []
-    for name, metric_type in metrics:
-        starter = _STARTERS.get(name) if name in BUILTINS else None
-        if starter is None or BUILTINS[name].type is not metric_type:
-            starter = _GENERIC[metric_type]
-        behavior: dict[str, Any] = {
-            "name": name,
-            "metric": name,
-            "criteria": {
-                "comparisonOperator": starter.operator,
-                "value": json.loads(json.dumps(starter.value)),  # a fresh copy
-                "consecutiveDatapointsToAlarm": 1,
-                "consecutiveDatapointsToClear": 1,
-            },
-        }
-        if starter.placeholder:
-            behavior["suppressAlerts"] = True
-        result.append(behavior)
-    return result
-
-
+# --------------------------------------------------------------------------- printed commands
 def _display_name(name: str) -> Optional[str]:
     return BUILTINS[name].display_name if name in BUILTINS else None
 
@@ -226,15 +170,30 @@ def _shell(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(arg) for arg in argv)
 
 
+def _compact(document: object) -> str:
+    return json.dumps(document, separators=(",", ":"))
+
+
 def cli_commands(
-    metrics: Sequence[Metric], profile: Optional[str] = None, region: Optional[str] = None
+    metrics: Sequence[Metric],
+    profile: Optional[str] = DEFAULT_PROFILE,
+    region: Optional[str] = None,
+    standard: bool = True,
 ) -> list[str]:
-    """The AWS CLI commands (and ``#`` comments), each line ready to paste into a shell."""
+    """The AWS CLI commands (and ``#`` comments), each line ready to paste into a shell.
+
+    Args:
+        metrics: The custom metrics, name and type, in report order.
+        profile: The security profile's name; None prints no profile.
+        region: Appended as ``--region`` to every call when given.
+        standard: Whether the profile watches and keeps the standard ``aws:`` metrics.
+    """
     tail = ["--region", region] if region else []
-    lines = [
-        f"# defender-agent aws-setup: {len(metrics)} custom metric(s).",
-        "# Create each once per account and region; a metric's name and type cannot change.",
-    ]
+    lines = [f"# defender-agent aws-setup: {len(metrics)} custom metric(s)."]
+    if metrics:
+        lines.append(
+            "# Create each once per account and region; a metric's name and type cannot change."
+        )
     for name, metric_type in metrics:
         argv = ["aws", "iot", "create-custom-metric", "--metric-name", name]
         argv += ["--metric-type", metric_type.value]
@@ -242,20 +201,28 @@ def cli_commands(
         if display:
             argv += ["--display-name", display]
         lines.append(_shell(argv + tail))
-    if profile:
-        lines.append("# A starter security profile, one behavior per metric: review the values.")
+    if not profile:
+        return lines
+    document = behaviors(metrics, standard)
+    lines.append(
+        "# A starter security profile: each behavior says what is normal; a device outside it "
+        "is in violation. Review the values."
+    )
+    if any(b.get("suppressAlerts") for b in document):
         lines.append(
             '# Behaviors with "suppressAlerts": true are placeholders: data kept, no alerts.'
         )
-        document = json.dumps(behaviors(metrics), separators=(",", ":"))
-        argv = ["aws", "iot", "create-security-profile", "--security-profile-name", profile]
-        argv += ["--security-profile-description", _DESCRIPTION, "--behaviors", document]
-        lines.append(_shell(argv + tail))
-        target = f"arn:aws:iot:{region or '<region>'}:<account-id>:all/registered-things"
-        argv = ["aws", "iot", "attach-security-profile", "--security-profile-name", profile]
-        argv += ["--security-profile-target-arn", target]
-        lines.append("# Then attach it, for example to every registered thing:")
-        lines.append("# " + _shell(argv + tail))
+    argv = ["aws", "iot", "create-security-profile", "--security-profile-name", profile]
+    argv += ["--security-profile-description", _DESCRIPTION, "--behaviors", _compact(document)]
+    retain = metrics_to_retain(standard)
+    if retain:
+        argv += ["--additional-metrics-to-retain-v2", _compact(retain)]
+    lines.append(_shell(argv + tail))
+    target = f"arn:aws:iot:{region or '<region>'}:<account-id>:all/registered-things"
+    argv = ["aws", "iot", "attach-security-profile", "--security-profile-name", profile]
+    argv += ["--security-profile-target-arn", target]
+    lines.append("# Then attach it, for example to every registered thing:")
+    lines.append("# " + _shell(argv + tail))
     return lines
 
 
@@ -316,13 +283,18 @@ def _is_botocore(exc: Exception) -> bool:
 
 
 def apply(
-    client: IotClient, metrics: Sequence[Metric], profile: Optional[str], out: TextIO
+    client: IotClient,
+    metrics: Sequence[Metric],
+    profile: Optional[str],
+    out: TextIO,
+    standard: bool = True,
 ) -> None:
-    """Create what is missing: the custom metrics, then the security profile's behaviors.
+    """Create what is missing: the custom metrics, then the security profile.
 
     Every metric is described first; if one exists with another type nothing
     is created (a type cannot change). An existing profile keeps its
-    behaviors: only metrics it has no behavior for get a starter one.
+    behaviors and retained metrics: only metrics it neither watches nor keeps
+    are added.
 
     Raises:
         AgentError: a type conflict or an AWS error, in one line.
@@ -352,24 +324,29 @@ def apply(
         _call(client, "create_custom_metric", **kwargs)
         print(f"custom metric {name} ({metric_type.value}): created", file=out)
     if profile:
-        _apply_profile(client, metrics, profile, out)
+        _apply_profile(client, metrics, profile, out, standard)
 
 
-def _apply_profile(client: IotClient, metrics: Sequence[Metric], profile: str, out: TextIO) -> None:
-    wanted = behaviors(metrics)
+def _apply_profile(
+    client: IotClient, metrics: Sequence[Metric], profile: str, out: TextIO, standard: bool
+) -> None:
+    wanted = behaviors(metrics, standard)
+    retain = metrics_to_retain(standard)
     current = _call(client, "describe_security_profile", securityProfileName=profile)
     if current is None:
-        _call(
-            client,
-            "create_security_profile",
-            securityProfileName=profile,
-            securityProfileDescription=_DESCRIPTION,
-            behaviors=wanted,
-        )
+        kwargs: dict[str, object] = {
+            "securityProfileName": profile,
+            "securityProfileDescription": _DESCRIPTION,
+            "behaviors": wanted,
+        }
+        if retain:
+            kwargs["additionalMetricsToRetainV2"] = retain
+        _call(client, "create_security_profile", **kwargs)
         print(f"security profile {profile}: created with {len(wanted)} behavior(s)", file=out)
         return
     kept = list(current.get("behaviors") or [])
-    covered = {b.get("metric") for b in kept}
+    kept_retained = list(current.get("additionalMetricsToRetainV2") or [])
+    covered = {b.get("metric") for b in kept} | {m.get("metric") for m in kept_retained}
     names = {b.get("name") for b in kept}
     added = []
     for behavior in wanted:
@@ -377,16 +354,24 @@ def _apply_profile(client: IotClient, metrics: Sequence[Metric], profile: str, o
             continue
         if behavior["name"] in names:  # a behavior of that name watches something else
             behavior["name"] = f"{behavior['name'][:110]}-defender-agent"
+        names.add(behavior["name"])
         added.append(behavior)
-    if not added:
+    added_retained = [m for m in retain if m["metric"] not in covered]
+    if not added and not added_retained:
         print(f"security profile {profile}: up to date", file=out)
         return
-    kwargs: dict[str, object] = {"securityProfileName": profile, "behaviors": kept + added}
+    kwargs = {"securityProfileName": profile}
+    if added:
+        kwargs["behaviors"] = kept + added
+    if added_retained:
+        kwargs["additionalMetricsToRetainV2"] = kept_retained + added_retained
     if current.get("version") is not None:
         kwargs["expectedVersion"] = current["version"]
     _call(client, "update_security_profile", **kwargs)
-    metrics_added = ", ".join(b["metric"] for b in added)
-    print(f"security profile {profile}: updated, added behaviors for {metrics_added}", file=out)
+    what = [f"behaviors for {', '.join(b['metric'] for b in added)}"] if added else []
+    if added_retained:
+        what.append(f"retained {', '.join(m['metric'] for m in added_retained)}")
+    print(f"security profile {profile}: updated, added {'; '.join(what)}", file=out)
 
 
 def _make_client(region: Optional[str]) -> IotClient:
@@ -410,14 +395,21 @@ def command(args: argparse.Namespace) -> int:
     if args.include_custom_metrics:
         config = config.enable("cpu_usage")
     metrics = CustomMetrics(config, ProcFS(default_proc_root())).names_and_types()
-    if not metrics:
+    profile: Optional[str] = args.security_profile
+    if not metrics and not profile:
         raise AgentError(
-            "no custom metrics configured: list them in [custom_metrics] of --config FILE, "
-            "or give --include-custom-metrics"
+            "nothing to set up: no custom metrics configured and --no-security-profile "
+            "(list metrics in [custom_metrics] of --config FILE, or give "
+            "--include-custom-metrics)"
+        )
+    if not metrics and profile and not args.standard_metrics:
+        raise AgentError(
+            "nothing to set up: no custom metrics configured and --no-standard-metrics "
+            "(the profile would have no behaviors)"
         )
     if args.apply:
-        apply(_make_client(args.region), metrics, args.security_profile, sys.stdout)
+        apply(_make_client(args.region), metrics, profile, sys.stdout, args.standard_metrics)
     else:
-        for line in cli_commands(metrics, args.security_profile, args.region):
+        for line in cli_commands(metrics, profile, args.region, args.standard_metrics):
             print(line)
     return EXIT_OK
