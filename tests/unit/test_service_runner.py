@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +18,8 @@ import pytest
 from defender_agent.errors import ConfigError, ConnectError, StateError
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.responder import Outcome, ResponderPolicy
-from defender_agent.service.runner import (
-    DeviceDefenderService,
-    ServiceConfig,
-    StoredReport,
-    record_batch,
-)
-from defender_agent.service.storage import SQLiteStore, Store, open_store
+from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
+from defender_agent.service.storage import SQLiteStore, Store, StoredReport, open_store
 from defender_agent.transport.base import ConnectionListener, MessageHandler, MqttSettings
 
 T0 = 1_700_000_000.0
@@ -126,10 +121,10 @@ class BrokenStore(SQLiteStore):
         with super()._write() as cur:
             yield cur
 
-    def record(self, thing: str, *args: Any, **kwargs: Any) -> None:
-        if self.bad is not None and thing in self.bad:
-            raise StateError(f"cannot store {thing}")
-        super().record(thing, *args, **kwargs)
+    def record_many(self, reports: Sequence[StoredReport]) -> None:
+        if self.bad is not None and len(reports) == 1 and reports[0].thing in self.bad:
+            raise StateError(f"cannot store {reports[0].thing}")
+        super().record_many(reports)
 
 
 def make(
@@ -295,25 +290,6 @@ def test_queue_overflow_still_answers(db: Path, caplog: pytest.LogCaptureFixture
     store.gate.set()
     service.stop()
     assert service.stats().stored == 4
-
-
-def test_record_batch_is_one_transaction(db: Path) -> None:
-    with open_store(str(db)) as store:
-        values = [MetricValue("aws:all-bytes-in", count=1), MetricValue("n", number=0.5)]
-        record_batch(
-            store,
-            [StoredReport("b", 2, T0 + 1, "cbor", values), StoredReport("a", 1, T0, "json", [])],
-        )
-        record_batch(store, [])
-        assert [(t.name, t.reports) for t in store.things()] == [("a", 1), ("b", 1)]
-        assert [v.value.number for v in store.metric_values("b", "n")] == [0.5]
-        bad = [
-            StoredReport("c", 3, T0, "json", []),
-            StoredReport("d", 4, T0, "json", [MetricValue("n", number=float("nan"))]),
-        ]
-        with pytest.raises(ValueError):
-            record_batch(store, bad)
-        assert [t.name for t in store.things()] == ["a", "b"]  # nothing of the failed batch
 
 
 # --------------------------------------------------------------------------- hooks, config, lifecycle

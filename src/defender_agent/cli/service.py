@@ -251,6 +251,7 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
         mqtt5=args.mqtt5,
         keep_alive_s=args.keep_alive,
         connect_timeout_s=10.0,
+        discard_session=args.session == "discard" or (args.session == "auto" and generated),
     )
     validation = ValidationPolicy(
         allow_mixed_names=args.allow_mixed_names,
@@ -281,7 +282,6 @@ def build_config(args: argparse.Namespace) -> ServiceConfig:
         batch_max=args.batch_max,
         queue_max=args.queue_max,
         drain_timeout_s=args.drain_timeout,
-        discard_session=args.session == "discard" or (args.session == "auto" and generated),
     )
 
 

@@ -50,12 +50,8 @@ from defender_agent.rules import validate_thing_name
 from defender_agent.service.metrics_map import MetricValue, metric_values
 from defender_agent.service.responder import ResponderPolicy
 from defender_agent.state import default_state_dir
-from defender_agent.transport.base import (
-    ConnectionListener,
-    MessageHandler,
-    MqttSettings,
-    Transport,
-)
+from defender_agent.transport.base import MessageHandler, MqttSettings, Transport
+from defender_agent.transport.wrap import TransportWrapper
 
 if TYPE_CHECKING:
     from defender_agent.agent import Agent
@@ -371,7 +367,7 @@ class _Console:
             self.done.set()
 
 
-class _ObservedTransport:
+class _ObservedTransport(TransportWrapper):
     """The agent's transport, with each publish and each received reply shown."""
 
     def __init__(
@@ -380,12 +376,9 @@ class _ObservedTransport:
         on_publish: Callable[[str, bytes], None],
         on_message: Callable[[str, bytes], None],
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._on_publish = on_publish
         self._on_message = on_message
-
-    def connect(self) -> None:
-        self._inner.connect()
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         def observed(topic: str, payload: bytes) -> None:
@@ -395,24 +388,14 @@ class _ObservedTransport:
             except Exception:  # printing must never break the agent
                 log.exception("could not show a reply")
 
-        self._inner.subscribe(topic_filter, observed)
+        self.inner.subscribe(topic_filter, observed)
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
         try:
             self._on_publish(topic, payload)  # before the publish: the reply follows it
         except Exception:
             log.exception("could not show a report")
-        return self._inner.publish(topic, payload)
-
-    def disconnect(self) -> None:
-        self._inner.disconnect()
-
-    @property
-    def connected(self) -> bool:
-        return self._inner.connected
-
-    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
-        self._inner.set_connection_listener(listener)
+        return self.inner.publish(topic, payload)
 
 
 # --------------------------------------------------------------------------- the service
@@ -561,6 +544,8 @@ class Sandbox:
             key_file=tls_files.service.key if tls_files else None,
             use_tls=endpoint.tls,
             connect_timeout_s=10.0,
+            # a session of a client id nobody reuses would keep collecting reports
+            discard_session=not embedded,
         )
         throttle = self.config.throttle_s
         if throttle is None:
@@ -570,8 +555,6 @@ class Sandbox:
                 broker=settings,
                 db_url=str(self.config.store_path),
                 policy=ResponderPolicy(min_delay_s=throttle),
-                # a session of a client id nobody reuses would keep collecting reports
-                discard_session=not embedded,
             )
         )
         self._parts.service = service

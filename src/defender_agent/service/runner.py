@@ -37,14 +37,13 @@ Choices, each one a setting of :class:`ServiceConfig`:
   (see the README).
 * **The MQTT session.** The MQTT 3.1.1 client keeps a persistent session. A session that
   nobody resumes goes on collecting reports at the broker, and in a shared group it takes
-  its share of them, unanswered. With ``discard_session`` (the CLI's default when the client
-  id is the generated one, which no later process reuses) :meth:`~DeviceDefenderService.stop`
-  reconnects once with a clean session to end it.
+  its share of them, unanswered. With the broker settings' ``discard_session`` (the CLI's
+  default when the client id is the generated one, which no later process reuses) the
+  transport ends it when :meth:`~DeviceDefenderService.stop` disconnects.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -57,8 +56,7 @@ from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
 from defender_agent.report.validate import PayloadFormat, decode_payload
-from defender_agent.service import storage
-from defender_agent.service.metrics_map import MetricValue, metric_values
+from defender_agent.service.metrics_map import metric_values
 from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
     Outcome,
@@ -67,22 +65,15 @@ from defender_agent.service.responder import (
     parse_topic,
 )
 from defender_agent.service.responder_service import ResponderService, report_filter
-from defender_agent.service.storage import Store, open_store
-from defender_agent.transport.base import (
-    ConnectionListener,
-    MessageHandler,
-    MqttSettings,
-    Transport,
-)
+from defender_agent.service.storage import Store, StoredReport, open_store
+from defender_agent.transport.base import MqttSettings, Transport
+from defender_agent.transport.wrap import TransportWrapper
 
 __all__ = [
     "DeviceDefenderService",
     "OutcomeCallback",
     "RunnerStats",
     "ServiceConfig",
-    "StoredReport",
-    "discard_session",
-    "record_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,8 +103,6 @@ class ServiceConfig:
             not stored (``store_overflow``).
         drain_timeout_s: How long :meth:`~DeviceDefenderService.stop` lets the writer store
             what is queued.
-        discard_session: End the broker's session of this client id at stop (MQTT 3.1.1
-            keeps a persistent one); for client ids that are never reused.
     """
 
     broker: MqttSettings
@@ -124,7 +113,6 @@ class ServiceConfig:
     batch_max: int = 500
     queue_max: int = 20_000
     drain_timeout_s: float = 10.0
-    discard_session: bool = False
 
     def __post_init__(self) -> None:
         report_filter(self.shared_group, self.topic_prefix)  # raises ConfigError
@@ -180,65 +168,6 @@ class RunnerStats:
         doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
         doc["rejected"] = dict(self.rejected)
         return doc
-
-
-@dataclass(frozen=True)
-class StoredReport:
-    """One accepted report, as the writer stores it.
-
-    Attributes:
-        thing: The thing name.
-        report_id: The reply's ``reportId``.
-        received_at: When it arrived (epoch seconds): the time of its values.
-        fmt: ``json`` or ``cbor``.
-        values: Its metric values.
-    """
-
-    thing: str
-    report_id: Optional[int]
-    received_at: float
-    fmt: str
-    values: Sequence[MetricValue]
-
-
-def record_batch(store: Store, reports: Sequence[StoredReport]) -> None:
-    """Store several accepted reports in one transaction (all or nothing).
-
-    Same rows as :meth:`Store.record` for each report. The thing rows are updated first,
-    in name order, so that two processes writing batches to one PostgreSQL database take
-    their row locks in the same order and never deadlock.
-
-    This uses the store's dialect hooks; it belongs in :class:`Store` as ``record_many``.
-
-    Raises:
-        StateError: The database failed (nothing of the batch is kept).
-        ValueError: A value cannot be encoded (not finite).
-    """
-    if not reports:
-        return
-    rows: list[tuple[str, Optional[int], float, str, list[tuple[object, ...]]]] = []
-    for report in reports:
-        values: list[tuple[object, ...]] = [
-            (
-                v.metric,
-                report.received_at,
-                v.count,
-                v.number,
-                json.dumps(v.to_json(), allow_nan=False),
-            )
-            for v in report.values
-        ]
-        rows.append((report.thing, report.report_id, report.received_at, report.fmt, values))
-    with store._guard(), store._write() as cur:  # the store's dialect hooks (docstring)
-        for report in sorted(reports, key=lambda r: r.thing):
-            at = report.received_at
-            cur.execute(store._UPSERT_THING, (report.thing, at, at))
-        value_rows: list[tuple[object, ...]] = []
-        for thing, report_id, at, fmt, values in rows:
-            row_id = store._insert_report(cur, (thing, report_id, at, fmt))
-            value_rows.extend((row_id, thing, *value) for value in values)
-        if value_rows:
-            cur.executemany(storage._INSERT_VALUE, value_rows)
 
 
 @dataclass(frozen=True)
@@ -381,7 +310,7 @@ class _Writer:
     def _write(self, batch: Sequence[_Accepted]) -> None:
         reports = self._prepare(batch)
         try:
-            record_batch(self._store, reports)
+            self._store.record_many(reports)
         except Exception as exc:  # StateError, or a value the database refuses
             self._warn.log(
                 logging.WARNING,
@@ -402,9 +331,7 @@ class _Writer:
                     self.errors += 1
                 continue
             try:
-                self._store.record(
-                    report.thing, report.report_id, report.received_at, report.fmt, report.values
-                )
+                self._store.record_many([report])
             except Exception as exc:
                 failures += 1
                 with self._cond:
@@ -424,22 +351,16 @@ class _Writer:
                     self.largest = max(self.largest, 1)
 
 
-class _TrackedTransport:
+class _TrackedTransport(TransportWrapper):
     """A transport that counts the publishes still waiting for their PUBACK."""
 
     def __init__(self, inner: Transport) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._cond = threading.Condition()
         self._pending = 0
 
-    def connect(self) -> None:
-        self._inner.connect()
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        self._inner.subscribe(topic_filter, handler)
-
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        future = self._inner.publish(topic, payload)
+        future = self.inner.publish(topic, payload)
         with self._cond:
             self._pending += 1
         future.add_done_callback(self._done)
@@ -458,64 +379,6 @@ class _TrackedTransport:
             while self._pending > 0 and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
             return self._pending
-
-    def disconnect(self) -> None:
-        self._inner.disconnect()
-
-    @property
-    def connected(self) -> bool:
-        return self._inner.connected
-
-    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
-        self._inner.set_connection_listener(listener)
-
-
-def discard_session(settings: MqttSettings, timeout_s: float = 5.0) -> bool:
-    """End the broker's persistent session of ``settings.client_id`` (MQTT 3.1.1).
-
-    Connects once with a clean session, which makes the broker drop the old session and
-    its subscriptions (and, in a shared group, its share of the reports), then
-    disconnects. MQTT 5 sessions of this project are clean already; WebSocket is not
-    supported here.
-
-    Returns:
-        Whether the clean connection was made (False is logged at WARNING).
-    """
-    if settings.mqtt5:
-        return True
-    if settings.websocket:
-        log.warning("cannot end the MQTT session over WebSocket; it stays at the broker")
-        return False
-    from awscrt import io, mqtt  # noqa: PLC0415 - awscrt only when connecting
-
-    from defender_agent.transport._awscrt_tls import (  # noqa: PLC0415
-        build_proxy_options,
-        build_socket_options,
-        build_tls_context,
-    )
-
-    try:
-        client = mqtt.Client(
-            io.ClientBootstrap.get_or_create_static_default(), build_tls_context(settings)
-        )
-        connection = mqtt.Connection(
-            client=client,
-            host_name=settings.endpoint,
-            port=settings.port,
-            client_id=settings.client_id,
-            clean_session=True,
-            keep_alive_secs=max(1, min(settings.keep_alive_s, 60)),
-            ping_timeout_ms=3000,
-            socket_options=build_socket_options(settings),
-            proxy_options=build_proxy_options(settings),
-        )
-        connection.connect().result(timeout_s)
-        connection.disconnect().result(timeout_s)
-    except Exception as exc:  # any failure here only leaves the session behind
-        log.warning("could not end the MQTT session of %s: %s", settings.client_id, exc)
-        return False
-    log.info("ended the MQTT session of %s at the broker", settings.client_id)
-    return True
 
 
 class DeviceDefenderService:
@@ -611,9 +474,7 @@ class DeviceDefenderService:
         if self._connected:
             if (left := self._transport.wait_idle(_REPLY_WAIT_S)) > 0:
                 log.warning("%d replies still unacknowledged at stop", left)
-            self._transport.disconnect()
-            if self.config.discard_session:
-                discard_session(self.config.broker)
+            self._transport.disconnect()  # (ends the MQTT session if broker.discard_session)
         lost = 0
         if self._writer is not None:
             lost = self._writer.close(self.config.drain_timeout_s)

@@ -61,6 +61,7 @@ __all__ = [
     "PostgresStore",
     "SQLiteStore",
     "Store",
+    "StoredReport",
     "StoredValue",
     "ThingSummary",
     "default_url",
@@ -196,6 +197,40 @@ class StoredValue:
         }
 
 
+@dataclass(frozen=True)
+class StoredReport:
+    """One accepted report as the store keeps it.
+
+    Attributes:
+        thing: The thing name (from the report topic).
+        report_id: The report's ``report_id``; None if it had none.
+        received_at: When it arrived (epoch seconds): the time of its values.
+        fmt: The report encoding, ``json`` or ``cbor``.
+        values: Its metric values (may be empty).
+    """
+
+    thing: str
+    report_id: Optional[int]
+    received_at: float
+    fmt: str
+    values: Sequence[MetricValue]
+
+
+def _value_rows(report: StoredReport) -> list[tuple[object, ...]]:
+    """The ``metric_values`` columns after ``(report, thing)`` of each value of ``report``.
+
+    Raises:
+        ValueError: The thing is empty, the time or a value is not finite.
+    """
+    at = report.received_at
+    if not report.thing or not math.isfinite(at):
+        raise ValueError(f"bad thing {report.thing!r} or time {at!r}")
+    return [
+        (v.metric, at, v.count, v.number, json.dumps(v.to_json(), allow_nan=False))
+        for v in report.values
+    ]
+
+
 class _Cursor(Protocol):
     """What the store needs of a DB-API cursor (sqlite3 and psycopg both fit)."""
 
@@ -313,20 +348,36 @@ class Store(ABC):
             values: The report's metric values (may be empty).
 
         Raises:
-            ValueError: ``thing`` is empty or ``received_at`` is not finite.
+            ValueError: ``thing`` is empty, ``received_at`` or a value is not finite.
             StateError: The database failed (it is unchanged).
         """
-        if not thing or not math.isfinite(received_at):
-            raise ValueError(f"bad thing {thing!r} or time {received_at!r}")
-        rows = [
-            (v.metric, received_at, v.count, v.number, json.dumps(v.to_json(), allow_nan=False))
-            for v in values
-        ]
+        self.record_many([StoredReport(thing, report_id, received_at, fmt, values)])
+
+    def record_many(self, reports: Sequence[StoredReport]) -> None:
+        """Store several accepted reports in one transaction (all or nothing).
+
+        The same rows as :meth:`record` for each report. The thing rows are updated first,
+        in name order, so that two processes writing batches to one PostgreSQL database
+        take their row locks in the same order and never deadlock.
+
+        Raises:
+            ValueError: A thing is empty, a time or a value is not finite (nothing is kept).
+            StateError: The database failed (nothing of the batch is kept).
+        """
+        rows = [(report, _value_rows(report)) for report in reports]
+        if not rows:
+            return
         with self._guard(), self._write() as cur:
-            cur.execute(self._UPSERT_THING, (thing, received_at, received_at))
-            report = self._insert_report(cur, (thing, report_id, received_at, fmt))
-            if rows:
-                cur.executemany(_INSERT_VALUE, [(report, thing, *row) for row in rows])
+            for report in sorted(reports, key=lambda r: r.thing):
+                at = report.received_at
+                cur.execute(self._UPSERT_THING, (report.thing, at, at))
+            value_rows: list[tuple[object, ...]] = []
+            for report, values in rows:
+                header = (report.thing, report.report_id, report.received_at, report.fmt)
+                row_id = self._insert_report(cur, header)
+                value_rows.extend((row_id, report.thing, *value) for value in values)
+            if value_rows:
+                cur.executemany(_INSERT_VALUE, value_rows)
 
     def things(self) -> list[ThingSummary]:
         """Every thing that has sent a stored report, by name."""

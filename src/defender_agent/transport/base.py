@@ -52,6 +52,11 @@ class MqttSettings:
         connect_timeout_s: the longest one connection attempt may take.
         reconnect_min_s: the first delay of the client's automatic reconnects.
         reconnect_max_s: the longest delay between automatic reconnects.
+        discard_session: at disconnect, end the broker's persistent session of this client
+            id (MQTT 3.1.1 keeps one; this project's MQTT 5 sessions end with the
+            connection): for client ids that nobody reuses, whose session would otherwise
+            go on collecting messages at the broker (and, in a shared subscription group,
+            take its share of them).
     """
 
     endpoint: str
@@ -73,6 +78,7 @@ class MqttSettings:
     connect_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 128.0
+    discard_session: bool = False
 
     def __repr__(self) -> str:  # never show the proxy password
         secret = "***" if self.proxy_password else None

@@ -35,7 +35,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Optional
 
-from awscrt import auth
+from awscrt import auth, io, mqtt
 
 from defender_agent.errors import ConfigError, ConnectError, PublishError, TransportError
 from defender_agent.transport._awscrt_tls import (
@@ -50,11 +50,12 @@ from defender_agent.transport._link import (
     CLOSE_TIMEOUT_S,
     Link,
     LinkSetup,
+    crt_reason,
     settle,
     topic_matches,
     wait_error,
 )
-from defender_agent.transport._mqtt3 import Mqtt3Link
+from defender_agent.transport._mqtt3 import Mqtt3Link, ping_timeout_ms
 from defender_agent.transport._mqtt5 import Mqtt5Link
 from defender_agent.transport.base import ConnectionListener, MessageHandler, MqttSettings
 from defender_agent.transport.tls import check_tls_files
@@ -234,7 +235,11 @@ class MqttTransport:
         return future
 
     def disconnect(self) -> None:
-        """Disconnect cleanly; idempotent, waits at most a few seconds even for a dead broker."""
+        """Disconnect cleanly; idempotent, waits at most a few seconds even for a dead broker.
+
+        With ``discard_session`` (MQTT 3.1.1), then connect once more with a clean session,
+        which ends the broker's session of this client id, and disconnect again.
+        """
         with self._lock:
             link, self._link = self._link, None
             self._connected = False
@@ -246,6 +251,43 @@ class MqttTransport:
         for future in pending:
             settle(future, PublishError("disconnected before the PUBACK arrived"))
         log.info("disconnected from %s:%s", self._settings.endpoint, self._settings.port)
+        if self._settings.discard_session and not self._settings.mqtt5:
+            self._end_session()
+
+    def _end_session(self) -> bool:
+        """Connect once with a clean session and disconnect: the broker drops the old one.
+
+        Returns:
+            Whether it worked; a failure only leaves the session behind (logged at WARNING).
+        """
+        settings = self._settings
+        timeout = min(settings.connect_timeout_s, 5.0)
+        try:
+            setup = self._prepare()
+            connection = mqtt.Connection(
+                client=mqtt.Client(
+                    io.ClientBootstrap.get_or_create_static_default(), setup.tls_ctx
+                ),
+                host_name=settings.endpoint,
+                port=settings.port,
+                client_id=settings.client_id,
+                clean_session=True,
+                keep_alive_secs=max(1, min(settings.keep_alive_s, 60)),
+                ping_timeout_ms=ping_timeout_ms(min(settings.keep_alive_s, 60)),
+                socket_options=setup.socket_options,
+                use_websockets=setup.ws_transform is not None,
+                websocket_handshake_transform=setup.ws_transform,
+                proxy_options=setup.proxy,
+                disable_metrics=True,
+            )
+            connection.connect().result(timeout)
+            connection.disconnect().result(timeout)
+        except Exception as exc:  # any failure here only leaves the session behind
+            reason = crt_reason(exc)
+            log.warning("could not end the MQTT session of %s: %s", settings.client_id, reason)
+            return False
+        log.info("ended the MQTT session of %s at the broker", settings.client_id)
+        return True
 
     # -- internals ----------------------------------------------------------------------------
 
