@@ -562,3 +562,46 @@ def test_waits_for_a_broker_that_is_down_and_stops_on_sigterm(tmp_path: Path) ->
         assert time.monotonic() < deadline, proc.log()
         time.sleep(0.05)
     assert proc.stop() == 0
+
+
+# --------------------------------------------------------------------------- the MQTT session
+def _session_present(broker: Mosquitto, client_id: str) -> bool:
+    """Connect with paho, persistent session, and say whether the broker had one for the id."""
+    from paho.mqtt import client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    assert broker.plain is not None
+    seen: queue.Queue[bool] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client.on_connect = lambda _c, _u, flags, _rc, _p: seen.put(bool(flags.session_present))
+    client.connect("127.0.0.1", broker.plain)
+    client.loop_start()
+    try:
+        return seen.get(timeout=WAIT_S)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.parametrize("discard", [False, True])
+def test_discard_session_ends_the_broker_session_at_disconnect(
+    mosquitto: Mosquitto, discard: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MQTT 3.1.1 sessions persist; with ``discard_session`` the transport ends its own."""
+    assert mosquitto.plain is not None
+    client_id = f"svc-discard-{discard}"
+    settings = MqttSettings(
+        endpoint="127.0.0.1",
+        port=mosquitto.plain,
+        client_id=client_id,
+        use_tls=False,
+        connect_timeout_s=WAIT_S,
+        discard_session=discard,
+    )
+    transport = MqttTransport(settings)
+    transport.connect()
+    transport.subscribe("$aws/things/+/defender/metrics/+", lambda _t, _p: None)
+    with caplog.at_level("INFO"):
+        transport.disconnect()
+    assert ("ended the MQTT session of " + client_id in caplog.text) is discard
+    assert _session_present(mosquitto, client_id) is not discard
