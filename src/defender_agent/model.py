@@ -2,6 +2,10 @@
 
 Only long field names appear here; short names are applied when a report is
 serialized (:mod:`defender_agent.report.document`).
+
+A field the protocol makes optional (docs/protocol.md §2.4) is ``Optional`` here and
+``None`` when a received report leaves it out (:mod:`defender_agent.report.decode`); the
+agent's own readers always fill them.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ class ListeningPort:
     ``interface`` is the name of the interface the bound address belongs to,
     the configured wildcard label for ``0.0.0.0``/``::`` binds, or ``None``
     when it cannot be told (the key is then left out of the report, never
-    ``null``).
+    ``null``). ``port`` is ``None`` only in a received report whose entry has none.
     """
 
-    port: int
+    port: Optional[int]
     interface: Optional[str] = None
 
 
@@ -40,13 +44,15 @@ class ListeningPort:
 class Connection:
     """An established TCP connection.
 
-    ``remote_ip`` is the textual address (IPv4-mapped IPv6 addresses already
-    shown as IPv4); :attr:`remote_addr` renders it with the port.
+    ``remote_ip`` is the textual address (the agent shows IPv4-mapped IPv6
+    addresses as IPv4; a received report keeps the text as sent);
+    :attr:`remote_addr` renders it with the port. ``local_port`` is ``None``
+    only in a received report whose entry has none.
     """
 
     remote_ip: str
     remote_port: int
-    local_port: int
+    local_port: Optional[int]
     local_interface: Optional[str] = None
 
     @property
@@ -65,28 +71,37 @@ class Connection:
 
 @dataclass(frozen=True)
 class PortList:
-    """The listening ports of one protocol: a (possibly truncated) list and the true count."""
+    """The listening ports of one protocol: a (possibly truncated) list and the true count.
 
-    ports: tuple[ListeningPort, ...]
-    total: int
+    Either is ``None`` only in a received report that leaves it out.
+    """
+
+    ports: Optional[tuple[ListeningPort, ...]]
+    total: Optional[int]
 
 
 @dataclass(frozen=True)
 class ConnectionList:
-    """Established connections: a (possibly truncated) list and the true count."""
+    """Established connections: a (possibly truncated) list and the true count.
 
-    connections: tuple[Connection, ...]
-    total: int
+    Either is ``None`` only in a received report that leaves it out.
+    """
+
+    connections: Optional[tuple[Connection, ...]]
+    total: Optional[int]
 
 
 @dataclass(frozen=True)
 class NetworkStats:
-    """Traffic since the previous sample (deltas, never negative)."""
+    """Traffic since the previous sample (deltas, never negative).
 
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
+    A field is ``None`` only in a received report that leaves it out.
+    """
+
+    bytes_in: Optional[int]
+    bytes_out: Optional[int]
+    packets_in: Optional[int]
+    packets_out: Optional[int]
 
 
 class CustomMetricType(str, enum.Enum):

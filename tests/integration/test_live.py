@@ -89,6 +89,9 @@ if _sockdiag.available():
 def test_reports_exactly_the_opened_sockets(opened: Opened, source: SocketSource) -> None:
     report = collect(source)
     assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
+    assert report.listening_tcp_ports.ports is not None
+    assert report.listening_udp_ports.ports is not None
+    assert report.tcp_connections.connections is not None
     tcp = {(p.port, p.interface) for p in report.listening_tcp_ports.ports}
     udp = {(p.port, p.interface) for p in report.listening_udp_ports.ports}
     for port, iface in opened.tcp_listeners.items():
@@ -120,6 +123,7 @@ def test_loopback_connections_left_out_by_default(opened: Opened) -> None:
     collector.cycle()
     report = collector.cycle()
     assert report is not None and report.tcp_connections is not None
+    assert report.tcp_connections.connections is not None
     assert not any(c.remote_ip in ("127.0.0.1", "::1") for c in report.tcp_connections.connections)
 
 
@@ -147,6 +151,9 @@ def test_cross_check_with_ss(opened: Opened, source: SocketSource) -> None:
         if before_tcp == after_tcp and before_udp == after_udp:
             break
     assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
+    assert report.listening_tcp_ports.ports is not None
+    assert report.listening_udp_ports.ports is not None
+    assert report.tcp_connections.connections is not None
     assert {p.port for p in report.listening_tcp_ports.ports} == after_tcp
     assert {p.port for p in report.listening_udp_ports.ports} == after_udp - {0}
     ours = set(opened.tcp_listeners)
@@ -177,6 +184,9 @@ def test_psutil_fallback_agrees_with_proc(opened: Opened) -> None:
         report: Report,
     ) -> tuple[list[ListeningPort], list[ListeningPort], list[Connection]]:
         assert report.listening_tcp_ports and report.listening_udp_ports and report.tcp_connections
+        assert report.listening_tcp_ports.ports is not None
+        assert report.listening_udp_ports.ports is not None
+        assert report.tcp_connections.connections is not None
         return (
             sorted(p for p in report.listening_tcp_ports.ports if p.port in ours),
             sorted(p for p in report.listening_udp_ports.ports if p.port in ours),

@@ -59,7 +59,8 @@ def test_network_delta_properties(
     previous: dict[str, InterfaceCounters], current: dict[str, InterfaceCounters]
 ) -> None:
     stats = network_delta(previous, current)
-    assert min(stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out) >= 0
+    counts = (stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out)
+    assert all(count is not None and count >= 0 for count in counts)
     # interfaces that appeared contribute nothing; vanished ones are ignored
     shared = {n: current[n] for n in current if n in previous}
     assert network_delta(previous, shared) == stats

@@ -153,7 +153,9 @@ def test_fit_always_under_the_limit(n: int, fmt: ReportFormat, short: bool, limi
     assert fitted.tcp_connections is not None and fitted.tcp_connections.total == n
     # kept entries are a prefix of the original lists (deterministic truncation)
     kept = fitted.tcp_connections.connections
-    assert kept == report.tcp_connections.connections[: len(kept)]  # type: ignore[union-attr]
+    assert kept is not None and report.tcp_connections is not None
+    assert report.tcp_connections.connections is not None
+    assert kept == report.tcp_connections.connections[: len(kept)]
 
 
 def test_fit_leaves_small_reports_alone() -> None:

@@ -22,24 +22,36 @@ __all__ = ["to_document"]
 Document = dict[str, Any]
 
 
+def _present(pairs: dict[str, Any]) -> Document:
+    """The pairs whose value is not None (a field left out stays out)."""
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
 def _ports(group: PortList, k: dict[str, str]) -> Document:
-    entries = []
-    for entry in group.ports:
-        item: Document = {k["port"]: entry.port}
-        if entry.interface is not None:
-            item[k["interface"]] = entry.interface
-        entries.append(item)
-    return {k["ports"]: entries, k["total"]: group.total}
+    entries = None
+    if group.ports is not None:
+        entries = []
+        for entry in group.ports:  # one dict per entry: this loop runs for every socket
+            item: Document = {} if entry.port is None else {k["port"]: entry.port}
+            if entry.interface is not None:
+                item[k["interface"]] = entry.interface
+            entries.append(item)
+    return _present({k["ports"]: entries, k["total"]: group.total})
 
 
 def _connections(group: ConnectionList, k: dict[str, str]) -> Document:
-    entries = []
-    for conn in group.connections:
-        item: Document = {k["remote_addr"]: conn.remote_addr, k["local_port"]: conn.local_port}
-        if conn.local_interface is not None:
-            item[k["local_interface"]] = conn.local_interface
-        entries.append(item)
-    return {k["established_connections"]: {k["connections"]: entries, k["total"]: group.total}}
+    entries = None
+    if group.connections is not None:
+        entries = []
+        for conn in group.connections:
+            item: Document = {k["remote_addr"]: conn.remote_addr}
+            if conn.local_port is not None:
+                item[k["local_port"]] = conn.local_port
+            if conn.local_interface is not None:
+                item[k["local_interface"]] = conn.local_interface
+            entries.append(item)
+    established = _present({k["connections"]: entries, k["total"]: group.total})
+    return {k["established_connections"]: established}
 
 
 def _custom_value(metric: CustomMetric) -> Union[int, float, list[Any]]:
@@ -48,7 +60,11 @@ def _custom_value(metric: CustomMetric) -> Union[int, float, list[Any]]:
 
 
 def to_document(report: Report, style: NameStyle = NameStyle.LONG) -> Document:
-    """Return the report as nested dicts and lists, ready for JSON or CBOR."""
+    """Return the report as nested dicts and lists, ready for JSON or CBOR.
+
+    A field that is ``None`` is left out (:mod:`defender_agent.report.decode` reads it
+    back as ``None``).
+    """
     k: dict[str, str] = (
         LONG_TO_SHORT if style is NameStyle.SHORT else {name: name for name in LONG_TO_SHORT}
     )
@@ -59,12 +75,14 @@ def to_document(report: Report, style: NameStyle = NameStyle.LONG) -> Document:
         metrics[k["listening_udp_ports"]] = _ports(report.listening_udp_ports, k)
     if report.network_stats is not None:
         stats = report.network_stats
-        metrics[k["network_stats"]] = {
-            k["bytes_in"]: stats.bytes_in,
-            k["bytes_out"]: stats.bytes_out,
-            k["packets_in"]: stats.packets_in,
-            k["packets_out"]: stats.packets_out,
-        }
+        metrics[k["network_stats"]] = _present(
+            {
+                k["bytes_in"]: stats.bytes_in,
+                k["bytes_out"]: stats.bytes_out,
+                k["packets_in"]: stats.packets_in,
+                k["packets_out"]: stats.packets_out,
+            }
+        )
     if report.tcp_connections is not None:
         metrics[k["tcp_connections"]] = _connections(report.tcp_connections, k)
     document: Document = {

@@ -43,9 +43,9 @@ class EncodedReport:
 def _longest(report: Report) -> tuple[str, str, int]:
     best = ("", "", 0)
     for group_name, list_name in _LISTS:
-        group = getattr(report, group_name)
-        if group is not None and len(getattr(group, list_name)) > best[2]:
-            best = (group_name, list_name, len(getattr(group, list_name)))
+        entries = getattr(getattr(report, group_name), list_name, None) or ()
+        if len(entries) > best[2]:
+            best = (group_name, list_name, len(entries))
     return best
 
 

@@ -35,6 +35,8 @@ from typing import Callable, Final, Optional, Union
 import cbor2
 
 from defender_agent.errors import ReportDecodeError
+from defender_agent.model import Report
+from defender_agent.report.decode import decode_report
 from defender_agent.report.names import CUSTOM_VALUE_KEYS, LONG_TO_SHORT, SHORT_TO_LONG, NameStyle
 
 __all__ = [
@@ -111,12 +113,15 @@ class ValidationResult:
         format: The format the payload was decoded (or tried) as; None if not tried.
         name_style: The spelling of the standard keys; None if mixed or undecidable.
         problems: Every problem found, in document order.
+        report: The typed report (long names), decoded once when there is no ERROR;
+            None otherwise.
     """
 
     document: Optional[object]
     format: Optional[PayloadFormat]
     name_style: Optional[NameStyle]
     problems: tuple[Problem, ...]
+    report: Optional[Report] = None
 
     @property
     def ok(self) -> bool:
@@ -537,7 +542,7 @@ def _detect(data: bytes) -> PayloadFormat:
 
 def decode_payload(
     data: bytes, fmt: Optional[PayloadFormat] = None
-) -> tuple[object, PayloadFormat]:
+) -> tuple[dict[str, object], PayloadFormat]:
     """Decode a report payload into a document (§2.1, §7.3).
 
     Args:
@@ -577,6 +582,7 @@ def validate_payload(
     Returns:
         The result. An oversized payload (§7.2) is not decoded; its one problem is the
         size. A payload that does not decode has one problem, at ``$``, and no document.
+        A valid payload's result carries the typed :class:`~defender_agent.model.Report`.
     """
     limit = policy.max_payload_bytes
     if len(data) > limit:
@@ -588,4 +594,10 @@ def validate_payload(
     except ReportDecodeError as exc:
         return ValidationResult(None, fmt, None, (Problem("$", str(exc)),))
     problems, style = _validate(doc, policy)
-    return ValidationResult(doc, fmt, style, tuple(problems))
+    report = None
+    if not any(problem.severity is Severity.ERROR for problem in problems):
+        try:
+            report = decode_report(doc)
+        except ReportDecodeError as exc:  # the validator let through a shape decode refuses
+            problems.append(Problem("$", f"cannot decode the report: {exc}"))
+    return ValidationResult(doc, fmt, style, tuple(problems), report)
