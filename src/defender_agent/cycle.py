@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from defender_agent.custom import CustomMetrics, CustomMetricsConfig
+from defender_agent.config.sections import CollectorConfig
+from defender_agent.custom import CustomMetrics
 from defender_agent.delta import network_delta
 from defender_agent.errors import ConfigError
 from defender_agent.model import (
@@ -29,7 +30,7 @@ from defender_agent.model import (
     PortList,
     Report,
 )
-from defender_agent.procfs import ProcFS, default_proc_root
+from defender_agent.procfs import ProcFS
 from defender_agent.readers import _psutil
 from defender_agent.readers.cpu_usage import CpuTimes
 from defender_agent.readers.health import SourceHealth, missing_text
@@ -39,49 +40,15 @@ from defender_agent.readers.network_stats import (
     parse_net_dev,
     select_interfaces,
 )
-from defender_agent.readers.sockets import SocketSource, resolve_source, summarize_sockets
+from defender_agent.readers.sockets import resolve_source, summarize_sockets
 from defender_agent.state import ReportIdSequence, StateDir
 
 __all__ = ["PSUTIL_MISSING", "Collector", "CollectorConfig", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIST_SIZE = 100
-
 #: The error when the psutil source is chosen but psutil cannot be imported.
 PSUTIL_MISSING = "psutil is not installed: pip install 'defender-agent[psutil]'"
-
-
-@dataclass(frozen=True)
-class CollectorConfig:
-    """What to collect and how to shape the report.
-
-    Attributes:
-        proc_root: the proc filesystem to read (``PROCFS_PATH`` or ``/proc`` by default).
-        list_size: the most entries per list (ports, connections); ``total``
-            keeps the true count.
-        include_custom_metrics: add the ``cpu_usage`` custom metric (the sample's).
-        custom_metrics: the custom metrics to collect (built-ins, exec, plugins).
-        include_loopback_connections: report connections to 127.0.0.0/8 and ``::1``.
-        interfaces_include: glob patterns of interfaces counted in ``network_stats``.
-        interfaces_exclude: glob patterns of interfaces left out of ``network_stats``.
-        wildcard_interface: the interface label for ports bound to ``0.0.0.0``/``::``;
-            ``None`` leaves the key out.
-        socket_source: ``auto`` (netlink for the live /proc, the files for
-            another proc root, psutil where there is no /proc), ``proc``,
-            ``netlink`` or ``psutil`` (the fallback, which also supplies the
-            counters, interface addresses and CPU times).
-    """
-
-    proc_root: Path = field(default_factory=default_proc_root)
-    list_size: int = DEFAULT_LIST_SIZE
-    include_custom_metrics: bool = False
-    include_loopback_connections: bool = False
-    interfaces_include: tuple[str, ...] = ("*",)
-    interfaces_exclude: tuple[str, ...] = ("lo",)
-    wildcard_interface: Optional[str] = None
-    socket_source: SocketSource = "auto"
-    custom_metrics: CustomMetricsConfig = field(default_factory=CustomMetricsConfig)
 
 
 @dataclass

@@ -1,0 +1,74 @@
+"""Configuration: typed sections from one table, read from a TOML file, the environment and flags.
+
+Precedence: command-line options > ``DEFENDER_AGENT_*`` environment variables > the
+TOML file (``--config FILE``, else ``$DEFENDER_AGENT_CONFIG``, else
+``/etc/defender-agent/config.toml`` when it exists) > defaults. Each setting is a field
+of a frozen section dataclass (:mod:`.sections`) whose default is the default; its TOML
+key is the field name inside the section, and its environment variable is
+``DEFENDER_AGENT_`` + its flat name in upper case::
+
+    [mqtt]
+    endpoint = "abc123-ats.iot.eu-west-1.amazonaws.com"   # DEFENDER_AGENT_ENDPOINT
+    [agent]
+    interval = 300                                          # DEFENDER_AGENT_INTERVAL
+    [logging]
+    level = "info"                                          # DEFENDER_AGENT_LOG_LEVEL
+    [service]
+    broker = "localhost"                                    # DEFENDER_AGENT_SERVICE_BROKER
+
+Unknown keys and bad values are rejected with a :class:`~defender_agent.errors.ConfigError`
+that names the key and where it came from. ``examples/agent.toml`` and
+``examples/service.toml`` show every setting with its default.
+
+>>> config = load_config({"dry_run": True}, environ={})
+>>> config.agent.interval, config.collector.list_size, config.service.min_delay
+(300, 100, 300.0)
+"""
+
+from __future__ import annotations
+
+from defender_agent.config.load import (
+    DEFAULT_CONFIG_FILE,
+    MIN_INTERVAL_S,
+    AgentConfig,
+    Config,
+    config_file_path,
+    custom_metrics_table,
+    load_config,
+    read_toml,
+)
+from defender_agent.config.sections import (
+    DEFAULT_LIST_SIZE,
+    ENV_PREFIX,
+    SETTINGS,
+    AgentSection,
+    CollectorConfig,
+    LoggingSection,
+    MqttSection,
+    SandboxSection,
+    ServiceSection,
+    Setting,
+)
+from defender_agent.rules import validate_thing_name
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_LIST_SIZE",
+    "ENV_PREFIX",
+    "MIN_INTERVAL_S",
+    "SETTINGS",
+    "AgentConfig",
+    "AgentSection",
+    "CollectorConfig",
+    "Config",
+    "LoggingSection",
+    "MqttSection",
+    "SandboxSection",
+    "ServiceSection",
+    "Setting",
+    "config_file_path",
+    "custom_metrics_table",
+    "load_config",
+    "read_toml",
+    "validate_thing_name",
+]

@@ -1,0 +1,503 @@
+# ruff: noqa: RUF009 - setting() returns a dataclasses.field carrying the parser and help
+"""The configuration sections: frozen typed dataclasses, and the settings table derived from them.
+
+Each setting is a dataclass field whose default is THE default, and whose metadata
+(:func:`setting`) carries its parser and help text. :data:`SETTINGS` is derived from
+the fields: the TOML keys, the ``DEFENDER_AGENT_*`` variables, the ``--help`` text and
+the checks of ``examples/*.toml`` all come from it.
+
+>>> by_name = {s.name: s for s in SETTINGS}
+>>> by_name["interval"].env, by_name["interval"].where, by_name["interval"].default_text
+('DEFENDER_AGENT_INTERVAL', 'agent.interval', '300')
+>>> by_name["log_level"].where, by_name["service_port"].env
+('logging.level', 'DEFENDER_AGENT_SERVICE_PORT')
+>>> by_name["include_custom_metrics"].where, by_name["include_custom_metrics"].owner
+('agent.include_custom_metrics', 'collector')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
+
+from defender_agent.config import values
+from defender_agent.custom import CustomMetricsConfig
+from defender_agent.procfs import default_proc_root
+
+if TYPE_CHECKING:
+    from defender_agent.config.values import Converter
+    from defender_agent.readers.sockets import SocketSource
+    from defender_agent.report.serialize import ReportFormat
+
+__all__ = [
+    "DEFAULT_LIST_SIZE",
+    "ENV_PREFIX",
+    "SECTIONS",
+    "SETTINGS",
+    "AgentSection",
+    "CollectorConfig",
+    "LoggingSection",
+    "MqttSection",
+    "SandboxSection",
+    "ServiceSection",
+    "Setting",
+    "setting",
+]
+
+T = TypeVar("T")
+
+ENV_PREFIX = "DEFENDER_AGENT_"
+DEFAULT_LIST_SIZE = 100
+_META = "defender_agent.setting"
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+SessionMode = Literal["auto", "keep", "discard"]
+
+_FORMATS: tuple[ReportFormat, ...] = ("json", "cbor")
+_SOURCES: tuple[SocketSource, ...] = ("auto", "proc", "netlink", "psutil")
+_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+_LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+_SESSIONS: tuple[SessionMode, ...] = ("auto", "keep", "discard")
+_MAX_INT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class _Meta:
+    convert: Converter[Any]
+    help: str
+    section: str = ""  # the TOML section, when not the section the field belongs to
+    shown: str = ""  # the default as shown, when it is computed or None
+    secret: bool = False
+
+
+def setting(
+    default: T,
+    convert: Converter[T],
+    help: str,
+    *,
+    section: str = "",
+    shown: str = "",
+    secret: bool = False,
+) -> T:
+    """A section field: its default, its parser and its help (one line, no default in it).
+
+    Args:
+        default: the default value.
+        convert: the parser of raw values (:mod:`defender_agent.config.values`).
+        help: what the setting does; ``--help`` adds "(default: ...)".
+        section: the TOML section when it is not the one of the dataclass (kept
+            where earlier files had it).
+        shown: the default as shown in help when it is computed at run time or None.
+        secret: masked in :meth:`~defender_agent.config.Config.describe`.
+    """
+    meta = _Meta(convert, help, section, shown, secret)
+    return field(default=default, metadata={_META: meta})
+
+
+def _setting_factory(
+    factory: Callable[[], T], convert: Converter[T], help: str, *, shown: str
+) -> T:
+    return field(default_factory=factory, metadata={_META: _Meta(convert, help, shown=shown)})
+
+
+# --------------------------------------------------------------------------- the sections
+@dataclass(frozen=True)
+class MqttSection:
+    """``[mqtt]``: how the agent reaches AWS IoT (or a compatible broker)."""
+
+    endpoint: Optional[str] = setting(
+        None, values.optional_text, "AWS IoT data endpoint (or broker host)"
+    )
+    port: Optional[int] = setting(
+        None, values.integer(1, 65535), "broker port", shown="8883; 443 with websocket"
+    )
+    ca_file: Optional[Path] = setting(
+        None,
+        values.optional_path,
+        "CA bundle that signs the server certificate",
+        shown="the system store",
+    )
+    cert_file: Optional[Path] = setting(None, values.optional_path, "device certificate (PEM)")
+    key_file: Optional[Path] = setting(None, values.optional_path, "device private key (PEM)")
+    client_id: Optional[str] = setting(
+        None, values.optional_text, "MQTT client id", shown="the host name"
+    )
+    websocket: bool = setting(False, values.boolean, "MQTT over WebSocket, signed with SigV4")
+    signing_region: Optional[str] = setting(
+        None, values.optional_text, "SigV4 region", shown="the endpoint's region"
+    )
+    alpn: Optional[bool] = setting(
+        None,
+        values.optional_boolean,
+        "offer ALPN x-amzn-mqtt-ca with mutual TLS",
+        shown="auto: on port 443",
+    )
+    tls: bool = setting(True, values.boolean, "TLS; false only for a local plain broker")
+    mqtt5: bool = setting(False, values.boolean, "MQTT 5 instead of MQTT 3.1.1")
+    keep_alive: int = setting(1200, values.integer(30, 1200), "MQTT keep-alive in seconds")
+    proxy_host: Optional[str] = setting(None, values.optional_text, "HTTP proxy host (CONNECT)")
+    proxy_port: int = setting(8080, values.integer(1, 65535), "HTTP proxy port")
+    proxy_username: Optional[str] = setting(
+        None, values.optional_text, "HTTP proxy basic-auth user"
+    )
+    proxy_password: Optional[str] = setting(
+        None, values.optional_text, "HTTP proxy password", secret=True
+    )
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    """``[agent]``: what the agent reports, how often, and where it keeps its state."""
+
+    thing_name: Optional[str] = setting(
+        None, values.thing_name, "thing to report for", shown="the client id"
+    )
+    format: ReportFormat = setting("json", values.choice(_FORMATS), "report encoding")
+    interval: int = setting(
+        300, values.integer(1, 86400), "seconds between reports (Device Defender: >= 300)"
+    )
+    allow_short_interval: bool = setting(
+        False, values.boolean, "allow intervals under 300 s (testing)"
+    )
+    splay: float = setting(
+        30.0,
+        values.seconds(0, 3600),
+        "random delay before the first sample, at most this many seconds (and the interval)",
+    )
+    short_names: bool = setting(False, values.boolean, "short field names (hed, met, rid, ...)")
+    dry_run: bool = setting(False, values.boolean, "collect and print reports, no network")
+    state_dir: Optional[Path] = setting(
+        None,
+        values.optional_path,
+        "state directory",
+        shown="$DEFENDER_AGENT_STATE_DIR, /var/lib/defender-agent as root, "
+        "else ~/.local/state/defender-agent",
+    )
+    resume_window: float = setting(
+        0.0,
+        values.seconds(0, 86400),
+        "reuse a saved baseline this recent after a restart (0: 1.5 x interval)",
+    )
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """``[collector]``: what to collect and how to shape the report.
+
+    Attributes:
+        proc_root: the proc filesystem to read (``PROCFS_PATH`` or ``/proc`` by default).
+        list_size: the most entries per list (ports, connections); the list's
+            ``total`` still counts every entry.
+        include_custom_metrics: add the ``cpu_usage`` custom metric (the sample's);
+            ``include_custom_metrics`` of ``[agent]`` in the file.
+        custom_metrics: the custom metrics to collect (built-ins, exec, plugins): the
+            ``[custom_metrics]`` table.
+        include_loopback_connections: report connections to 127.0.0.0/8 and ``::1``.
+        interfaces_include: glob patterns of interfaces counted in ``network_stats``.
+        interfaces_exclude: glob patterns of interfaces left out of ``network_stats``.
+        wildcard_interface: the interface label for ports bound to ``0.0.0.0``/``::``;
+            ``None`` leaves the key out.
+        socket_source: ``auto`` (netlink for the live /proc, the files for
+            another proc root, psutil where there is no /proc), ``proc``,
+            ``netlink`` or ``psutil`` (the fallback, which also supplies the
+            counters, interface addresses and CPU times).
+    """
+
+    proc_root: Path = _setting_factory(
+        default_proc_root, values.directory, "proc filesystem", shown="$PROCFS_PATH or /proc"
+    )
+    list_size: int = setting(
+        DEFAULT_LIST_SIZE,
+        values.integer(1, 100_000),
+        "the most entries in each port or connection list (its total still counts all)",
+    )
+    include_custom_metrics: bool = setting(
+        False, values.boolean, "add the cpu_usage custom metric", section="agent"
+    )
+    include_loopback_connections: bool = setting(
+        False, values.boolean, "report connections to loopback (127.0.0.0/8, ::1)"
+    )
+    interfaces_include: tuple[str, ...] = setting(
+        ("*",), values.patterns, "interfaces counted in network_stats (glob patterns)"
+    )
+    interfaces_exclude: tuple[str, ...] = setting(
+        ("lo",), values.patterns, "interfaces left out of network_stats (glob patterns)"
+    )
+    wildcard_interface: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "interface label for ports bound to 0.0.0.0 or ::",
+        shown="leave the interface out",
+    )
+    socket_source: SocketSource = setting(
+        "auto",
+        values.choice(_SOURCES),
+        "where sockets are read (auto: netlink for the live /proc, files for another proc "
+        "root, psutil where there is no /proc)",
+    )
+    custom_metrics: CustomMetricsConfig = field(default_factory=CustomMetricsConfig)
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    """``[logging]``: log lines on stderr."""
+
+    level: Optional[LogLevel] = setting(
+        None,
+        values.choice(_LEVELS),
+        "log verbosity",
+        shown="info for run and service, warning for the other commands",
+    )
+    format: LogFormat = setting("text", values.choice(_LOG_FORMATS), "log line format")
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    """``[service]``: the local Device Defender service (``defender-agent service``)."""
+
+    broker: str = setting("localhost", values.text, "the MQTT broker's host")
+    port: Optional[int] = setting(
+        None, values.integer(1, 65535), "broker port", shown="8883 with TLS, 1883 without"
+    )
+    tls: bool = setting(True, values.boolean, "mutual TLS; false for a plain local listener")
+    ca_file: Optional[Path] = setting(
+        None, values.optional_path, "CA to verify the broker", shown="the system store"
+    )
+    cert_file: Optional[Path] = setting(None, values.optional_path, "client certificate")
+    key_file: Optional[Path] = setting(None, values.optional_path, "its private key")
+    client_id: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "MQTT client id",
+        shown="defender-agent-service-<hostname>-<pid>",
+    )
+    mqtt5: bool = setting(False, values.boolean, "MQTT 5 instead of 3.1.1")
+    keep_alive: int = setting(60, values.integer(1, 65535), "MQTT keep-alive in seconds")
+    session: SessionMode = setting(
+        "auto",
+        values.choice(_SESSIONS),
+        "at stop, end the broker's MQTT session (discard) or leave it to be resumed by the "
+        "same client id (keep); auto: discard with the generated client id",
+    )
+    shared_group: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "subscribe as a member of this MQTT shared-subscription group ($share/NAME/...): "
+        "processes of one group split the reports",
+    )
+    topic_prefix: str = setting(
+        "",
+        values.text,
+        "reports arrive as PREFIX$aws/things/... (a bridge's remapping; needed for a shared "
+        "group on mosquitto 2.0); replies still go to $aws/...",
+    )
+    db: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "a file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+        shown="service.sqlite3 in the state directory",
+    )
+    state_dir: Optional[Path] = setting(
+        None, values.optional_path, "the state directory", shown="as for run"
+    )
+    batch_max: int = setting(500, values.integer(1, 1_000_000), "reports per transaction")
+    queue_max: int = setting(
+        20_000,
+        values.integer(1, 10_000_000),
+        "accepted reports waiting for storage; beyond, answered but not stored",
+    )
+    drain_timeout: float = setting(
+        10.0, values.seconds(0, 3600), "at stop, how long to store what is queued (seconds)"
+    )
+    min_delay: float = setting(
+        300.0,
+        values.seconds(0, 86400),
+        "Throttled when a thing reports again within this many seconds (0: never)",
+    )
+    strict_report_ids: bool = setting(
+        False,
+        values.boolean,
+        "reject (InvalidPayload) a report id not above the thing's last accepted one",
+    )
+    report_id_in_rejections: bool = setting(
+        True, values.boolean, "put reportId in REJECTED replies"
+    )
+    throttle_message: str = setting("Throttled", values.text, "ErrorMessage of Throttled")
+    invalid_message: str = setting(
+        "Malformed metrics report", values.text, "ErrorMessage of InvalidPayload"
+    )
+    thing_name_code: str = setting("InvalidPayload", values.text, "ErrorCode for a bad thing name")
+    thing_name_message: str = setting(
+        "Malformed metrics report", values.text, "ErrorMessage for a bad thing name"
+    )
+    max_tracked_things: int = setting(
+        10_000,
+        values.integer(1, 10_000_000),
+        "thing names kept for the throttle (bounded memory)",
+    )
+    allow_mixed_names: bool = setting(
+        False, values.boolean, "accept long and short standard key names in one report"
+    )
+    min_report_id: int = setting(1, values.integer(0, _MAX_INT), "the lowest report id")
+    versions: Optional[frozenset[str]] = setting(
+        None,
+        values.versions,
+        "the only header versions accepted, each <int>.<int>",
+        shown="any <int>.<int>",
+    )
+    accept_unknown_keys: bool = setting(
+        False, values.boolean, "unknown keys are warnings, not rejections"
+    )
+    reject_null_metrics: bool = setting(
+        False, values.boolean, "reject 'metrics': null beside custom_metrics"
+    )
+    custom_name_check: bool = setting(
+        True, values.boolean, "check custom metric names against [a-zA-Z0-9:_-]{1,128}"
+    )
+
+
+@dataclass(frozen=True)
+class SandboxSection:
+    """``[sandbox]``: ``defender-agent sandbox`` (it also reads ``[agent]`` and ``[logging]``)."""
+
+    broker: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "an existing broker: mqtt://HOST:PORT (plain) or mqtts://HOST:PORT (mutual TLS with "
+        "the sandbox's PKI)",
+        shown="the embedded broker",
+    )
+    interval: int = setting(10, values.integer(1, 86400), "seconds between reports")
+    reports: int = setting(
+        0,
+        values.integer(0, _MAX_INT),
+        "stop after this many replies (exit 1 if one was a rejection); 0: until Ctrl-C",
+    )
+    state_dir: Optional[Path] = setting(
+        None,
+        values.optional_path,
+        "where the PKI, the agent's state and the service's database go",
+        shown="'sandbox' in the default state directory",
+    )
+
+
+# --------------------------------------------------------------------------- the table
+#: (attribute of Config, section class, TOML section, prefix of the flat names)
+SECTIONS: tuple[tuple[str, type[Any], str, str], ...] = (
+    ("mqtt", MqttSection, "mqtt", ""),
+    ("agent", AgentSection, "agent", ""),
+    ("collector", CollectorConfig, "collector", ""),
+    ("logging", LoggingSection, "logging", "log_"),
+    ("service", ServiceSection, "service", "service_"),
+    ("sandbox", SandboxSection, "sandbox", "sandbox_"),
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the file, the environment and the command line see it.
+
+    Attributes:
+        name: the flat name: ``DEFENDER_AGENT_`` + its upper case is the environment
+            variable, and it is the ``dest`` of its command-line options.
+        section: the TOML section.
+        key: the key inside the TOML section.
+        owner: the :class:`~defender_agent.config.Config` attribute holding the section.
+        attribute: the field of that section.
+        convert: the parser of raw values.
+        default: the default value (``None`` when computed; see ``default_text``).
+        help: one line, without the default.
+        shown: the default as shown when computed or ``None``.
+        secret: masked in descriptions.
+    """
+
+    name: str
+    section: str
+    key: str
+    owner: str
+    attribute: str
+    convert: Converter[Any]
+    default: Any
+    help: str
+    shown: str = ""
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        """The environment variable."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def where(self) -> str:
+        """``section.key`` in the TOML file."""
+        return f"{self.section}.{self.key}"
+
+    @property
+    def toml_key(self) -> str:
+        """The key inside its TOML section."""
+        return self.key
+
+    @property
+    def default_text(self) -> str:
+        """The default as ``--help`` and the example files show it ("" when there is none)."""
+        if self.shown:
+            return self.shown
+        return format_value(self.default)
+
+    @property
+    def help_with_default(self) -> str:
+        """The help line with "(default: ...)"; ``%`` escaped for argparse."""
+        default = self.default_text
+        line = f"{self.help} (default: {default})" if default else self.help
+        return line.replace("%", "%%")
+
+
+def format_value(value: object) -> str:
+    """A value as the help text shows it.
+
+    >>> format_value(30.0), format_value(("lo", "docker*")), format_value(False), format_value("")
+    ('30', 'lo,docker*', 'false', '""')
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list, frozenset)):
+        return ",".join(str(item) for item in value)
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def _table() -> tuple[Setting, ...]:
+    table: list[Setting] = []
+    for owner, cls, section, prefix in SECTIONS:
+        for f in dataclasses.fields(cls):
+            meta = f.metadata.get(_META)
+            if meta is None:
+                continue
+            default = None if f.default is dataclasses.MISSING else f.default
+            table.append(
+                Setting(
+                    name=prefix + f.name,
+                    section=meta.section or section,
+                    key=f.name,
+                    owner=owner,
+                    attribute=f.name,
+                    convert=meta.convert,
+                    default=default,
+                    help=meta.help,
+                    shown=meta.shown,
+                    secret=meta.secret,
+                )
+            )
+    return tuple(table)
+
+
+#: Every setting, in section order.
+SETTINGS: tuple[Setting, ...] = _table()

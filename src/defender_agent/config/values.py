@@ -1,0 +1,276 @@
+"""Value parsers of the configuration settings: one per kind of value, pure.
+
+Every parser takes the raw value and ``text``: whether it came as text (an
+environment variable or a command-line option, parsed from a string) or as a
+typed TOML value (where ``interval = "300"`` is a string, not a number, and is
+rejected). A bad value raises :class:`ValueError` (or :class:`TypeError` for a
+value of the wrong type) with a message that the loader prefixes with the key
+and its source.
+
+>>> integer(1, 10)("7", text=True)
+7
+>>> integer(1, 10)("7", text=False)
+Traceback (most recent call last):
+...
+TypeError: expected a whole number, got the string '7'
+>>> boolean("yes", text=True), boolean(False, text=False)
+(True, False)
+>>> versions("1.0, 1.1", text=True) == frozenset({"1.0", "1.1"})
+True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Optional, Protocol, TypeVar
+
+from defender_agent.rules import validate_thing_name
+
+__all__ = [
+    "Converter",
+    "boolean",
+    "choice",
+    "directory",
+    "integer",
+    "optional_boolean",
+    "optional_path",
+    "optional_text",
+    "patterns",
+    "seconds",
+    "text",
+    "thing_name",
+    "versions",
+]
+
+T_co = TypeVar("T_co", covariant=True)
+L = TypeVar("L", bound=str)
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+")
+
+
+class Converter(Protocol[T_co]):
+    """Parse one raw setting value (``text``: it came as a string to be parsed)."""
+
+    def __call__(self, value: object, *, text: bool) -> T_co:
+        """Return the parsed value; raise ValueError or TypeError naming what is wrong."""
+        ...
+
+
+def _string(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def text(value: object, *, text: bool = True) -> str:
+    """Any string, kept as is.
+
+    >>> text(" a ", text=False)
+    ' a '
+    """
+    return _string(value, "a string")
+
+
+def optional_text(value: object, *, text: bool = True) -> Optional[str]:
+    """A string, stripped; empty means unset (``None``).
+
+    >>> optional_text("  ", text=False) is None
+    True
+    """
+    stripped = _string(value, "a string").strip()
+    return stripped or None
+
+
+def optional_path(value: object, *, text: bool = True) -> Optional[Path]:
+    """A path (``~`` expanded); empty means unset.
+
+    >>> optional_path("~root/x", text=True)
+    PosixPath('/root/x')
+    """
+    if isinstance(value, Path):
+        return value.expanduser()
+    stripped = optional_text(value, text=True)
+    return Path(stripped).expanduser() if stripped else None
+
+
+def directory(value: object, *, text: bool = True) -> Path:
+    """An existing directory.
+
+    >>> directory("/", text=False)
+    PosixPath('/')
+    >>> directory("/nonexistent/proc", text=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: '/nonexistent/proc' is not a directory
+    """
+    path = optional_path(value, text=True)
+    if path is None:
+        raise ValueError("expected a directory, got an empty string")
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a directory")
+    return path
+
+
+def boolean(value: object, *, text: bool) -> bool:
+    """``true``/``false``; from text also ``1/0``, ``yes/no``, ``on/off``.
+
+    >>> boolean("off", text=True)
+    False
+    >>> boolean("true", text=False)
+    Traceback (most recent call last):
+    ...
+    TypeError: expected true or false, got the string 'true'
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and text:
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if isinstance(value, str):
+        raise TypeError(f"expected true or false, got the string {value!r}")
+    raise TypeError(f"expected true or false, got {value!r}")
+
+
+def optional_boolean(value: object, *, text: bool) -> Optional[bool]:
+    """``true``/``false``, or ``"auto"`` (``None``: the program decides).
+
+    >>> optional_boolean("auto", text=False) is None
+    True
+    """
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    return boolean(value, text=text)
+
+
+def integer(low: int, high: int) -> Converter[int]:
+    """A whole number from ``low`` to ``high``.
+
+    >>> integer(1, 65535)(70000, text=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a whole number from 1 to 65535, got 70000
+    """
+
+    def convert(value: object, *, text: bool) -> int:
+        if isinstance(value, str) and text:
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+        elif isinstance(value, str):
+            raise TypeError(f"expected a whole number, got the string {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    return convert
+
+
+def seconds(low: float, high: float) -> Converter[float]:
+    """A finite number of seconds from ``low`` to ``high``.
+
+    >>> seconds(0, 60)(2, text=False)
+    2.0
+    >>> seconds(0, 60)("nan", text=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected 0 to 60 seconds, got 'nan'
+    """
+
+    def convert(value: object, *, text: bool) -> float:
+        if isinstance(value, str) and text:
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number of seconds, got {value!r}") from None
+        elif isinstance(value, str):
+            raise TypeError(f"expected a number of seconds, got the string {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number of seconds, got {value!r}")
+        else:
+            number = float(value)
+        if not math.isfinite(number) or not low <= number <= high:
+            raise ValueError(f"expected {low:g} to {high:g} seconds, got {value!r}")
+        return number
+
+    return convert
+
+
+def choice(options: tuple[L, ...]) -> Converter[L]:
+    """One of ``options`` (case-insensitive).
+
+    >>> choice(("json", "cbor"))("CBOR", text=False)
+    'cbor'
+    """
+
+    def convert(value: object, *, text: bool) -> L:
+        lowered = _string(value, "a string").strip().lower()
+        for option in options:
+            if lowered == option:
+                return option
+        raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+
+    return convert
+
+
+def patterns(value: object, *, text: bool) -> tuple[str, ...]:
+    """Glob patterns: a list, or one string of comma-separated patterns.
+
+    >>> patterns("lo, docker*,", text=True)
+    ('lo', 'docker*')
+    """
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [_string(item, "a glob pattern").strip() for item in value]
+    else:
+        raise TypeError(f"expected a list of glob patterns, got {type(value).__name__}")
+    return tuple(item for item in items if item)
+
+
+def thing_name(value: object, *, text: bool) -> str:
+    """A Device Defender thing name (see :func:`defender_agent.rules.validate_thing_name`).
+
+    >>> thing_name("", text=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid thing name '': must be 1 to 128 bytes of UTF-8, got 0
+    """
+    name = _string(value, "a thing name")
+    try:
+        return validate_thing_name(name)
+    except ValueError as exc:
+        raise ValueError(f"invalid thing name {name!r}: {exc}") from None
+
+
+def versions(value: object, *, text: bool) -> frozenset[str]:
+    """Report header versions ``<int>.<int>``: a list, or one comma-separated string.
+
+    >>> versions(["1.0", "x"], text=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected versions such as 1.0,1.1 (each <int>.<int>), got 'x'
+    """
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [_string(item, "a version string").strip() for item in value]
+    else:
+        raise TypeError(f"expected a list of versions, got {type(value).__name__}")
+    found = [item for item in items if item]
+    if not found:
+        raise ValueError("expected versions such as 1.0,1.1, got none")
+    for item in found:
+        if not _VERSION.fullmatch(item):
+            raise ValueError(f"expected versions such as 1.0,1.1 (each <int>.<int>), got {item!r}")
+    return frozenset(found)
