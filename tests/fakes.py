@@ -1,37 +1,56 @@
-"""An in-memory transport that speaks the contract of ``transport.base.Transport``.
+"""The agent's transport in tests: a MemoryTransport with Device Defender on the same broker.
 
-It records subscriptions and publishes, completes publish futures like a broker's
-PUBACK, and can answer reports through a ``reply`` function the way Device
-Defender would (on the reply topics the agent subscribed to).
+``FakeTransport`` is :class:`defender_agent.transport.MemoryTransport` plus a
+second transport on its broker that answers each report the way Device Defender
+would, through a ``reply`` function, on the reply topics the agent subscribed to.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import Future
 from typing import Callable, Optional
 
-from defender_agent.errors import ConnectError, PublishError
-from defender_agent.transport.base import ConnectionListener, MessageHandler
+from defender_agent.errors import ConnectError
+from defender_agent.transport import MemoryBroker, MemoryTransport
+
+__all__ = [
+    "FakeTransport",
+    "MemoryBroker",
+    "MemoryTransport",
+    "ReplyFn",
+    "accept_all",
+    "reject_with",
+]
 
 #: reply(topic, payload) -> list of (reply topic, reply payload)
 ReplyFn = Callable[[str, bytes], list[tuple[str, bytes]]]
 
+#: Every report topic of every thing, in both formats.
+REPORT_FILTER = "$aws/things/+/defender/metrics/+"
+
+
+def _report_id(payload: bytes) -> object:
+    header = json.loads(payload)
+    header = header.get("header") or header.get("hed")
+    return header.get("report_id", header.get("rid"))
+
 
 def accept_all(topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-    doc = json.loads(payload)
-    header = doc.get("header") or doc.get("hed")
-    rid = header.get("report_id", header.get("rid"))
+    """Accept every (JSON) report."""
     thing = topic.split("/")[2]
-    body = {"thingName": thing, "reportId": rid, "status": "ACCEPTED", "timestamp": 1}
+    body = {
+        "thingName": thing,
+        "reportId": _report_id(payload),
+        "status": "ACCEPTED",
+        "timestamp": 1,
+    }
     return [(topic + "/accepted", json.dumps(body).encode())]
 
 
 def reject_with(code: str, *, with_id: bool = True) -> ReplyFn:
+    """Reject every (JSON) report with ``code`` (and its report id unless ``with_id`` is False)."""
+
     def reply(topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-        doc = json.loads(payload)
-        header = doc.get("header") or doc.get("hed")
         body: dict[str, object] = {
             "thingName": topic.split("/")[2],
             "status": "REJECTED",
@@ -39,71 +58,45 @@ def reject_with(code: str, *, with_id: bool = True) -> ReplyFn:
             "timestamp": 1,
         }
         if with_id:
-            body["reportId"] = header.get("report_id", header.get("rid"))
+            body["reportId"] = _report_id(payload)
         return [(topic + "/rejected", json.dumps(body).encode())]
 
     return reply
 
 
-class FakeTransport:
+class FakeTransport(MemoryTransport):
+    """The agent's side of a broker where ``device_defender`` answers reports with ``reply``.
+
+    Args:
+        reply: how Device Defender answers a report; ``None``: it never answers.
+        fail_connects: the first this many connects fail ...
+        connect_error: ... with this error class (message "fake failure").
+    """
+
     def __init__(
         self,
         reply: Optional[ReplyFn] = accept_all,
         fail_connects: int = 0,
         connect_error: type[Exception] = ConnectError,
     ) -> None:
+        super().__init__(MemoryBroker(), client_id="agent")
         self.reply = reply
-        self.fail_connects = fail_connects
-        self.connect_error = connect_error
-        self.connect_attempts = 0
-        self.subscriptions: dict[str, MessageHandler] = {}
-        self.published: list[tuple[str, bytes]] = []
-        self.connected = False
-        self.disconnected = False
-        self.listener: Optional[ConnectionListener] = None
-        self.lock = threading.Lock()
+        if fail_connects:
+            self.fail_next_connects(fail_connects, connect_error("fake failure"))
+        self.device_defender = MemoryTransport(self.broker, client_id="device-defender")
+        self.device_defender.connect()
+        self.device_defender.subscribe(REPORT_FILTER, self._answer)
 
-    def connect(self) -> None:
-        with self.lock:
-            self.connect_attempts += 1
-            if self.connect_attempts <= self.fail_connects:
-                raise self.connect_error(f"fake failure {self.connect_attempts}")
-            self.connected = True
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        self.subscriptions[topic_filter] = handler
-
-    def publish(self, topic: str, payload: bytes) -> Future[None]:
-        future: Future[None] = Future()
-        if not self.connected:
-            future.set_exception(PublishError("not connected"))
-            return future
-        with self.lock:
-            self.published.append((topic, payload))
-        future.set_result(None)
+    def _answer(self, topic: str, payload: bytes) -> None:
         if self.reply is not None:
             for reply_topic, reply_payload in self.reply(topic, payload):
-                handler = self.subscriptions.get(reply_topic)
-                if handler is not None:
-                    handler(reply_topic, reply_payload)
-        return future
+                self.device_defender.publish(reply_topic, reply_payload)
+
+    @property
+    def disconnected(self) -> bool:
+        """Whether disconnect() was called."""
+        return self.disconnects > 0
 
     def inject(self, topic: str, payload: bytes) -> None:
-        self.subscriptions[topic](topic, payload)
-
-    def disconnect(self) -> None:
-        self.connected = False
-        self.disconnected = True
-
-    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
-        self.listener = listener
-
-    def drop_link(self) -> None:
-        self.connected = False
-        if self.listener:
-            self.listener(False, "fake drop")
-
-    def restore_link(self) -> None:
-        self.connected = True
-        if self.listener:
-            self.listener(True, "fake restore")
+        """A message from the broker that the agent must have subscribed to."""
+        assert self.deliver(topic, payload) >= 1, f"nothing subscribed to {topic}"

@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional, Protocol
 from awscrt import http, io
 from awscrt.exceptions import AwsCrtError
 
+from defender_agent.transport.topics import topic_matches  # re-exported for the links
+
 __all__ = ["Link", "LinkEvents", "LinkSetup", "crt_reason", "settle", "topic_matches"]
 
 #: How long closing a link may take before it is abandoned.
@@ -101,33 +103,3 @@ def wait_error(future: Future[Any], timeout_s: float) -> tuple[bool, Optional[Ba
         return False, None
     except concurrent.futures.CancelledError as exc:
         return True, exc
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether an MQTT topic filter matches a topic name (MQTT 3.1.1 §4.7).
-
-    Examples:
-        >>> topic_matches("$aws/things/t1/json/+", "$aws/things/t1/json/accepted")
-        True
-        >>> topic_matches("a/#", "a"), topic_matches("a/+", "a/b/c"), topic_matches("#", "$aws/x")
-        (True, False, False)
-        >>> topic_matches("$share/g/$aws/things/+/x", "$aws/things/t1/x")  # a shared subscription
-        True
-    """
-    if topic_filter.startswith("$share/"):  # $share/<group>/<filter> matches as <filter> does
-        parts = topic_filter.split("/", 2)
-        if len(parts) < 3:
-            return False
-        topic_filter = parts[2]
-    if topic.startswith("$") and topic_filter[:1] in ("#", "+"):
-        return False
-    filter_levels = topic_filter.split("/")
-    topic_levels = topic.split("/")
-    for index, level in enumerate(filter_levels):
-        if level == "#":
-            return True
-        if index >= len(topic_levels):
-            return False
-        if level not in ("+", topic_levels[index]):
-            return False
-    return len(filter_levels) == len(topic_levels)
