@@ -1,9 +1,11 @@
-"""Plugins discovered through the entry point group of a real installed distribution.
+"""Plugins discovered through the entry point group of a real distribution.
 
-The distribution is ``tests/plugins/defender-agent-testplugin``. The session
-fixture pip-installs it into the running environment when it is not installed
-yet; it is built from a copy in a temporary directory, so nothing is written
-into the source tree.
+The distribution is ``tests/plugins/defender-agent-testplugin``. It is not
+installed: the module fixture lays it out in a temporary directory as an
+installer would (its module beside a ``.dist-info`` with ``METADATA`` and the
+``entry_points.txt`` made from its ``pyproject.toml``) and puts that directory
+on ``sys.path`` for this module's tests only, so ``importlib.metadata`` finds it
+and nothing is left in the environment or in the source tree.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import importlib
 import importlib.metadata
 import logging
 import shutil
-import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,37 +28,59 @@ from defender_agent.errors import ConfigError
 from defender_agent.model import CustomMetric, CustomMetricType
 from defender_agent.procfs import ProcFS
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 PLUGIN = Path(__file__).parents[1] / "plugins" / "defender-agent-testplugin"
 DIST = "defender-agent-testplugin"
+MODULE = "defender_agent_testplugin"
 
 
-@pytest.fixture(scope="session")
-def test_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Install the test plugin distribution (once) and return its name."""
-    try:
-        importlib.metadata.distribution(DIST)
-    except importlib.metadata.PackageNotFoundError:
-        source = tmp_path_factory.mktemp("plugin") / "src"
-        shutil.copytree(PLUGIN, source)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                str(source),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"cannot install the test plugin:\n{result.stderr}")
-        importlib.invalidate_caches()
+def lay_out_distribution(project_dir: Path, site: Path) -> Path:
+    """Lay a one-module project out in ``site`` as pip would install it; returns the .dist-info."""
+    project = tomllib.loads((project_dir / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    name, dist_version = project["name"], project["version"]
+    module = name.replace("-", "_")
+    shutil.copyfile(project_dir / f"{module}.py", site / f"{module}.py")
+    info = site / f"{module}-{dist_version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {dist_version}\n", encoding="utf-8"
+    )
+    sections = []
+    for group, entry_points in project.get("entry-points", {}).items():
+        lines = [f"{ep_name} = {value}" for ep_name, value in entry_points.items()]
+        sections.append("\n".join([f"[{group}]", *lines]) + "\n")
+    (info / "entry_points.txt").write_text("\n".join(sections), encoding="utf-8")
+    return info
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory holding the test plugin's distribution, on sys.path for this module only."""
+    directory = tmp_path_factory.mktemp("plugin-site")
+    lay_out_distribution(PLUGIN, directory)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(directory))  # also invalidates the import caches
+        yield directory
+    sys.modules.pop(MODULE, None)
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def test_plugin(site: Path) -> str:
+    """The name of the test plugin's distribution, found on sys.path."""
     return DIST
+
+
+def test_the_distribution_is_the_temporary_one(site: Path) -> None:
+    distribution = importlib.metadata.distribution(DIST)
+    assert Path(str(distribution.locate_file(""))) == site
+    assert distribution.version == "1.0.0"
+    module = importlib.import_module(MODULE)
+    assert Path(str(module.__file__)).parent == site
 
 
 @pytest.fixture
