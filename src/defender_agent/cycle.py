@@ -21,10 +21,12 @@ from typing import Any, Callable, Optional
 
 from defender_agent.config.sections import CollectorConfig
 from defender_agent.custom import CustomMetrics
+from defender_agent.custom._base import CycleReadings
 from defender_agent.delta import network_delta
 from defender_agent.errors import ConfigError
 from defender_agent.model import (
     ConnectionList,
+    CustomMetric,
     ListeningPort,
     NetworkStats,
     PortList,
@@ -92,8 +94,11 @@ class Collector:
         custom = dataclasses.replace(custom, list_size=self.config.list_size)
         cpu_times = _psutil.cpu_times if self._psutil else None
         self._custom = (
-            None if custom.empty else CustomMetrics(custom, self.procfs, cpu_times=cpu_times)
+            None
+            if custom.empty
+            else CustomMetrics(custom, self.procfs, cpu_times=cpu_times, socket_source=self._source)
         )
+        self._needs = frozenset() if self._custom is None else self._custom.needs
         self._warned: set[str] = set()
         self._health: dict[str, SourceHealth] = {}
         self._cycles = 0
@@ -162,9 +167,7 @@ class Collector:
         started = time.perf_counter()
         try:
             self._read_counters(snap, started)
-        except (
-            Exception
-        ) as exc:  # a collector bug drops its group from this report, never the cycle
+        except Exception as exc:  # a bug drops its group from this report, never the cycle
             log.exception("reading the traffic counters failed; leaving them out")
             snap.interfaces = None
             self._record("net/dev", started, f"{type(exc).__name__}: {exc}")
@@ -193,9 +196,13 @@ class Collector:
         )
         self._record("net/dev", started, None, bad)
 
-    def _sockets(
-        self,
-    ) -> tuple[Optional[PortList], Optional[PortList], Optional[ConnectionList]]:
+    def _sockets(self, readings: dict[str, Any]) -> None:
+        """Read the interface map and the socket tables into ``readings``.
+
+        The groups go in as ``tcp_ports``, ``udp_ports`` and ``connections``;
+        what the custom metrics take from the same read as ``interfaces`` and
+        ``summary``.
+        """
         cfg = self.config
         started = time.perf_counter()
         interfaces: InterfaceMap = (
@@ -203,6 +210,7 @@ class Collector:
             if self._psutil
             else read_interface_map(self.procfs, cfg.wildcard_interface)
         )
+        readings["interfaces"] = interfaces
         self._record("interfaces", started, missing_text(interfaces.missing))
         started = time.perf_counter()
         summary = summarize_sockets(
@@ -211,7 +219,10 @@ class Collector:
             source=self._source,
             include_loopback=cfg.include_loopback_connections,
             limit=cfg.list_size,
+            remote_peers="remote_peers" in self._needs,
+            listeners="listeners" in self._needs,
         )
+        readings["summary"] = summary
         status = summary.status
         self._used_source = status.source
         for name, reason in status.missing.items():
@@ -221,14 +232,14 @@ class Collector:
         self._record(
             "sockets", started, missing_text(status.missing), sum(status.malformed.values())
         )
-        tcp_ports = udp_ports = connections = None
         if summary.tcp_ports is not None:
-            tcp_ports = _port_list(summary.tcp_ports, cfg.list_size)
+            readings["tcp_ports"] = _port_list(summary.tcp_ports, cfg.list_size)
         if summary.udp_ports is not None:
-            udp_ports = _port_list(summary.udp_ports, cfg.list_size)
+            readings["udp_ports"] = _port_list(summary.udp_ports, cfg.list_size)
         if summary.connections is not None:
-            connections = ConnectionList(tuple(summary.connections), summary.connections_total)
-        return tcp_ports, udp_ports, connections
+            readings["connections"] = ConnectionList(
+                tuple(summary.connections), summary.connections_total
+            )
 
     # ------------------------------------------------------------------ cycle
     def cycle(self) -> Optional[Report]:
@@ -256,23 +267,26 @@ class Collector:
                 self._custom.baseline()
             return None
         started = time.perf_counter()
+        readings: dict[str, Any] = {}
         try:
-            tcp_ports, udp_ports, connections = self._sockets()
-        except (
-            Exception
-        ) as exc:  # a collector bug drops its groups from this report, never the cycle
+            self._sockets(readings)
+        except Exception as exc:  # a bug drops its groups from this report, never the cycle
             log.exception("reading the socket tables failed; leaving out ports and connections")
-            tcp_ports = udp_ports = connections = None
+            readings = {"interfaces": readings.get("interfaces")}
             self._record("sockets", started, f"{type(exc).__name__}: {exc}")
         stats: Optional[NetworkStats] = None
         if previous.interfaces is not None and snap.interfaces is not None:
             stats = network_delta(previous.interfaces, snap.interfaces)
-        custom = self._custom.collect() if self._custom is not None else []
+        custom: list[CustomMetric] = []
+        if self._custom is not None:
+            custom = self._custom.collect(
+                CycleReadings(readings.get("interfaces"), readings.get("summary"))
+            )
         return Report(
             report_id=self._ids.next(),
-            listening_tcp_ports=tcp_ports,
-            listening_udp_ports=udp_ports,
-            tcp_connections=connections,
+            listening_tcp_ports=readings.get("tcp_ports"),
+            listening_udp_ports=readings.get("udp_ports"),
+            tcp_connections=readings.get("connections"),
             network_stats=stats,
             custom_metrics=tuple(custom),
         )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from defender_agent.custom import CustomMetricsConfig
 from defender_agent.cycle import Collector, CollectorConfig
 from defender_agent.model import Connection, ListeningPort, Report
 from defender_agent.readers import _psutil, _sockdiag
@@ -200,3 +204,83 @@ def test_psutil_fallback_agrees_with_proc(opened: Opened) -> None:
     assert mine(by_psutil) == mine(by_proc)
     assert len(mine(by_proc)[2]) == len(opened.connections)
     assert by_psutil.network_stats is not None
+
+
+# --------------------------------------------------------------------------- custom metrics
+def own_ipv4() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a source address
+        except OSError:
+            return ""
+        address = probe.getsockname()[0]
+    return "" if address.startswith("127.") else str(address)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_remote_ips_is_the_connection_set_of_the_same_cycle(
+    source: SocketSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = own_ipv4()
+    if not address:
+        pytest.skip("no non-loopback IPv4 address to connect to")
+    dumps: list[int] = []
+    real_dump = _sockdiag.iter_dump
+
+    def counting(*args: Any, **kwargs: Any) -> Iterator[list[Any]]:
+        dumps.append(args[0])
+        return real_dump(*args, **kwargs)
+
+    monkeypatch.setattr(_sockdiag, "iter_dump", counting)
+    enabled = ("remote_ips", "listening_processes", "interface_addresses")
+    config = CollectorConfig(
+        proc_root=Path("/proc"),
+        list_size=1_000_000,
+        socket_source=source,
+        custom_metrics=CustomMetricsConfig(enabled=enabled),
+    )
+    collector = Collector(config, state_dir=None)
+    collector.cycle()
+    with socket.socket() as listener:
+        listener.bind((address, 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()[:2]):
+            peer, _ = listener.accept()
+            with peer:
+                dumps.clear()
+                report = collector.cycle()
+                assert collector.health()["socket_source"] == source
+    assert report is not None and report.tcp_connections is not None
+    values = {m.name: list(m.value) for m in report.custom_metrics}  # type: ignore[arg-type]
+    connections = {c.remote_ip for c in report.tcp_connections.connections}
+    assert address in connections
+    assert set(values["remote_ips"]) == connections
+    assert address in values["interface_addresses"]
+    if os.geteuid() == 0:
+        assert Path("/proc/self/comm").read_text().strip() in values["listening_processes"]
+    # one read of the socket tables per cycle: four dumps (TCP, UDP x IPv4, IPv6) over netlink
+    assert len(dumps) == (4 if source == "netlink" else 0)
+
+
+def test_psutil_source_without_psutil_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "psutil.py").write_text("raise ImportError('psutil is blocked by this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    for argv in (
+        ["collect", "--socket-source", "psutil", "-n", "1", "-s", "0"],
+        ["run", "--dry-run", "--socket-source", "psutil", "--state-dir", str(tmp_path / "s")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "defender_agent", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stdout == ""
+        assert done.stderr.strip().splitlines() == [
+            "defender-agent: error: psutil is not installed: pip install 'defender-agent[psutil]'"
+        ], argv

@@ -10,13 +10,16 @@ import socket
 import struct
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from defender_agent.custom._base import MetricError, WarnOnce
+from defender_agent.custom import CustomMetricsConfig
+from defender_agent.custom._base import CycleReadings, MetricError, WarnOnce
 from defender_agent.custom.builtins import (
     BUILTINS,
     CpuUsage,
@@ -30,15 +33,17 @@ from defender_agent.custom.builtins import (
     RemoteIps,
     Uptime,
     create_builtin,
-    parse_listening_inodes,
-    parse_loadavg,
-    parse_meminfo,
-    parse_utmp,
 )
 from defender_agent.custom.checks import Invalid, check_value
+from defender_agent.cycle import Collector, CollectorConfig
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS
 from defender_agent.readers.cpu_usage import CpuTimes
+from defender_agent.readers.interfaces import InterfaceMap
+from defender_agent.readers.loadavg import parse_loadavg
+from defender_agent.readers.meminfo import parse_meminfo
+from defender_agent.readers.sockets import summarize_sockets
+from defender_agent.readers.utmp import parse_utmp
 
 HOST = Path(__file__).parents[1] / "fixtures" / "custom_host"
 LISTENERS = [
@@ -241,24 +246,16 @@ def test_logged_in_users_empty_and_missing(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- listening_processes
-def test_listening_inodes_recorded() -> None:
-    net = HOST / "net"
-    assert parse_listening_inodes((net / "tcp").read_text(), udp=False) == {
-        1122239,
-        1122242,
-        1122244,
-        1122246,
+def test_listening_inodes_come_from_the_socket_read(host: ProcFS) -> None:
+    summary = summarize_sockets(host, InterfaceMap(), source="proc", limit=0, listeners=True)
+    assert summary.status.listener_inodes == {
+        *(1122239, 1122242, 1122244, 1122246),  # net/tcp, LISTEN
+        *(1122240, 1122241, 1122243, 1122245),  # net/tcp6, LISTEN
+        *(1122247, 1122249, 1122250),  # net/udp, no peer
+        1122248,  # net/udp6
     }
-    assert parse_listening_inodes((net / "udp").read_text(), udp=True) == {
-        1122247,
-        1122249,
-        1122250,
-    }
-    assert parse_listening_inodes((net / "udp6").read_text(), udp=True) == {1122248}
-    assert (
-        parse_listening_inodes("header\n 0: short line\n 1: a b 0A c d e f g h zz\n", udp=False)
-        == set()
-    )
+    plain = summarize_sockets(host, InterfaceMap(), source="proc", limit=0)
+    assert plain.status.listener_inodes is None and plain.remote_peers is None
 
 
 def test_listening_processes_recorded(host: ProcFS, caplog: pytest.LogCaptureFixture) -> None:
@@ -456,3 +453,70 @@ def test_live_remote_ips_sees_a_connection_to_an_own_address() -> None:
                 assert client.getpeername()[0] in peers
     checked(CustomMetricType.IP_ADDRESS_LIST, peers)
     assert not any(ipaddress.ip_address(a).is_loopback for a in peers)
+
+
+# --------------------------------------------------------------------------- in a collection cycle
+SOCKET_BUILTINS = ("listening_processes", "interface_addresses", "remote_ips")
+
+
+def test_socket_builtins_take_the_cycles_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: Counter[str] = Counter()
+    real_read = ProcFS.read_bytes
+
+    def counting(self: ProcFS, *parts: str) -> bytes:
+        reads["/".join(parts)] += 1
+        return real_read(self, *parts)
+
+    monkeypatch.setattr(ProcFS, "read_bytes", counting)
+    config = CollectorConfig(
+        proc_root=HOST, list_size=1000, custom_metrics=CustomMetricsConfig(enabled=SOCKET_BUILTINS)
+    )
+    collector = Collector(config)
+    collector.cycle()
+    reads.clear()
+    report = collector.cycle()
+    assert report is not None and report.tcp_connections is not None
+    for name in ("tcp", "tcp6", "udp", "udp6", "fib_trie", "if_inet6", "route"):
+        assert reads[f"net/{name}"] == 1, name
+    values = {m.name: list(m.value) for m in report.custom_metrics}  # type: ignore[arg-type]
+    assert values["listening_processes"] == LISTENERS
+    assert values["remote_ips"] == ["192.0.2.1", "198.51.100.1", "2001:db8::1"]
+    assert set(values["remote_ips"]) == {c.remote_ip for c in report.tcp_connections.connections}
+    assert values["interface_addresses"] == [
+        "192.0.2.10",
+        "198.51.100.20",
+        "2001:db8::10",
+        "fe80::146e:b7ff:feea:ba93",
+        "fe80::a8b1:c1ff:feb3:de27",
+    ]
+
+
+def test_socket_builtins_without_the_cycles_tables(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    config = CollectorConfig(
+        proc_root=tmp_path, custom_metrics=CustomMetricsConfig(enabled=SOCKET_BUILTINS)
+    )
+    collector = Collector(config)
+    collector.cycle()
+    report = collector.cycle()
+    assert report is not None and report.custom_metrics == ()
+    sources: Any = collector.health()["sources"]
+    assert (
+        "cannot read net/tcp, tcp6, udp or udp6" in sources["custom/listening_processes"]["missing"]
+    )
+    assert (
+        "cannot read net/fib_trie or net/if_inet6"
+        in sources["custom/interface_addresses"]["missing"]
+    )
+    assert "net/tcp (No such file or directory)" in sources["custom/remote_ips"]["missing"]
+
+
+def test_socket_builtins_when_the_cycles_read_failed(host: ProcFS) -> None:
+    metric = RemoteIps(host)
+    metric.readings = CycleReadings(interfaces=None, sockets=None)
+    with pytest.raises(MetricError, match="socket tables could not be read this cycle"):
+        metric.sample()
+    addresses = InterfaceAddresses(host)
+    addresses.readings = CycleReadings(interfaces=None, sockets=None)
+    with pytest.raises(MetricError, match="interface addresses could not be read this cycle"):
+        addresses.sample()

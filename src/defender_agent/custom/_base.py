@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from defender_agent.model import CustomMetricType
 
-__all__ = ["MetricError", "Source", "WarnOnce"]
+if TYPE_CHECKING:
+    from defender_agent.readers.interfaces import InterfaceMap
+    from defender_agent.readers.sockets import SocketSummary
+
+__all__ = ["CycleReadings", "MetricError", "Source", "WarnOnce"]
 
 log = logging.getLogger("defender_agent.custom")
 
@@ -55,3 +60,17 @@ class WarnOnce:
         level = logging.DEBUG if key in self._seen else logging.WARNING
         self._seen.add(key)
         log.log(level, "custom metric %s: %s", metric, message % args if args else message)
+
+
+@dataclass(frozen=True)
+class CycleReadings:
+    """What a collection cycle read, for the built-ins that are computed from it.
+
+    Attributes:
+        interfaces: the cycle's address → interface map (``None``: it failed).
+        sockets: the cycle's socket summary, with the remote peers and the
+            listeners gathered when a metric needs them (``None``: it failed).
+    """
+
+    interfaces: Optional[InterfaceMap] = None
+    sockets: Optional[SocketSummary] = None

@@ -9,14 +9,20 @@
 | ``uptime`` | number | ``uptime`` | seconds since boot |
 | ``load_average`` | number-list | ``loadavg`` | the 1, 5 and 15 minute load averages |
 | ``logged_in_users`` | string-list | utmp (``/var/run/utmp``) | names of logged-in users |
-| ``listening_processes`` | string-list | ``net/{tcp,udp}{,6}``, ``<pid>/fd``, ``<pid>/comm`` | names of the processes that own listening sockets |
-| ``interface_addresses`` | ip-address-list | ``net/fib_trie``, ``net/if_inet6`` | the host's own addresses (not loopback) |
-| ``remote_ips`` | ip-address-list | the TCP socket tables | peers of established connections (not loopback) |
+| ``listening_processes`` | string-list | the cycle's socket read, ``<pid>/fd``, ``<pid>/comm`` | names of the processes that own listening sockets |
+| ``interface_addresses`` | ip-address-list | the cycle's interface map (``net/fib_trie``, ``net/if_inet6``) | the host's own addresses (not loopback) |
+| ``remote_ips`` | ip-address-list | the cycle's socket read | peers of established connections (not loopback) |
 
 Everything under /proc is read through the :class:`~defender_agent.procfs.ProcFS`
 of the collector (so ``--proc-root`` and ``PROCFS_PATH`` apply); the two
 sources that are not in /proc, the file system of ``disk_usage`` and the utmp
 file, have their own configurable path. Percentages are rounded to 0.01.
+
+The last three take what the collection cycle already read (its socket
+summary and interface map, from the configured socket source) through
+:class:`~defender_agent.custom._base.CycleReadings`, so a cycle reads the
+socket tables once; used on their own (no readings given), they make that
+read themselves.
 
 String values are made to fit the string-list alphabet (protocol.md §2.6):
 a character outside ``A-Z a-z 0-9 : _ - / .`` becomes ``_`` (the comm of
@@ -29,20 +35,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Optional
 
-from defender_agent.custom._base import MetricError, Source, WarnOnce
+from defender_agent.custom._base import CycleReadings, MetricError, Source, WarnOnce
 from defender_agent.custom.checks import sanitize_string
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS
-from defender_agent.readers._inet import ESTABLISHED, is_loopback, unmap_v4
+from defender_agent.readers import _psutil
+from defender_agent.readers._inet import is_loopback, unmap_v4
 from defender_agent.readers.cpu_usage import CpuTimes, cpu_percent, parse_proc_stat
-from defender_agent.readers.interfaces import parse_fib_trie_local, parse_if_inet6
-from defender_agent.readers.sockets import SocketSource, read_socket_tables
+from defender_agent.readers.interfaces import InterfaceMap, read_interface_map
+from defender_agent.readers.loadavg import parse_loadavg
+from defender_agent.readers.meminfo import parse_meminfo
+from defender_agent.readers.sockets import SocketSource, SocketSummary, summarize_sockets
+from defender_agent.readers.utmp import MAX_UTMP_BYTES, parse_utmp
 
 __all__ = [
     "BUILTINS",
@@ -57,11 +66,8 @@ __all__ = [
     "ProcessCount",
     "RemoteIps",
     "Uptime",
+    "UsesReadings",
     "create_builtin",
-    "parse_listening_inodes",
-    "parse_loadavg",
-    "parse_meminfo",
-    "parse_utmp",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,24 +147,6 @@ class CpuUsage:
         if previous is None:
             return None
         return cpu_percent(previous, current)
-
-
-def parse_meminfo(text: str) -> dict[str, int]:
-    r"""The ``Key: value kB`` lines of ``meminfo``, in kB.
-
-    >>> parse_meminfo("MemTotal:  1000 kB\nMemAvailable:   250 kB\nHugePages_Total: 0\n")
-    {'MemTotal': 1000, 'MemAvailable': 250, 'HugePages_Total': 0}
-    """
-    result: dict[str, int] = {}
-    for line in text.splitlines():
-        key, sep, rest = line.partition(":")
-        fields = rest.split()
-        if sep and fields:
-            try:
-                result[key.strip()] = int(fields[0])
-            except ValueError:
-                continue
-    return result
 
 
 class MemoryUsage:
@@ -246,19 +234,6 @@ class Uptime:
             raise MetricError("parse", f"{self._procfs.path('uptime')}: {text[:40]!r}") from None
 
 
-def parse_loadavg(text: str) -> Optional[tuple[float, float, float]]:
-    r"""The three load averages of ``loadavg``, or ``None`` when malformed.
-
-    >>> parse_loadavg("0.44 0.30 0.36 2/93 20402\n")
-    (0.44, 0.3, 0.36)
-    """
-    try:
-        one, five, fifteen = (float(v) for v in text.split()[:3])
-    except ValueError:
-        return None
-    return one, five, fifteen
-
-
 class LoadAverage:
     """``load_average``: the 1, 5 and 15 minute load averages (a number-list of three)."""
 
@@ -278,32 +253,6 @@ class LoadAverage:
 
 
 # --------------------------------------------------------------------------- logged_in_users
-# glibc's struct utmp on Linux (x86, x86_64, arm, arm64, ...): 384 bytes, native byte order.
-# ut_type, pad, ut_pid, ut_line[32], ut_id[4], ut_user[32], ut_host[256], ut_exit (2 shorts),
-# ut_session, ut_tv (2 int32), ut_addr_v6[4], __unused[20].
-_UTMP: Final = struct.Struct("=hxxi32s4s32s256shhi2i4i20x")
-_USER_PROCESS: Final = 7
-_MAX_UTMP_BYTES: Final = 4 * 1024 * 1024
-
-
-def parse_utmp(data: bytes) -> list[str]:
-    """The user names of the ``USER_PROCESS`` records of a utmp file, sorted, without duplicates.
-
-    A truncated last record is ignored; names are made to fit the string-list alphabet.
-
-    >>> record = _UTMP.pack(7, 42, b"pts/0", b"ts/0", b"alice", b"", 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    >>> parse_utmp(record * 2 + record[:100])
-    ['alice']
-    """
-    names: set[str] = set()
-    for fields in _UTMP.iter_unpack(data[: len(data) - len(data) % _UTMP.size]):
-        ut_type, user = fields[0], fields[4]
-        name = user.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-        if ut_type == _USER_PROCESS and name:
-            names.add(sanitize_string(name))
-    return sorted(names)
-
-
 class LoggedInUsers:
     """``logged_in_users``: who is logged in, from the utmp file (``/var/run/utmp``)."""
 
@@ -316,79 +265,72 @@ class LoggedInUsers:
     def sample(self) -> list[str]:
         """The names of the logged-in users."""
         with self._path.open("rb") as handle:
-            return parse_utmp(handle.read(_MAX_UTMP_BYTES))
+            names = parse_utmp(handle.read(MAX_UTMP_BYTES))
+        return sorted({sanitize_string(name) for name in names})
 
 
-# --------------------------------------------------------------------------- sockets
-_TCP_LISTEN: Final = "0A"
-_UDP_UNCONNECTED: Final = "07"
+# --------------------------------------------------------------------------- the cycle's readings
+class UsesReadings:
+    """A built-in computed from the cycle's readings rather than from a read of its own.
 
+    The registry sets :attr:`readings` before :meth:`sample` and clears it
+    after; without readings (the metric used on its own), :meth:`_sockets` and
+    :meth:`_interfaces` read what is needed from ``procfs``.
 
-def parse_listening_inodes(text: str, *, udp: bool) -> set[int]:
-    r"""Socket inodes of the listeners in a ``net/{tcp,udp}{,6}`` table.
-
-    Listeners are what the listening-ports collector counts: TCP sockets in
-    LISTEN, UDP sockets bound with no peer (state 07, remote port 0). The
-    inode is the tenth column.
-
-    >>> parse_listening_inodes(
-    ...     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
-    ...     "timeout inode\n"
-    ...     "   2: 00000000:0016 00000000:0000 0A 00000000:00000001 00:00000000 00000000     0  "
-    ...     "      0 1122239 2 00000000f40ae291 100 0 0 10 0\n", udp=False)
-    {1122239}
+    Args:
+        procfs: the proc filesystem.
+        source: the socket source of a read of its own.
     """
-    inodes: set[int] = set()
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) < 10:
-            continue
-        if udp:
-            if parts[3] != _UDP_UNCONNECTED or not parts[2].endswith(":0000"):
-                continue
-        elif parts[3] != _TCP_LISTEN:
-            continue
-        try:
-            inode = int(parts[9])
-        except ValueError:
-            continue
-        if inode:
-            inodes.add(inode)
-    return inodes
+
+    #: what this metric needs gathered from the socket read (see :class:`CycleReadings`)
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, procfs: ProcFS, source: SocketSource = "auto") -> None:
+        self._procfs = procfs
+        self._source: SocketSource = source
+        self.readings: Optional[CycleReadings] = None
+
+    def _interfaces(self) -> InterfaceMap:
+        if self.readings is None:
+            return read_interface_map(self._procfs)
+        if self.readings.interfaces is None:
+            raise MetricError("read", "the interface addresses could not be read this cycle")
+        return self.readings.interfaces
+
+    def _sockets(self) -> SocketSummary:
+        if self.readings is None:
+            return summarize_sockets(
+                self._procfs,
+                InterfaceMap(),
+                source=self._source,
+                limit=0,
+                remote_peers="remote_peers" in self.needs,
+                listeners="listeners" in self.needs,
+            )
+        if self.readings.sockets is None:
+            raise MetricError("read", "the socket tables could not be read this cycle")
+        return self.readings.sockets
 
 
-class ListeningProcesses:
+class ListeningProcesses(UsesReadings):
     """``listening_processes``: the names (``comm``) of the processes that own listening sockets.
 
-    The listening sockets' inodes come from ``net/{tcp,udp}{,6}``; each
-    process's ``fd/`` links (``socket:[<inode>]``) say which it holds. Reading
-    another user's ``fd/`` takes root or ``CAP_SYS_PTRACE``: without it, the
-    processes that can be read are reported, and a warning says once how many
-    could not.
+    The listening sockets' inodes come from the cycle's socket read (the
+    ``inode`` column of ``net/{tcp,udp}{,6}``, or ``idiag_inode`` over
+    netlink); each process's ``fd/`` links (``socket:[<inode>]``) say which it
+    holds. Reading another user's ``fd/`` takes root or ``CAP_SYS_PTRACE``:
+    without it, the processes that can be read are reported, and a warning
+    says once how many could not. With the psutil source, psutil names the
+    owners.
     """
 
     name = "listening_processes"
     type = _SL
+    needs = frozenset({"listeners"})
 
-    def __init__(self, procfs: ProcFS, warn: WarnOnce) -> None:
-        self._procfs = procfs
+    def __init__(self, procfs: ProcFS, warn: WarnOnce, source: SocketSource = "auto") -> None:
+        super().__init__(procfs, source)
         self._warn = warn
-
-    def _listening_inodes(self) -> set[int]:
-        inodes: set[int] = set()
-        readable = 0
-        for table in ("tcp", "tcp6", "udp", "udp6"):
-            try:
-                text = self._procfs.read_text("net", table)
-            except OSError:  # tcp6/udp6 are missing without IPv6; all four missing is checked below
-                continue
-            readable += 1
-            inodes |= parse_listening_inodes(text, udp=table.startswith("udp"))
-        if not readable:
-            raise MetricError(
-                "read", f"cannot read net/tcp, tcp6, udp or udp6 in {self._procfs.path()}"
-            )
-        return inodes
 
     def _owns_listener(self, pid: str, inodes: set[int]) -> bool:
         """Whether process ``pid`` holds one of ``inodes``; PermissionError propagates."""
@@ -407,25 +349,41 @@ class ListeningProcesses:
                     continue
         return False
 
-    def sample(self) -> list[str]:
-        """The sorted names of the processes with listening sockets (those that could be read)."""
-        inodes = self._listening_inodes()
+    def _names_by_inode(self, inodes: set[int]) -> tuple[set[str], int]:
         names: set[str] = set()
         denied = 0
-        if inodes:
-            with os.scandir(self._procfs.path()) as entries:
-                pids = [entry.name for entry in entries if _is_pid(entry.name)]
-            for pid in pids:
-                try:
-                    if not self._owns_listener(pid, inodes):
-                        continue
-                    comm = self._procfs.read_text(pid, "comm").strip()
-                except PermissionError:
-                    denied += 1
+        if not inodes:
+            return names, denied
+        with os.scandir(self._procfs.path()) as entries:
+            pids = [entry.name for entry in entries if _is_pid(entry.name)]
+        for pid in pids:
+            try:
+                if not self._owns_listener(pid, inodes):
                     continue
-                except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
-                    continue  # the process exited while it was being read
-                names.add(sanitize_string(comm))
+                comm = self._procfs.read_text(pid, "comm").strip()
+            except PermissionError:
+                denied += 1
+                continue
+            except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+                continue  # the process exited while it was being read
+            names.add(sanitize_string(comm))
+        return names, denied
+
+    def sample(self) -> list[str]:
+        """The sorted names of the processes with listening sockets (those that could be read)."""
+        summary = self._sockets()
+        status = summary.status
+        if summary.tcp_ports is None and summary.udp_ports is None:
+            raise MetricError(
+                "read", f"cannot read net/tcp, tcp6, udp or udp6 in {self._procfs.path()}"
+            )
+        if status.listener_pids is not None:
+            found, denied = _psutil.process_names(status.listener_pids)
+            names = {sanitize_string(name) for name in found}
+        elif status.listener_inodes is not None:
+            names, denied = self._names_by_inode(status.listener_inodes)
+        else:  # pragma: no cover - the readings were gathered without listeners
+            raise MetricError("error", "the socket read did not gather the listeners")
         if denied:
             self._warn(
                 self.name,
@@ -437,75 +395,57 @@ class ListeningProcesses:
         return sorted(names)
 
 
-def _ntop(family: int, packed: bytes) -> str:
-    return socket.inet_ntop(family, packed)
-
-
 def _sorted_addresses(addresses: Iterable[tuple[int, bytes]]) -> list[str]:
     """Unique addresses, IPv4 first, each family in numeric order, as text."""
     unique = sorted(set(addresses), key=lambda a: (a[0] != socket.AF_INET, a[1]))
-    return [_ntop(family, packed) for family, packed in unique]
+    return [socket.inet_ntop(family, packed) for family, packed in unique]
 
 
-class InterfaceAddresses:
+class InterfaceAddresses(UsesReadings):
     """``interface_addresses``: the host's own IPv4 and IPv6 addresses, loopback excluded.
 
-    IPv4: the ``/32 host LOCAL`` leaves of ``net/fib_trie``; IPv6: ``net/if_inet6``
-    (link-local addresses included: they are the host's too).
+    From the cycle's interface map: IPv4, the ``/32 host LOCAL`` leaves of
+    ``net/fib_trie``; IPv6, ``net/if_inet6`` (link-local addresses included:
+    they are the host's too); or psutil's interface addresses.
     """
 
     name = "interface_addresses"
     type = _IPL
 
-    def __init__(self, procfs: ProcFS) -> None:
-        self._procfs = procfs
-
     def sample(self) -> list[str]:
         """The addresses, IPv4 first, each family sorted."""
-        found: list[tuple[int, bytes]] = []
-        readable = False
-        try:
-            found += [(socket.AF_INET, a) for a in parse_fib_trie_local(self._read("fib_trie"))]
-            readable = True
-        except OSError as exc:
-            log.debug("no IPv4 addresses: %s", exc)
-        try:
-            found += [(socket.AF_INET6, a) for a in parse_if_inet6(self._read("if_inet6"))]
-            readable = True
-        except OSError as exc:
-            log.debug("no IPv6 addresses (IPv6 disabled?): %s", exc)
-        if not readable:
+        interfaces = self._interfaces()
+        if "net/fib_trie" in interfaces.missing and "net/if_inet6" in interfaces.missing:
             raise MetricError(
                 "read", f"cannot read net/fib_trie or net/if_inet6 in {self._procfs.path()}"
             )
+        found = [(socket.AF_INET, a) for a in interfaces.local_v4]
+        found += [(socket.AF_INET6, a) for a in interfaces.v6]
         return _sorted_addresses(a for a in found if not is_loopback(*a))
 
-    def _read(self, name: str) -> str:
-        return self._procfs.read_text("net", name)
 
-
-class RemoteIps:
+class RemoteIps(UsesReadings):
     """``remote_ips``: the remote addresses of established TCP connections, loopback excluded.
 
-    IPv4-mapped IPv6 peers are shown as IPv4, as in ``tcp_connections``. The
-    tables come from the same source as the collector's (netlink sock_diag for
-    the live /proc, the files for another proc root).
+    From the cycle's socket read, so from the collector's socket source, and
+    the same connections ``tcp_connections`` counts. IPv4-mapped IPv6 peers
+    are shown as IPv4, as there.
     """
 
     name = "remote_ips"
     type = _IPL
-
-    def __init__(self, procfs: ProcFS, source: SocketSource = "auto") -> None:
-        self._procfs = procfs
-        self._source: SocketSource = source
+    needs = frozenset({"remote_peers"})
 
     def sample(self) -> list[str]:
         """The distinct peers, IPv4 first, each family sorted."""
-        tables = read_socket_tables(self._procfs, self._source)
-        if tables.tcp is None:
-            why = tables.missing.get("net/tcp", "unreadable")
+        summary = self._sockets()
+        if summary.remote_peers is None:
+            why = summary.status.missing.get("net/tcp", "unreadable")
             raise MetricError("read", f"cannot read {self._procfs.path('net', 'tcp')} ({why})")
-        peers = (unmap_v4(row[0], row[3]) for row in tables.tcp if row[5] == ESTABLISHED)
+        peers = (
+            unmap_v4(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+            for packed in summary.remote_peers
+        )
         return _sorted_addresses(p for p in peers if not is_loopback(*p))
 
 
@@ -518,8 +458,12 @@ def create_builtin(
     disk_usage_path: Path = Path("/"),
     utmp_path: Path = Path("/var/run/utmp"),
     cpu_times: Optional[Callable[[], CpuTimes]] = None,
+    socket_source: SocketSource = "auto",
 ) -> Source:
     """Create the built-in metric ``name`` (one of :data:`BUILTINS`).
+
+    ``socket_source`` is where the socket-based metrics read when used on their
+    own; in a collection cycle they take the cycle's readings.
 
     Raises:
         KeyError: not a built-in name.
@@ -532,9 +476,9 @@ def create_builtin(
         "uptime": lambda: Uptime(procfs),
         "load_average": lambda: LoadAverage(procfs),
         "logged_in_users": lambda: LoggedInUsers(utmp_path),
-        "listening_processes": lambda: ListeningProcesses(procfs, warn),
-        "interface_addresses": lambda: InterfaceAddresses(procfs),
-        "remote_ips": lambda: RemoteIps(procfs),
+        "listening_processes": lambda: ListeningProcesses(procfs, warn, socket_source),
+        "interface_addresses": lambda: InterfaceAddresses(procfs, socket_source),
+        "remote_ips": lambda: RemoteIps(procfs, socket_source),
     }
     assert factories.keys() == BUILTINS.keys(), "one factory per built-in"
     return factories[name]()

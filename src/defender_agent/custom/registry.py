@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Final, Optional, Union
 
-from defender_agent.custom._base import MetricError, Source, WarnOnce
-from defender_agent.custom.builtins import BUILTINS, CpuUsage, create_builtin
+from defender_agent.custom._base import CycleReadings, MetricError, Source, WarnOnce
+from defender_agent.custom.builtins import BUILTINS, CpuUsage, UsesReadings, create_builtin
 from defender_agent.custom.checks import Invalid, check_name, check_value, parse_type
 from defender_agent.custom.exec_metric import CommandBatch, ExecSpec, parse_output
 from defender_agent.custom.plugins import PluginSource, discover_plugins, load_plugin
@@ -46,6 +46,7 @@ from defender_agent.model import CustomMetric, CustomMetricType
 from defender_agent.procfs import ProcFS
 from defender_agent.readers.cpu_usage import CpuTimes
 from defender_agent.readers.health import SourceHealth
+from defender_agent.readers.sockets import SocketSource
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -261,6 +262,8 @@ class CustomMetrics:
         plugins: whether enabled names may refer to installed plugins.
         cpu_times: where ``cpu_usage`` gets CPU times instead of ``stat``
             (the psutil fallback where there is no /proc).
+        socket_source: where the socket-based built-ins read when
+            :meth:`collect` is given no cycle readings.
     """
 
     def __init__(
@@ -270,6 +273,7 @@ class CustomMetrics:
         *,
         plugins: bool = True,
         cpu_times: Optional[Callable[[], CpuTimes]] = None,
+        socket_source: SocketSource = "auto",
     ) -> None:
         self.config = config
         self._warn = WarnOnce()
@@ -286,6 +290,7 @@ class CustomMetrics:
                     disk_usage_path=config.disk_usage_path,
                     utmp_path=config.utmp_path,
                     cpu_times=cpu_times,
+                    socket_source=socket_source,
                 )
             elif name in discovered:
                 source = load_plugin(discovered[name])
@@ -323,6 +328,19 @@ class CustomMetrics:
             health = self._health[name] = SourceHealth()
         health.record(missing=missing, malformed=0, seconds=time.perf_counter() - started)
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the cycle's socket read should gather for these metrics.
+
+        ``remote_peers`` and/or ``listeners``, for
+        :func:`~defender_agent.readers.sockets.summarize_sockets`.
+        """
+        needs: frozenset[str] = frozenset()
+        for source in self._sources:
+            if isinstance(source, UsesReadings):
+                needs |= source.needs
+        return needs
+
     def names_and_types(self) -> list[tuple[str, CustomMetricType]]:
         """Every metric this collects, with its type, in report order (for ``aws-setup``)."""
         return [(s.name, s.type) for s in self._sources] + [(e.name, e.type) for e in self._exec]
@@ -337,8 +355,12 @@ class CustomMetrics:
             if isinstance(source, CpuUsage):
                 self._sample(source)
 
-    def collect(self) -> list[CustomMetric]:
+    def collect(self, readings: Optional[CycleReadings] = None) -> list[CustomMetric]:
         """Sample, check and cap every metric; the ones that fail are left out with a warning.
+
+        Args:
+            readings: what the collection cycle read, for the built-ins
+                computed from it; ``None`` lets them read for themselves.
 
         The first call yields nothing for the metrics that need two samples
         (``cpu_usage``). Never raises.
@@ -346,7 +368,14 @@ class CustomMetrics:
         metrics: list[CustomMetric] = []
         for source in self._sources:  # first: the commands' processes would be in their view
             started = time.perf_counter()
-            raw = self._sample(source)
+            if isinstance(source, UsesReadings):
+                source.readings = readings
+                try:
+                    raw = self._sample(source)
+                finally:
+                    source.readings = None
+            else:
+                raw = self._sample(source)
             why = None if raw is not None else self._why.pop(source.name, None)
             if raw is not None:
                 why = self._add(metrics, source.name, source.type, raw)

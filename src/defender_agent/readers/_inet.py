@@ -81,7 +81,12 @@ def is_loopback(family: int, packed: bytes) -> bool:
 
 
 def parse_socket_table(
-    data: bytes, family: int, states: frozenset[int] | None = None
+    data: bytes,
+    family: int,
+    states: frozenset[int] | None = None,
+    *,
+    inodes: set[int] | None = None,
+    udp: bool = False,
 ) -> tuple[list[SocketRow], int]:
     r"""Parse one socket table, keeping the rows whose state is in ``states``.
 
@@ -89,6 +94,10 @@ def parse_socket_table(
         data: the file's content.
         family: ``AF_INET`` for ``tcp``/``udp``, ``AF_INET6`` for ``tcp6``/``udp6``.
         states: the kernel state numbers to keep; ``None`` keeps every row.
+        inodes: when given, the inodes (tenth column) of the listening sockets
+            are added to it: TCP rows in LISTEN, UDP rows without a remote
+            port, as the listening ports count them.
+        udp: whether this is a UDP table (which rows listen).
 
     Returns:
         The rows, and how many malformed lines were skipped (the header is not
@@ -97,9 +106,10 @@ def parse_socket_table(
     >>> table = (b"  sl  local_address rem_address   st\n"
     ...          b"   0: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 1 1 0\n"
     ...          b"   1: garbage\n")
-    >>> rows, bad = parse_socket_table(table, socket.AF_INET)
-    >>> rows[0][2], rows[0][5], bad
-    (22, 10, 1)
+    >>> listeners: set[int] = set()
+    >>> rows, bad = parse_socket_table(table, socket.AF_INET, inodes=listeners)
+    >>> rows[0][2], rows[0][5], bad, listeners
+    (22, 10, 1, {1})
     """
     wanted = None if states is None else {b"%02X" % s for s in states}
     addresses: dict[bytes, bytes] = {}  # hex -> packed; sockets share few distinct addresses
@@ -133,4 +143,8 @@ def parse_socket_table(
             malformed += 1
             continue
         append(row)
+        if inodes is not None and (row[4] == 0 if udp else row[5] == LISTEN):
+            fields = line.split(None, 10)
+            if len(fields) > 9 and fields[9].isdigit() and int(fields[9]):
+                inodes.add(int(fields[9]))
     return rows, malformed

@@ -18,7 +18,14 @@ from defender_agent.readers.cpu_usage import CpuTimes
 from defender_agent.readers.interfaces import InterfaceMap
 from defender_agent.readers.network_stats import InterfaceCounters
 
-__all__ = ["available", "cpu_times", "interface_counters", "interface_map", "socket_rows"]
+__all__ = [
+    "available",
+    "cpu_times",
+    "interface_counters",
+    "interface_map",
+    "process_names",
+    "socket_rows",
+]
 
 _UDP_UNCONNECTED = 7
 
@@ -46,8 +53,14 @@ def _packed(family: int, text: str) -> bytes:
     return socket.inet_pton(family, text.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%en0")
 
 
-def socket_rows() -> tuple[list[SocketRow], list[SocketRow]]:
-    """Return (TCP rows in LISTEN/ESTABLISHED, UDP rows) like the /proc parser's."""
+def socket_rows(
+    listener_pids: Optional[set[int]] = None,
+) -> tuple[list[SocketRow], list[SocketRow]]:
+    """Return (TCP rows in LISTEN/ESTABLISHED, UDP rows) like the /proc parser's.
+
+    When ``listener_pids`` is given, the pids owning listening sockets (TCP in
+    LISTEN, UDP without a peer) are added to it, where psutil may see them.
+    """
     ps = _psutil()
     tcp: list[SocketRow] = []
     udp: list[SocketRow] = []
@@ -64,10 +77,34 @@ def socket_rows() -> tuple[list[SocketRow], list[SocketRow]]:
             state = {"LISTEN": LISTEN, "ESTABLISHED": ESTABLISHED}.get(conn.status)
             if state is not None:
                 tcp.append((family, local, conn.laddr.port, remote, rport, state))
+            listening = state == LISTEN
         elif conn.type == socket.SOCK_DGRAM:
             state = ESTABLISHED if rport else _UDP_UNCONNECTED
             udp.append((family, local, conn.laddr.port, remote, rport, state))
+            listening = not rport
+        else:
+            continue
+        if listener_pids is not None and listening and conn.pid:
+            listener_pids.add(int(conn.pid))
     return tcp, udp
+
+
+def process_names(pids: set[int]) -> tuple[list[str], int]:
+    """The names of processes ``pids``, and how many could not be read (permission denied).
+
+    Processes that exited meanwhile are left out silently.
+    """
+    ps = _psutil()
+    names: list[str] = []
+    denied = 0
+    for pid in sorted(pids):
+        try:
+            names.append(ps.Process(pid).name())
+        except ps.AccessDenied:
+            denied += 1
+        except ps.NoSuchProcess:
+            continue
+    return names, denied
 
 
 def interface_map(wildcard: Optional[str]) -> InterfaceMap:
@@ -77,7 +114,9 @@ def interface_map(wildcard: Optional[str]) -> InterfaceMap:
     for name, addrs in ps.net_if_addrs().items():
         for addr in addrs:
             if addr.family == socket.AF_INET:
-                result.v4.setdefault(_packed(socket.AF_INET, addr.address), name)
+                packed = _packed(socket.AF_INET, addr.address)
+                result.v4.setdefault(packed, name)
+                result.local_v4.add(packed)
             elif addr.family == socket.AF_INET6:
                 result.v6.setdefault(_packed(socket.AF_INET6, addr.address), name)
     return result

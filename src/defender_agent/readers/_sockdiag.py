@@ -52,6 +52,7 @@ __all__ = [
     "build_request",
     "dump_sockets",
     "iter_dump",
+    "listener_inodes",
     "parse_messages",
 ]
 
@@ -74,6 +75,7 @@ _INT_U = struct.Struct("=I")
 _HDR_LEN = _HDR.size  # 16
 _ROW_LEN = _HDR_LEN + 72  # nlmsghdr + inet_diag_msg
 _AF_INET = socket.AF_INET
+_LISTEN = 10
 
 
 class SockDiagUnavailable(Exception):  # noqa: N818 - the name reads as the condition
@@ -218,6 +220,62 @@ def _parse_general(view: memoryview) -> tuple[list[SocketRow], bool]:
     return rows, False
 
 
+@functools.lru_cache(maxsize=16)
+def _listener_struct(length: int) -> struct.Struct:
+    """nlmsg_type, state, dport and inode of one whole reply of ``length`` bytes."""
+    return struct.Struct(f"=4xH11xB4xH60xI{length - _ROW_LEN}x")
+
+
+_LISTENER = _listener_struct(_ROW_LEN)
+
+
+def listener_inodes(buf: bytes | bytearray | memoryview, *, udp: bool) -> set[int]:
+    """The inodes of the listening sockets among the replies of one datagram.
+
+    Listening means what the listening ports count: state LISTEN for TCP, no
+    remote port for UDP. The inode is ``idiag_inode`` (offset 68 of the
+    ``inet_diag_msg``). A datagram of replies of one length is read in a C loop;
+    any other walks message by message, stopping at anything malformed (which
+    :func:`parse_messages` has already reported).
+
+    >>> reply = bytearray(_ROW_LEN)
+    >>> _HDR.pack_into(reply, 0, _ROW_LEN, SOCK_DIAG_BY_FAMILY, 2, 1, 0)
+    >>> reply[17] = 10                                      # LISTEN
+    >>> _INT_U.pack_into(reply, _HDR_LEN + 68, 1122239)
+    >>> listener_inodes(bytes(reply) * 2, udp=False)
+    {1122239}
+    """
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    end = len(view)
+    found: set[int] = set()
+    if end < _ROW_LEN:
+        return found
+    (length,) = _INT_U.unpack_from(view, 0)
+    if length >= _ROW_LEN and length % 4 == 0 and end % length == 0:
+        entries = list(_listener_struct(length).iter_unpack(view))
+        if all(entry[0] == SOCK_DIAG_BY_FAMILY for entry in entries):
+            _add_listeners(found, entries, udp=udp)
+            return found
+    entries = []
+    off = 0
+    while end - off >= _HDR_LEN:
+        length, mtype = _HDR_LEN_TYPE.unpack_from(view, off)
+        if length < _HDR_LEN or off + length > end:
+            break
+        if mtype == SOCK_DIAG_BY_FAMILY and length >= _ROW_LEN:
+            entries.append(_LISTENER.unpack_from(view, off))
+        off = (off + length + 3) & ~3
+    _add_listeners(found, entries, udp=udp)
+    return found
+
+
+def _add_listeners(found: set[int], entries: list[tuple[int, ...]], *, udp: bool) -> None:
+    if udp:
+        found.update(inode for _t, _state, dport, inode in entries if dport == 0 and inode)
+    else:
+        found.update(inode for _t, state, _dport, inode in entries if state == _LISTEN and inode)
+
+
 def _open_netlink() -> socket.socket:
     """Open the NETLINK_SOCK_DIAG socket (a seam for tests)."""
     af_netlink: int | None = getattr(socket, "AF_NETLINK", None)  # Linux only
@@ -226,12 +284,17 @@ def _open_netlink() -> socket.socket:
     return socket.socket(af_netlink, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
 
 
-def iter_dump(protocol: int, family: int, states: int) -> Iterator[list[SocketRow]]:
+def iter_dump(
+    protocol: int, family: int, states: int, inodes: set[int] | None = None
+) -> Iterator[list[SocketRow]]:
     """Yield the rows of a dump one datagram at a time (a few hundred rows each).
 
     Consumers that aggregate as they go keep the memory of a cycle bounded however
-    many sockets the host has. Arguments and errors as :func:`dump_sockets`.
+    many sockets the host has. Arguments and errors as :func:`dump_sockets`; when
+    ``inodes`` is given, the inodes of the listening sockets (:func:`listener_inodes`)
+    are added to it from the same datagrams.
     """
+    udp = protocol == socket.IPPROTO_UDP
     request = build_request(protocol, family, states)
     buf = bytearray(_RECV_BUFSIZE)
     view = memoryview(buf)
@@ -248,6 +311,8 @@ def iter_dump(protocol: int, family: int, states: int) -> Iterator[list[SocketRo
                 if n == 0:
                     raise SockDiagUnavailable("netlink socket closed before NLMSG_DONE")
                 chunk, done = parse_messages(view[:n])
+                if inodes is not None:
+                    inodes |= listener_inodes(view[:n], udp=udp)
                 if chunk:
                     yield chunk
     except socket.timeout as exc:

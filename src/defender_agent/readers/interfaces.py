@@ -114,12 +114,14 @@ class InterfaceMap:
         v4: packed IPv4 address → interface.
         v6: packed IPv6 address → interface.
         wildcard: the label for ``0.0.0.0``/``::`` binds (``None``: leave it out).
+        local_v4: every local IPv4 address (``v4`` names those within a route).
         missing: file name → why it could not be read (for the collector's health).
     """
 
     v4: dict[bytes, str] = field(default_factory=dict)
     v6: dict[bytes, str] = field(default_factory=dict)
     wildcard: Optional[str] = None
+    local_v4: set[bytes] = field(default_factory=set)
     missing: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, family: int, packed: bytes) -> Optional[str]:
@@ -173,8 +175,8 @@ def read_interface_map(procfs: ProcFS, wildcard: Optional[str] = None) -> Interf
             log.debug("cannot read net/%s: %s", name, exc)
     if "if_inet6" in texts:
         result.v6 = parse_if_inet6(texts["if_inet6"])
-    if "fib_trie" in texts and "route" in texts:
-        result.v4 = build_v4_map(
-            parse_fib_trie_local(texts["fib_trie"]), parse_route(texts["route"])
-        )
+    if "fib_trie" in texts:
+        result.local_v4 = parse_fib_trie_local(texts["fib_trie"])
+        if "route" in texts:
+            result.v4 = build_v4_map(result.local_v4, parse_route(texts["route"]))
     return result

@@ -59,6 +59,9 @@ class SocketTables:
         malformed: file name → number of malformed lines skipped.
         missing: file name → why it could not be read (only required files).
         source: the source actually used.
+        listener_inodes: the inodes of the listening sockets, when asked for
+            (``/proc`` and netlink).
+        listener_pids: the pids owning listening sockets, when asked for (psutil).
     """
 
     tcp: Optional[list[SocketRow]] = None
@@ -66,6 +69,8 @@ class SocketTables:
     malformed: dict[str, int] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     source: str = "proc"
+    listener_inodes: Optional[set[int]] = None
+    listener_pids: Optional[set[int]] = None
 
 
 def resolve_source(requested: SocketSource, procfs: ProcFS) -> ResolvedSource:
@@ -101,14 +106,16 @@ def _proc_chunks(procfs: ProcFS, status: SocketTables) -> Iterator[tuple[str, li
                 else:
                     log.debug("%s not readable (no IPv6?): %s", name, exc)
                 continue
-            rows, bad = parse_socket_table(data, family, states)
+            rows, bad = parse_socket_table(
+                data, family, states, inodes=status.listener_inodes, udp=proto == "udp"
+            )
             del data
             if bad:
                 status.malformed[f"net/{name}"] = bad
             yield proto, rows
 
 
-def _netlink_chunks() -> Iterator[tuple[str, list[SocketRow]]]:
+def _netlink_chunks(status: SocketTables) -> Iterator[tuple[str, list[SocketRow]]]:
     tcp_states = (1 << ESTABLISHED) | (1 << LISTEN)
     udp_states = 1 << _UDP_UNCONNECTED
     for proto, number, states in (
@@ -116,7 +123,7 @@ def _netlink_chunks() -> Iterator[tuple[str, list[SocketRow]]]:
         ("udp", socket.IPPROTO_UDP, udp_states),
     ):
         for family in (socket.AF_INET, socket.AF_INET6):
-            for chunk in _sockdiag.iter_dump(number, family, states):
+            for chunk in _sockdiag.iter_dump(number, family, states, status.listener_inodes):
                 yield proto, chunk
 
 
@@ -126,11 +133,14 @@ def _chunks(
     """Yield ``("tcp"|"udp", rows)`` chunks, recording missing and malformed files in ``status``."""
     status.source = resolved
     if resolved == "psutil":
-        tcp, udp = _psutil.socket_rows()
+        if status.listener_inodes is not None:
+            status.listener_inodes = None
+            status.listener_pids = set()
+        tcp, udp = _psutil.socket_rows(status.listener_pids)
         yield "tcp", tcp
         yield "udp", udp
     elif resolved == "netlink":
-        yield from _netlink_chunks()
+        yield from _netlink_chunks(status)
     else:
         yield from _proc_chunks(procfs, status)
 
@@ -139,14 +149,15 @@ def _with_fallback(
     procfs: ProcFS,
     source: SocketSource,
     consume: Callable[[Iterator[tuple[str, list[SocketRow]]], SocketTables], T],
+    listeners: bool = False,
 ) -> T:
     resolved = resolve_source(source, procfs)
-    status = SocketTables()
+    status = SocketTables(listener_inodes=set() if listeners else None)
     try:
         return consume(_chunks(procfs, resolved, status), status)
     except _sockdiag.SockDiagUnavailable as exc:
         log.debug("netlink sock_diag failed, reading /proc instead: %s", exc)
-    status = SocketTables()
+    status = SocketTables(listener_inodes=set() if listeners else None)
     return consume(_chunks(procfs, "proc", status), status)
 
 
@@ -179,7 +190,12 @@ class SocketSummary:
         udp_ports: listening UDP ports (``None``: ``net/udp`` unreadable).
         connections: the chosen established connections (``None``: ``net/tcp`` unreadable).
         connections_total: how many established connections there are.
-        status: the source used, and the missing and malformed files.
+        status: the source used, the missing and malformed files, and the
+            listeners' inodes or pids when asked for.
+        remote_peers: when asked for, the packed remote address (4 or 16
+            bytes, as the source gives it) of every established TCP
+            connection, loopback included (``None``: not asked for, or
+            ``net/tcp`` unreadable).
     """
 
     tcp_ports: Optional[list[ListeningPort]]
@@ -187,6 +203,7 @@ class SocketSummary:
     connections: Optional[list[Connection]]
     connections_total: int
     status: SocketTables
+    remote_peers: Optional[set[bytes]] = None
 
 
 def summarize_sockets(
@@ -196,11 +213,15 @@ def summarize_sockets(
     source: SocketSource = "auto",
     include_loopback: bool = False,
     limit: Optional[int] = None,
+    remote_peers: bool = False,
+    listeners: bool = False,
 ) -> SocketSummary:
     """Stream the socket tables into listening ports and chosen connections.
 
     Rows arrive a datagram (netlink) or a file (/proc) at a time and are folded into
     the result at once, so a cycle's memory does not grow with the number of sockets.
+    ``remote_peers`` and ``listeners`` also gather, from the same read, what the
+    ``remote_ips`` and ``listening_processes`` custom metrics need.
     """
 
     def consume(
@@ -209,10 +230,13 @@ def summarize_sockets(
         tcp_ports = PortSet(interfaces)
         udp_ports = PortSet(interfaces)
         selector = ConnectionSelector(limit, include_loopback=include_loopback)
+        peers: Optional[set[bytes]] = set() if remote_peers else None
         for proto, rows in chunks:
             if proto == "tcp":
                 tcp_ports.add_tcp(rows)
                 selector.add(rows)
+                if peers is not None:
+                    peers.update([row[3] for row in rows if row[5] == ESTABLISHED])
             else:
                 udp_ports.add_udp(rows)
         tcp_ok = "net/tcp" not in status.missing
@@ -223,6 +247,7 @@ def summarize_sockets(
             connections=selector.connections(interfaces) if tcp_ok else None,
             connections_total=selector.total,
             status=status,
+            remote_peers=peers if tcp_ok else None,
         )
 
-    return _with_fallback(procfs, source, consume)
+    return _with_fallback(procfs, source, consume, listeners)
