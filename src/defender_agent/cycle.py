@@ -45,12 +45,9 @@ from defender_agent.readers.network_stats import (
 from defender_agent.readers.sockets import resolve_source, summarize_sockets
 from defender_agent.state import ReportIdSequence, StateDir
 
-__all__ = ["PSUTIL_MISSING", "Collector", "CollectorConfig", "Snapshot"]
+__all__ = ["Collector", "CollectorConfig", "Snapshot"]
 
 log = logging.getLogger(__name__)
-
-#: The error when the psutil source is chosen but psutil cannot be imported.
-PSUTIL_MISSING = "psutil is not installed: pip install 'defender-agent[psutil]'"
 
 
 @dataclass
@@ -84,7 +81,7 @@ class Collector:
         self.procfs = ProcFS(self.config.proc_root)
         self._source = resolve_source(self.config.socket_source, self.procfs)
         if self._source == "psutil" and not _psutil.available():
-            raise ConfigError(PSUTIL_MISSING)
+            raise ConfigError(_psutil.NOT_INSTALLED)
         self._psutil = self._source == "psutil"
         self._ids = ReportIdSequence(StateDir(state_dir) if state_dir else None, clock)
         self._previous: Optional[Snapshot] = None

@@ -5,7 +5,6 @@
     AgentError
     ├── ConfigError            bad configuration value or option (names the key)
     ├── CollectorError         a metric source failed
-    │   └── ProcParseError     a /proc file could not be parsed (names the file and line)
     ├── ReportError            a report could not be built, encoded or decoded
     │   ├── ReportDecodeError  a payload is not a JSON object / CBOR map
     │   └── ReportTooLargeError     a report cannot be made to fit the size limit
@@ -26,7 +25,6 @@ __all__ = [
     "CollectorError",
     "ConfigError",
     "ConnectError",
-    "ProcParseError",
     "PublishError",
     "ReportDecodeError",
     "ReportError",
@@ -47,10 +45,6 @@ class ConfigError(AgentError):
 
 class CollectorError(AgentError):
     """A metric source could not be read."""
-
-
-class ProcParseError(CollectorError):
-    """A /proc file could not be parsed at all (single bad lines are skipped, not raised)."""
 
 
 class ReportError(AgentError):

@@ -19,6 +19,7 @@ from defender_agent.readers.interfaces import InterfaceMap
 from defender_agent.readers.network_stats import InterfaceCounters
 
 __all__ = [
+    "NOT_INSTALLED",
     "available",
     "cpu_times",
     "interface_counters",
@@ -29,14 +30,15 @@ __all__ = [
 
 _UDP_UNCONNECTED = 7
 
+#: The one-line error when psutil is needed but cannot be imported.
+NOT_INSTALLED = "psutil is not installed: pip install 'defender-agent[psutil]'"
+
 
 def _psutil() -> Any:  # noqa: ANN401 - psutil is optional and imported lazily
     try:
         import psutil  # noqa: PLC0415
     except ImportError as exc:
-        raise CollectorError(
-            "psutil is not installed (pip install 'defender-agent[psutil]')"
-        ) from exc
+        raise CollectorError(NOT_INSTALLED) from exc
     return psutil
 
 
