@@ -251,6 +251,7 @@ def test_remote_ips_is_the_connection_set_of_the_same_cycle(
                 report = collector.cycle()
                 assert collector.health()["socket_source"] == source
     assert report is not None and report.tcp_connections is not None
+    assert report.tcp_connections.connections is not None
     values = {m.name: list(m.value) for m in report.custom_metrics}  # type: ignore[arg-type]
     connections = {c.remote_ip for c in report.tcp_connections.connections}
     assert address in connections

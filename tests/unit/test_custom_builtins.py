@@ -476,6 +476,7 @@ def test_socket_builtins_take_the_cycles_one_read(monkeypatch: pytest.MonkeyPatc
     reads.clear()
     report = collector.cycle()
     assert report is not None and report.tcp_connections is not None
+    assert report.tcp_connections.connections is not None
     for name in ("tcp", "tcp6", "udp", "udp6", "fib_trie", "if_inet6", "route"):
         assert reads[f"net/{name}"] == 1, name
     values = {m.name: list(m.value) for m in report.custom_metrics}  # type: ignore[arg-type]

@@ -20,12 +20,12 @@ from defender_agent.custom.checks import (
     check_value,
     parse_type,
     sanitize_string,
-    significant_digits,
 )
 from defender_agent.model import CustomMetric, CustomMetricType, Report
 from defender_agent.report.document import to_document
 from defender_agent.report.names import NameStyle
 from defender_agent.report.validate import validate_document
+from defender_agent.rules import significant_digits
 
 N = CustomMetricType.NUMBER
 NL = CustomMetricType.NUMBER_LIST
@@ -142,13 +142,6 @@ def test_cleaned_floats_pass_the_validator(value: float) -> None:
     assert isinstance(cleaned, float)
     report = Report(report_id=1, custom_metrics=(CustomMetric("x", N, cleaned),))
     assert validate_document(to_document(report)) == []
-
-
-def test_significant_digits() -> None:
-    assert significant_digits(120.50) == 4
-    assert significant_digits(0.001) == 1
-    assert significant_digits(-42) == 2
-    assert significant_digits(33.333333333333336) == 17
 
 
 # --------------------------------------------------------------------------- strings and IPs

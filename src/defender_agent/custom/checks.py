@@ -1,8 +1,9 @@
 """The rules a custom metric's name and value must follow before they go into a report.
 
-They are the rules of protocol.md §2.6 and §3, the ones the service applies
-silently (a value that breaks them is accepted but dropped), checked here so
-that a bad value is left out with a warning instead of vanishing:
+They are the rules of protocol.md §2.6 and §7.7 (kept in :mod:`defender_agent.rules`),
+the ones the service applies silently (a value that breaks them is accepted but
+dropped), checked here so that a bad value is left out with a warning instead of
+vanishing:
 
 * **name**: 1 to 128 characters of ``[a-zA-Z0-9:_-]``, not starting with ``aws:``;
 * **number**: finite, an integer within ±2**63, at most 15 significant digits.
@@ -34,15 +35,25 @@ import decimal
 import ipaddress
 import math
 import numbers
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Optional, Union
 
 from defender_agent.model import CustomMetricType, CustomValue
+from defender_agent.rules import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_SIGNIFICANT_DIGITS,
+    STRING_VALUE_PATTERN,
+    custom_metric_name_problem,
+    is_kept_string,
+    parse_ip,
+    plain_ip,
+    sanitize_string,
+    significant_digits,
+)
 
 __all__ = [
-    "MAX_SIGNIFICANT_DIGITS",
     "Invalid",
     "check_ip",
     "check_name",
@@ -51,15 +62,8 @@ __all__ = [
     "check_value",
     "parse_type",
     "sanitize_string",
-    "significant_digits",
 ]
 
-MAX_SIGNIFICANT_DIGITS: Final = 15
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**63 - 1
-_NAME: Final = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-_STRING: Final = re.compile(r"[A-Za-z0-9:_\-/.]+")
-_NOT_STRING_CHAR: Final = re.compile(r"[^A-Za-z0-9:_\-/.]")
 _SHOWN: Final = 40  # characters of a bad value quoted in a reason
 
 Number = Union[int, float]
@@ -85,11 +89,8 @@ def check_name(name: object) -> Optional[str]:
     """  # noqa: E501 - a doctest output line
     if not isinstance(name, str):
         return f"expected a string, got {type(name).__name__}"
-    if not _NAME.fullmatch(name):
-        return f"{_show(name)} does not match [a-zA-Z0-9:_-]{{1,128}}"
-    if name.startswith("aws:"):
-        return f"{_show(name)} starts with 'aws:' (reserved for AWS metrics)"
-    return None
+    problem = custom_metric_name_problem(name)
+    return None if problem is None else f"{_show(name)} {problem}"
 
 
 def parse_type(value: object) -> CustomMetricType:
@@ -112,16 +113,6 @@ def parse_type(value: object) -> CustomMetricType:
     raise ValueError(f"expected one of {choices}, got {_show(value)}")
 
 
-def significant_digits(number: Number) -> int:
-    """Digits of precision, without leading and trailing zeros, as the validator counts them.
-
-    >>> significant_digits(120.50), significant_digits(0.001), significant_digits(10**20)
-    (4, 1, 1)
-    """
-    text = str(abs(number)) if isinstance(number, int) else repr(abs(number)).split("e")[0]
-    return len(text.replace(".", "").strip("0"))
-
-
 def check_number(value: object) -> Union[Number, Invalid]:
     """A finite number for a report: floats rounded to 15 significant digits, integers exact.
 
@@ -140,7 +131,7 @@ def check_number(value: object) -> Union[Number, Invalid]:
         return Invalid(f"expected a number, got {_show(value)}")
     if isinstance(value, numbers.Integral):
         number: Number = int(value)
-        if not _INT_MIN <= number <= _INT_MAX:
+        if not INT64_MIN <= number <= INT64_MAX:
             return Invalid(f"{number} is outside the 64-bit integer range")
     else:
         try:
@@ -175,18 +166,9 @@ def check_string(value: object) -> Union[str, Invalid]:
         return Invalid(f"expected a string, got {_show(value)}")
     if not value:
         return Invalid("empty string")
-    if not _STRING.fullmatch(value):
-        return Invalid(f"{_show(value)} has characters outside [A-Za-z0-9:_-/.]")
+    if not is_kept_string(value):
+        return Invalid(f"{_show(value)} has characters outside {STRING_VALUE_PATTERN}")
     return value
-
-
-def sanitize_string(text: str) -> str:
-    """Replace the characters a string-list value may not have by ``_`` (for built-in values).
-
-    >>> sanitize_string("avahi-daemon: r"), sanitize_string("")
-    ('avahi-daemon:_r', '_')
-    """
-    return _NOT_STRING_CHAR.sub("_", text) or "_"
 
 
 def check_ip(value: object) -> Union[str, Invalid]:
@@ -196,19 +178,13 @@ def check_ip(value: object) -> Union[str, Invalid]:
     ('2001:db8::1', '192.0.2.1')
     """
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address] = value
-    elif not isinstance(value, str):
+        return str(plain_ip(value))
+    if not isinstance(value, str):
         return Invalid(f"expected an IP address string, got {_show(value)}")
-    elif "%" in value:  # ipaddress accepts IPv6 zone ids; reports may not carry them
-        return Invalid(f"{_show(value)} has a zone id")
-    else:
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            return Invalid(f"{_show(value)} is not an IPv4 or IPv6 address")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    try:
+        return str(plain_ip(parse_ip(value)))
+    except ValueError as exc:
+        return Invalid(f"{_show(value)} {exc}")
 
 
 def _items(value: object) -> Union[list[object], Invalid]:

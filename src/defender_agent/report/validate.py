@@ -22,7 +22,6 @@ header.report_id: expected an integer from 1 to 2**63-1, got 0
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import math
 import re
@@ -38,6 +37,19 @@ from defender_agent.errors import ReportDecodeError
 from defender_agent.model import Report
 from defender_agent.report.decode import decode_report
 from defender_agent.report.names import CUSTOM_VALUE_KEYS, LONG_TO_SHORT, SHORT_TO_LONG, NameStyle
+from defender_agent.rules import (
+    CUSTOM_METRIC_NAME_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_SIGNIFICANT_DIGITS,
+    RESERVED_NAME_PREFIX,
+    STRING_VALUE_PATTERN,
+    is_custom_metric_name,
+    is_kept_string,
+    parse_ip,
+    significant_digits,
+    split_remote_addr,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -51,7 +63,6 @@ __all__ = [
     "validate_payload",
 ]
 
-_INT_MAX: Final = 2**63 - 1  # no integer in a report may be larger (signed 64-bit)
 _SELF_DESCRIBED_CBOR: Final = b"\xd9\xd9\xf7"  # tag 55799, RFC 8949 §3.4.6
 
 
@@ -220,8 +231,8 @@ def _is_int(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _integer(low: int, high: int = _INT_MAX) -> _Check:
-    top = "2**63-1" if high == _INT_MAX else str(high)
+def _integer(low: int, high: int = INT64_MAX) -> _Check:
+    top = "2**63-1" if high == INT64_MAX else str(high)
     return _leaf(f"an integer from {low} to {top}", lambda v: _is_int(v, low, high))
 
 
@@ -237,61 +248,49 @@ def _version(walk: _Walk, value: object, path: str) -> None:
         walk.add(path, f"expected one of the versions {', '.join(sorted(accepted))}, got {value!r}")
 
 
-def _ip_version(text: str) -> Optional[int]:
-    """4 or 6 for a bare IP address (no port, prefix or zone id), else None."""
-    if "%" in text:  # ipaddress accepts IPv6 zone ids since Python 3.9
-        return None
+def _is_ip(value: object) -> bool:
+    """Whether ``value`` is a bare IPv4 or IPv6 address (no port, prefix or zone id)."""
     try:
-        return ipaddress.ip_address(text).version
+        return isinstance(value, str) and parse_ip(value) is not None
     except ValueError:
-        return None
-
-
-def _addr_problem(text: str) -> Optional[str]:
-    """Why ``text`` is not ``a.b.c.d:port`` or ``[ipv6]:port`` (§2.4); None if it is."""
-    bracketed = text.startswith("[")
-    host, sep, port = text[1:].partition("]:") if bracketed else text.rpartition(":")
-    if not bracketed and ":" in host:
-        return "an IPv6 address must be in brackets"
-    if not sep:
-        return "no port"
-    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        return f"bad port {port!r}"
-    version = 6 if bracketed else 4
-    return None if _ip_version(host) == version else f"{host!r} is not an IPv{version} address"
+        return False
 
 
 def _remote_addr(walk: _Walk, value: object, path: str) -> None:
-    why = _addr_problem(value) if isinstance(value, str) else "not a string"
-    if why:
-        expected = "expected 'a.b.c.d:port' or '[ipv6]:port' with a port from 0 to 65535"
-        walk.add(path, f"{expected}, got {_describe(value)} ({why})")
-
-
-def _significant_digits(number: Union[int, float]) -> int:
-    """Digits of precision, without leading and trailing zeros: 120.50 -> 4."""
-    text = str(abs(number)) if isinstance(number, int) else repr(abs(number)).split("e")[0]
-    return len(text.replace(".", "").strip("0"))
+    why = "not a string"
+    if isinstance(value, str):
+        try:
+            split_remote_addr(value)
+        except ValueError as exc:
+            why = str(exc)
+        else:
+            return
+    expected = "expected 'a.b.c.d:port' or '[ipv6]:port' with a port from 0 to 65535"
+    walk.add(path, f"{expected}, got {_describe(value)} ({why})")
 
 
 def _number(walk: _Walk, value: object, path: str) -> None:
     if not (
-        (isinstance(value, float) and math.isfinite(value))
-        or _is_int(value, -_INT_MAX - 1, _INT_MAX)
+        (isinstance(value, float) and math.isfinite(value)) or _is_int(value, INT64_MIN, INT64_MAX)
     ):
         walk.add(path, f"expected a finite number (integers within ±2**63), got {_describe(value)}")
         return
     assert isinstance(value, (int, float))  # narrowing: the test above passed
-    if (digits := _significant_digits(value)) > 15:
-        dropped = "Device Defender keeps at most 15 and drops the value (protocol §2.6)"
+    if (digits := significant_digits(value)) > MAX_SIGNIFICANT_DIGITS:
+        dropped = (
+            f"Device Defender keeps at most {MAX_SIGNIFICANT_DIGITS} and drops the value "
+            "(protocol §2.6)"
+        )
         walk.add(path, f"{value!r} has {digits} significant digits; {dropped}", Severity.WARNING)
 
 
 def _string_value(walk: _Walk, value: object, path: str) -> None:
     if not isinstance(value, str):
         walk.add(path, f"expected a string, got {_describe(value)}")
-    elif not re.fullmatch(r"[A-Za-z0-9:_\-/.]+", value):
-        what = "empty string" if not value else f"{value!r} has characters outside [A-Za-z0-9:_-/.]"
+    elif not is_kept_string(value):
+        what = (
+            f"{value!r} has characters outside {STRING_VALUE_PATTERN}" if value else "empty string"
+        )
         walk.add(path, f"{what}; Device Defender drops it (protocol §2.6)", Severity.WARNING)
 
 
@@ -300,10 +299,7 @@ _VALUE_SPECS: Final[Mapping[str, _Spec]] = {  # the one key inside a custom valu
     "number_list": _ListOf(_number, "numbers"),
     "string_list": _ListOf(_string_value, "strings"),
     "ip_list": _ListOf(
-        _leaf(
-            "an IPv4 or IPv6 address without port, prefix or zone",
-            lambda v: isinstance(v, str) and _ip_version(v) is not None,
-        ),
+        _leaf("an IPv4 or IPv6 address without port, prefix or zone", _is_ip),
         "IP address strings",
     ),
 }
@@ -337,10 +333,12 @@ def _custom_metrics(walk: _Walk, value: object, path: str) -> None:
     for name, entry in value.items():
         where = _join(path, name)
         if not isinstance(name, str) or (
-            walk.policy.check_custom_metric_names
-            and (not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}", name) or name.startswith("aws:"))
+            walk.policy.check_custom_metric_names and not is_custom_metric_name(name)
         ):
-            expected = "a name matching [a-zA-Z0-9:_-]{1,128}, not starting with 'aws:'"
+            expected = (
+                f"a name matching {CUSTOM_METRIC_NAME_PATTERN}, "
+                f"not starting with {RESERVED_NAME_PREFIX!r}"
+            )
             walk.add(where, f"expected {expected}, got {_describe(name)}")
         _custom_value(walk, entry, where)
 
