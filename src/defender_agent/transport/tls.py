@@ -2,7 +2,7 @@
 
 awscrt reports a bad certificate, key or CA only as ``AWS_IO_TLS_CTX_ERROR``
 (which file?) or, for an untrusted server, after a 10-30 s s2n "blinding"
-delay (platform.md §4.4). :func:`check_tls_files` checks the files with the
+delay. :func:`check_tls_files` checks the files with the
 standard library first, so a configuration mistake is a one-line
 :class:`~defender_agent.errors.TlsSetupError` that names the file:
 
@@ -13,7 +13,8 @@ standard library first, so a configuration mistake is a one-line
 
 Problems that do not stop a connection come back as warnings: a private key
 other users can read, a certificate about to expire, an expired certificate
-in the CA bundle.
+in the CA bundle, a CA file that holds no CA certificate (a device certificate
+given as the CA, say).
 
 Example:
     >>> from defender_agent.transport.base import MqttSettings
@@ -131,6 +132,12 @@ def _check_ca(path: Path) -> list[str]:
             f"CA file {path} does not parse as PEM certificates: {_ssl_reason(exc)}"
         ) from exc
     warnings = []
+    if not context.cert_store_stats().get("x509_ca"):  # OpenSSL's X509_check_ca on each one
+        first = _decode_cert(path)
+        warnings.append(
+            f"CA file {path} holds no CA certificate ({_subject(first or {})} is not a CA); "
+            "is it the device certificate?"
+        )
     now = time.time()
     for cert in context.get_ca_certs():
         not_after = cert.get("notAfter")
