@@ -1,7 +1,7 @@
 """Test fronts on 127.0.0.1 that check one thing a client must do, then relay to mosquitto.
 
-mosquitto cannot insist on ALPN, does not check SigV4, and is no proxy
-(platform.md §5, §6), so these small servers sit in front of its TLS listener:
+mosquitto cannot insist on ALPN, does not check SigV4, and is no proxy,
+so these small servers sit in front of its TLS listener:
 
 * :class:`AlpnFront` — a TLS server that requires a client certificate from
   the test CA and closes every connection that did not select ALPN

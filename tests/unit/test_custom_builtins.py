@@ -85,7 +85,7 @@ def test_every_builtin_is_created_with_its_declared_name_and_type(host: ProcFS) 
 def test_cpu_usage_baseline_then_delta(tmp_path: Path) -> None:
     shutil.copyfile(HOST / "stat", tmp_path / "stat")
     cpu = CpuUsage(ProcFS(tmp_path))
-    assert cpu.sample() is None  # the baseline (pitfalls.md B19)
+    assert cpu.sample() is None  # the baseline
     shutil.copyfile(HOST / "stat.next", tmp_path / "stat")
     assert cpu.sample() == 0.25  # 1 busy jiffy of 399
     assert cpu.sample() is None  # no time passed since

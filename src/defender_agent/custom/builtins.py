@@ -116,7 +116,7 @@ def _is_pid(name: str) -> bool:
 class CpuUsage:
     """``cpu_usage``: CPU busy % between two samples of the ``cpu`` line of ``stat``.
 
-    The first sample is the baseline and yields no value (pitfalls.md B19).
+    The first sample is the baseline and yields no value.
 
     Args:
         procfs: the proc filesystem.

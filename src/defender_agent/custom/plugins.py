@@ -17,7 +17,7 @@ The object it points to provides:
 
 A plugin is only used when its entry point's name is listed in
 ``[custom_metrics] enabled``: installing a package never adds a metric to the
-reports by itself (pitfalls.md B20). Plugins run inside the agent, so a plugin
+reports by itself. Plugins run inside the agent, so a plugin
 must be quick; exceptions are caught and the metric left out.
 """
 

@@ -8,8 +8,7 @@ The line holds cumulative jiffies per mode::
 Usage over an interval is the share of non-idle time between two readings
 (idle and iowait count as idle; guest time is already inside user). A single
 reading says nothing, so the first sample only sets the baseline — unlike
-the public sample, whose first ``cpu_percent()`` is 0.0 or 100.0
-(pitfalls.md B19).
+the public sample, whose first ``cpu_percent()`` is 0.0 or 100.0.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ always ``lo``.
 Binds to the wildcard address (``0.0.0.0`` or ``::``) belong to every
 interface; they get the configured wildcard label, which by default is
 ``None``: the report then leaves ``interface`` out rather than inventing a
-name or writing ``null`` or ``"0.0.0.0"`` (pitfalls.md B15).
+name or writing ``null`` or ``"0.0.0.0"``.
 """
 
 from __future__ import annotations

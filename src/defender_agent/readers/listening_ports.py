@@ -4,7 +4,7 @@ A TCP socket listens when its state is LISTEN. A UDP socket listens when it is
 bound to a port and has no remote peer (remote port 0) — the rule osquery
 uses; connected client sockets (a DNS lookup, an NTP query) are not
 listeners, and counting them would make the port set change from report to
-report (pitfalls.md B14).
+report.
 
 Entries are merged on ``(port, interface)``: the same port bound on IPv4 and
 IPv6 (or by several SO_REUSEPORT sockets) is one entry. The result is sorted,

@@ -4,7 +4,7 @@ Each ESTABLISHED socket gives one connection: the remote address and port
 (IPv4-mapped IPv6 shown as IPv4), the local port and the interface of the
 local address. Connections whose remote end is a loopback address are left
 out unless asked for: they never leave the device, and the public sample
-reporting them was a bug (pitfalls.md B18).
+reporting them was a bug.
 
 When there are more connections than the report may list, the choice is
 deterministic and favours coverage of remote addresses, which is what

@@ -1,9 +1,9 @@
 """A strict embedded MQTT broker for the sandbox: amqtt 0.12.1 made to behave like AWS IoT.
 
-Stock amqtt is wrong for Device Defender in two ways (platform.md §7.1): client
+Stock amqtt is wrong for Device Defender in two ways: client
 certificates are optional, and every PUBLISH to a ``$`` topic is PUBACKed and then
 dropped, with the client's message loop stopped and its socket left open.
-:class:`StrictBroker` overrides exactly what platform.md §7.2 names (amqtt private
+:class:`StrictBroker` overrides exactly these (amqtt private
 methods, so ``amqtt==0.12.1`` is pinned):
 
 * ``_create_ssl_context``: the listener requires a client certificate from the

@@ -7,7 +7,7 @@ MQTT itself is turned into awscrt objects here, in one place:
   server-only TLS for WebSocket), the CA file or the system store, TLS 1.2 at
   least, the server certificate always verified, and ALPN ``x-amzn-mqtt-ca``
   when asked or on port 443. The context is built here rather than by the
-  awsiotsdk builders, which add ALPN only on port 443 (platform.md §5).
+  awsiotsdk builders, which add ALPN only on port 443.
 * :func:`build_socket_options` — the TCP connect timeout.
 * :func:`build_proxy_options` — an HTTP CONNECT tunnel, with basic auth.
 * :func:`signing_region` and :func:`sigv4_handshake_transform` — WebSocket
