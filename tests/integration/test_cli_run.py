@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import proc_fixture
+from tests.mqtt_infra.pki import Pki
 
 EXE = [sys.executable, "-m", "defender_agent"]
 
@@ -192,3 +194,68 @@ def test_status_without_a_state_file(tmp_path: Path) -> None:
     result = run("status", "--state-dir", str(tmp_path))
     assert result.returncode == 1
     assert b"no agent status in" in result.stdout
+
+
+def test_run_help_shows_the_defaults() -> None:
+    text = " ".join(run("run", "--help").stdout.decode().split())
+    for fragment in (
+        "reports; Device Defender accepts one per thing every 300 s (default: 300)",
+        "report encoding (default: json)",
+        "up to this many seconds (default: 30)",
+        "MQTT keep-alive in seconds (default: 1200)",
+        "(default: the host name)",
+    ):
+        assert fragment in text, fragment
+
+
+def test_log_level_before_and_after_the_command(tmp_path: Path) -> None:
+    base = ["-d", "-i", "1", "--allow-short-interval", "--splay", "0", "-id", "t"]
+    for words in (
+        ["--log-level", "debug", "run", *base, "--state-dir", str(tmp_path / "a")],
+        ["run", "--log-level", "debug", *base, "--state-dir", str(tmp_path / "b")],
+    ):
+        state = Path(words[words.index("--state-dir") + 1])
+        proc = spawn(*words)
+        try:
+            wait_for_file(state / "status.json")
+            proc.terminate()
+            _out, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        assert "debug: configuration: {" in err.decode(), words
+
+
+def test_a_string_for_a_number_in_the_file_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[agent]\ndry_run = true\ninterval = "300"\n')
+    result = run("run", "--config", str(config), "--state-dir", str(tmp_path))
+    err = result.stderr.decode()
+    assert result.returncode == 2
+    assert f"{config}: agent.interval: expected a whole number, got the string '300'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_key_permission_warning_is_printed_once(pki: Pki, tmp_path: Path) -> None:
+    cert, key = pki.client("thing1")
+    readable = tmp_path / "key.pem"
+    readable.write_bytes(key.read_bytes())
+    readable.chmod(0o644)
+    with socket.socket() as probe:  # a port nobody listens on: every connect fails
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = spawn(
+        "run",
+        *("-e", "127.0.0.1", "--port", str(port), "-r", str(pki.ca), "-c", str(cert)),
+        *("-k", str(readable), "-id", "thing1", "-i", "1", "--allow-short-interval"),
+        *("--splay", "0", "--state-dir", str(tmp_path / "s")),
+    )
+    try:
+        time.sleep(4)  # several connection attempts
+        proc.terminate()
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    text = err.decode()
+    assert text.count("retrying in") >= 2, text
+    assert text.count("is readable by other users") == 1, text

@@ -207,7 +207,7 @@ def test_each_command_checks_only_its_own_rules() -> None:
     with pytest.raises(ConfigError, match="mutual TLS needs --cert-file"):
         load_config({}, environ={}, command="service")
     assert load_config({"service_tls": False}, environ={}, command="service").service.tls is False
-    with pytest.raises(ConfigError, match="shared-group is supported with MQTT 3.1.1 only"):
+    with pytest.raises(ConfigError, match=r"shared-group is supported with MQTT 3\.1\.1 only"):
         load_config(
             {"service_tls": False, "service_mqtt5": True, "service_shared_group": "g"},
             environ={},

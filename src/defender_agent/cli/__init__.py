@@ -8,7 +8,8 @@
 * ``aws-setup`` — the AWS calls that create the configured custom metrics and a security profile.
 * ``data`` — query the local service's stored metric values (things, list-metric-values, export).
 
-Errors are one line on stderr; bad options exit 2, never a traceback.
+Errors are one line on stderr; bad options exit 2, never a traceback. ``--log-level``,
+``--log-format`` and ``--config`` go before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Callable, Optional
 
 from defender_agent import __version__
@@ -36,8 +38,19 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("defender_agent")
 
 
+#: Options accepted before the subcommand as well as after it: flag -> dest
+_GLOBAL_OPTIONS: dict[str, str] = {
+    "--log-level": "log_level",
+    "--log-format": "log_format",
+    "--config": "config",
+}
+
+
 def build_parser(load: Optional[Collection[str]] = None) -> Parser:
     """Build the argument parser (exposed for documentation and tests).
+
+    ``--log-level``, ``--log-format`` and ``--config`` are accepted before the
+    subcommand and after it; after it wins.
 
     Args:
         load: the subcommands whose modules are imported and whose options are
@@ -50,13 +63,7 @@ def build_parser(load: Optional[Collection[str]] = None) -> Parser:
         "builds, validates and publishes Device Defender reports.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        dest="global_log_level",
-        default="warning",
-        choices=("debug", "info", "warning", "error"),
-        help="log verbosity on stderr for collect/validate (default: warning)",
-    )
+    _add_global_options(parser, "global_")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
@@ -68,9 +75,48 @@ def build_parser(load: Optional[Collection[str]] = None) -> Parser:
                 log.debug("%s unavailable: %s", name, exc)
                 stub = sub.add_parser(name, help=f"{summary} (unavailable: {exc.name} missing)")
                 stub.set_defaults(func=_unavailable(name, exc))
+            _add_global_options(sub.choices[name], "")
         else:
             sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The global options the command's own parser does not define already."""
+    defined = parser._option_string_actions
+    if "--log-level" not in defined:
+        parser.add_argument(
+            "--log-level",
+            dest=prefix + "log_level",
+            default=None,
+            choices=("debug", "info", "warning", "error"),
+            help="log verbosity on stderr (default: warning, info for run and service)",
+        )
+    if "--log-format" not in defined:
+        parser.add_argument(
+            "--log-format",
+            dest=prefix + "log_format",
+            default=None,
+            choices=("text", "json"),
+            help="log line format (default: text)",
+        )
+    if prefix and "--config" not in defined:
+        parser.add_argument(
+            "--config",
+            dest=prefix + "config",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="TOML config file, for the commands that read one "
+            "(default: $DEFENDER_AGENT_CONFIG, else /etc/defender-agent/config.toml if present)",
+        )
+
+
+def _merge_global_options(args: argparse.Namespace) -> None:
+    """Give each command the options given before it, unless it was given them after it."""
+    for dest in _GLOBAL_OPTIONS.values():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, getattr(args, "global_" + dest, None))
 
 
 def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], int]:
@@ -84,12 +130,16 @@ def _unavailable(name: str, exc: ImportError) -> Callable[[argparse.Namespace], 
 
 
 def _command_name(argv: Sequence[str]) -> Optional[str]:
-    """The subcommand in ``argv`` (the first word that is not an option or its value)."""
+    """The subcommand in ``argv`` (the first word that is not an option or its value).
+
+    >>> _command_name(["--log-level", "debug", "--config=x.toml", "collect", "-n", "1"])
+    'collect'
+    """
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--log-level":
+        elif arg in _GLOBAL_OPTIONS:
             skip = True
         elif not arg.startswith("-"):
             return arg
@@ -101,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     name = _command_name(words)
     args = build_parser(None if name not in COMMANDS else {name}).parse_args(words)
-    setup_logging(args.global_log_level)
+    _merge_global_options(args)
+    setup_logging(args.log_level or "warning", args.log_format or "text")
     try:
         return int(args.func(args))
     except AgentError as exc:

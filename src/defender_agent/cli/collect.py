@@ -1,8 +1,14 @@
 """``defender-agent collect``: the public sample's standalone collector, same options.
 
-Prints complete reports (pretty JSON, or CBOR to a file or a pipe). The first
-sample only takes the baseline that deltas need; each report follows one
-sample period later, on a fixed cadence.
+Prints complete reports. The first sample only takes the baseline that deltas need;
+each report follows one sample period later, on a fixed cadence. Reads the same
+configuration as ``run`` (``--config``, ``DEFENDER_AGENT_*``): the ``[collector]`` and
+``[custom_metrics]`` tables, and the report settings of ``[agent]``.
+
+Output: on a terminal or a pipe without ``-o``, JSON reports are indented, one after
+the other (for people). With ``-o FILE`` (or ``-o -``) reports are a stream: JSON lines
+(one compact document per line) or a CBOR sequence (RFC 8742: the items one after the
+other), which ``defender-agent validate`` checks report by report.
 """
 
 from __future__ import annotations
@@ -21,13 +27,12 @@ from defender_agent.cli._common import (
     EXIT_OK,
     Parser,
     count,
-    directory,
-    positive,
     seconds,
+    setup_logging,
 )
-from defender_agent.cycle import DEFAULT_LIST_SIZE, Collector, CollectorConfig
+from defender_agent.cli._settings import SettingOptions, load_for
+from defender_agent.cycle import Collector
 from defender_agent.errors import AgentError
-from defender_agent.procfs import default_proc_root
 from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import validate_document
 from defender_agent.state import default_state_dir
@@ -35,6 +40,9 @@ from defender_agent.state import default_state_dir
 __all__ = ["add_parser", "command"]
 
 log = logging.getLogger(__name__)
+
+#: The sample's sample rate when -s is not given.
+DEFAULT_SAMPLE_RATE_S = 1.0
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -44,7 +52,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help=COMMANDS["collect"][1],
         description="Collect Device Defender metrics from this machine and print complete "
         "reports. The first sample only takes the baseline that deltas need; each report "
-        "follows one sample period later.",
+        "follows one sample period later. Settings come from the options, DEFENDER_AGENT_* "
+        "variables and the config file, as for 'run' ([collector], [custom_metrics]). "
+        "Without -o, JSON reports are printed indented; with -o FILE or -o -, reports are "
+        "written as a stream: JSON lines (one compact report per line) or a CBOR sequence "
+        "(RFC 8742), which 'defender-agent validate' checks report by report.",
     )
     p.add_argument(
         "-n",
@@ -63,89 +75,36 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         type=seconds,
         default=None,
         metavar="SECONDS",
-        help="seconds between samples (default: 1)",
-    )
-    p.add_argument(
-        "-l",
-        "--list-size",
-        "--list_size",
-        type=positive,
-        default=DEFAULT_LIST_SIZE,
-        metavar="N",
-        help="the most entries per port or connection list; 'total' "
-        f"keeps the true count (default: {DEFAULT_LIST_SIZE})",
-    )
-    p.add_argument(
-        "--short-names",
-        "--short_tags",
-        action="store_true",
-        help="use the short field names (hed, met, rid, ...)",
-    )
-    p.add_argument(
-        "--format",
-        "-f",
-        choices=("json", "cbor"),
-        default="json",
-        help="report encoding (default: json, printed indented)",
-    )
-    p.add_argument(
-        "--include-custom-metrics",
-        "--custom-metrics",
-        action="store_true",
-        help="add the cpu_usage custom metric",
-    )
-    p.add_argument(
-        "--include-loopback-connections",
-        action="store_true",
-        help="also report connections to 127.0.0.0/8 and ::1",
-    )
-    p.add_argument(
-        "--interfaces-include",
-        action="append",
-        metavar="GLOB",
-        help="interfaces counted in network_stats (repeatable; default: all)",
-    )
-    p.add_argument(
-        "--interfaces-exclude",
-        action="append",
-        metavar="GLOB",
-        help="interfaces left out of network_stats (repeatable; default: lo)",
-    )
-    p.add_argument(
-        "--wildcard-interface",
-        metavar="NAME",
-        default=None,
-        help="interface name for ports bound to 0.0.0.0 or :: (default: leave the interface out)",
-    )
-    p.add_argument(
-        "--socket-source",
-        choices=("auto", "proc", "netlink", "psutil"),
-        default="auto",
-        help="read sockets from /proc files, netlink sock_diag or psutil (default: auto = "
-        "netlink for the live /proc, files for another proc root, psutil where there is no /proc)",
-    )
-    p.add_argument(
-        "--proc-root",
-        type=directory,
-        default=None,
-        metavar="DIR",
-        help="the proc filesystem to read (default: $PROCFS_PATH or /proc)",
-    )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where the last report id is kept (default: $DEFENDER_AGENT_STATE_DIR, "
-        "/var/lib/defender-agent as root, else ~/.local/state/defender-agent)",
+        help=f"seconds between samples (default: {DEFAULT_SAMPLE_RATE_S:g})",
     )
     p.add_argument(
         "-o",
         "--output",
         metavar="FILE",
         default=None,
-        help="write reports to FILE ('-' = stdout; required for CBOR on a terminal)",
+        help="write the reports to FILE as a stream: JSON lines, or a CBOR sequence "
+        "('-' = stdout; needed for CBOR on a terminal)",
     )
+    o = SettingOptions(p)
+    o.common()
+    o.add("list_size", "-l", "--list-size", "--list_size", metavar="N")
+    o.switch("short_names", "--short-names", "--short_tags")
+    o.add("format", "-f", "--format", choices=("json", "cbor"))
+    o.switch("include_custom_metrics", "-cm", "--include-custom-metrics", "--custom-metrics")
+    o.switch("include_loopback_connections", "--include-loopback-connections")
+    o.add("interfaces_include", "--interfaces-include", action="append", metavar="GLOB")
+    o.add("interfaces_exclude", "--interfaces-exclude", action="append", metavar="GLOB")
+    o.add("wildcard_interface", "--wildcard-interface", metavar="NAME")
+    o.add("socket_source", "--socket-source", choices=("auto", "proc", "netlink", "psutil"))
+    o.add("proc_root", "--proc-root", metavar="DIR")
+    o.add(
+        "state_dir",
+        "--state-dir",
+        metavar="DIR",
+        help="where the last report id is kept (default: $DEFENDER_AGENT_STATE_DIR, "
+        "/var/lib/defender-agent as root, else ~/.local/state/defender-agent)",
+    )
+    o.finish()
     p.set_defaults(func=command)
 
 
@@ -164,39 +123,36 @@ def _open_output(target: Optional[str], binary: bool) -> Optional[BinaryIO]:
 
 def command(args: argparse.Namespace) -> int:
     """Run this subcommand; returns the exit status."""
-    if args.number_samples is None:
-        args.number_samples = 0 if args.sample_rate is not None else 1
-    period = 1.0 if args.sample_rate is None else args.sample_rate
-    config = CollectorConfig(
-        proc_root=args.proc_root or default_proc_root(),
-        list_size=args.list_size,
-        include_custom_metrics=args.include_custom_metrics,
-        include_loopback_connections=args.include_loopback_connections,
-        interfaces_include=tuple(args.interfaces_include or ("*",)),
-        interfaces_exclude=tuple(args.interfaces_exclude or ("lo",)),
-        wildcard_interface=args.wildcard_interface,
-        socket_source=args.socket_source,
-    )
-    output = _open_output(args.output, args.format == "cbor")
+    config = load_for(args, "collect")
+    setup_logging(config.effective_log_level("collect"), config.logging.format)
+    samples = args.number_samples
+    if samples is None:
+        samples = 0 if args.sample_rate is not None else 1
+    period = DEFAULT_SAMPLE_RATE_S if args.sample_rate is None else args.sample_rate
+    fmt, short_names = config.agent.format, config.agent.short_names
+    lines = args.output is not None  # a stream: JSON lines / a CBOR sequence
+    output = _open_output(args.output, fmt == "cbor")
     stream = output or sys.stdout.buffer
-    collector = Collector(config, state_dir=args.state_dir or default_state_dir())
+    collector = Collector(config.collector, state_dir=config.agent.state_dir or default_state_dir())
     invalid = False
     try:
         collector.cycle()  # baseline
         deadline = time.monotonic()
         printed = 0
-        while args.number_samples == 0 or printed < args.number_samples:
+        while samples == 0 or printed < samples:
             deadline += period
             time.sleep(max(0.0, deadline - time.monotonic()))
             report = collector.cycle()
             if report is None:  # pragma: no cover - only the first cycle returns None
                 continue
-            encoded = encode_fitted(report, args.format, short_names=args.short_names)
+            encoded = encode_fitted(report, fmt, short_names=short_names)
             for problem in validate_document(encoded.document):
                 invalid = True
                 log.error("built an invalid report: %s", problem)
-            if args.format == "cbor":
+            if fmt == "cbor":
                 stream.write(encoded.payload)
+            elif lines:
+                stream.write(json.dumps(encoded.document, separators=(",", ":")).encode() + b"\n")
             else:
                 stream.write(json.dumps(encoded.document, indent=2).encode() + b"\n")
             stream.flush()

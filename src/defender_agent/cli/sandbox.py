@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from defender_agent.cli._common import (
-    COMMANDS,
-    Parser,
-    count,
-    positive,
-    setup_logging,
-    stop_on_signals,
-)
+from defender_agent.cli._common import COMMANDS, Parser, setup_logging, stop_on_signals
+from defender_agent.cli._settings import SettingOptions, load_for
 
 __all__ = ["add_parser", "command"]
 
@@ -37,86 +30,56 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         "service and the agent collecting from this machine, and print each report and its "
         "reply until Ctrl-C. Needs no root, no network and no AWS account. The service "
         "stores the accepted reports in <state dir>/service.sqlite3 for "
-        "'defender-agent data'.",
+        "'defender-agent data'; remove the state directory to start afresh. Settings also "
+        "come from the [sandbox], [agent] and [logging] tables of the config file and "
+        "DEFENDER_AGENT_* variables, as for 'run'.",
     )
-    p.add_argument(
-        "--broker",
-        metavar="URL",
-        help="use an existing broker instead of the embedded one: mqtt://HOST:PORT (plain) "
-        "or mqtts://HOST:PORT (mutual TLS with the sandbox's PKI)",
-    )
-    p.add_argument(
-        "-i",
-        "--interval",
-        type=positive,
-        default=None,
-        metavar="SECONDS",
-        help="seconds between reports (default 10)",
-    )
-    p.add_argument(
-        "--reports",
-        type=count,
-        default=0,
-        metavar="N",
-        help="stop after N replies (exit 1 if one was a rejection); default: until Ctrl-C",
-    )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help="where the PKI, the agent's state and the service's database go "
-        "(default: 'sandbox' in the default state directory)",
-    )
-    p.add_argument(
-        "-f", "--format", choices=("json", "cbor"), default="json", help="report encoding"
-    )
-    p.add_argument("-s", "--short-names", action="store_true", help="short field names")
-    p.add_argument(
-        "-cm",
-        "--include-custom-metrics",
-        "--custom-metrics",
-        action="store_true",
-        help="add the cpu_usage custom metric",
-    )
-    p.add_argument(
+    o = SettingOptions(p)
+    o.common()
+    o.add("sandbox_broker", "--broker", metavar="URL")
+    o.add("sandbox_interval", "-i", "--interval", metavar="SECONDS")
+    o.add("sandbox_reports", "--reports", metavar="N")
+    o.add("sandbox_state_dir", "--state-dir", metavar="DIR")
+    o.add("format", "-f", "--format", choices=("json", "cbor"))
+    o.switch("short_names", "-s", "--short-names")
+    o.switch("include_custom_metrics", "-cm", "--include-custom-metrics", "--custom-metrics")
+    o.add(
+        "thing_name",
         "-t",
         "--thing-name",
         metavar="NAME",
         help="the thing to report for (default: the host name)",
     )
-    p.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="warning",
-        help="log verbosity on stderr (default: warning)",
-    )
+    o.finish()
     p.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
     """Run the sandbox until Ctrl-C/SIGTERM or ``--reports`` replies."""
     from defender_agent.sandbox.app import (  # noqa: PLC0415 - keeps 'defender-agent -h' fast
-        DEFAULT_INTERVAL_S,
         Sandbox,
         SandboxConfig,
         default_sandbox_dir,
         parse_broker_url,
     )
 
-    setup_logging(args.log_level, timestamps=True)
-    broker = parse_broker_url(args.broker) if args.broker else None
-    config = SandboxConfig(
-        state_dir=args.state_dir if args.state_dir is not None else default_sandbox_dir(),
-        interval=args.interval if args.interval is not None else DEFAULT_INTERVAL_S,
-        broker=broker,
-        format=args.format,
-        short_names=args.short_names,
-        include_custom_metrics=args.include_custom_metrics,
-        reports=args.reports,
-        thing_name=args.thing_name,
-        log_level=args.log_level,
+    config = load_for(args, "sandbox")
+    level = config.effective_log_level("sandbox")
+    setup_logging(level, config.logging.format, timestamps=True)
+    box = config.sandbox
+    sandbox = Sandbox(
+        SandboxConfig(
+            state_dir=box.state_dir if box.state_dir is not None else default_sandbox_dir(),
+            interval=box.interval,
+            broker=parse_broker_url(box.broker) if box.broker else None,
+            format=config.agent.format,
+            short_names=config.agent.short_names,
+            include_custom_metrics=config.collector.include_custom_metrics,
+            reports=box.reports,
+            thing_name=config.agent.thing_name,
+            log_level=level,
+        )
     )
-    sandbox = Sandbox(config)
 
     stop_on_signals(sandbox.request_stop)
     return sandbox.run()

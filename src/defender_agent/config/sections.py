@@ -157,7 +157,9 @@ class AgentSection:
     )
     format: ReportFormat = setting("json", values.choice(_FORMATS), "report encoding")
     interval: int = setting(
-        300, values.integer(1, 86400), "seconds between reports (Device Defender: >= 300)"
+        300,
+        values.integer(1, 86400),
+        "seconds between reports; Device Defender accepts one per thing every 300 s",
     )
     allow_short_interval: bool = setting(
         False, values.boolean, "allow intervals under 300 s (testing)"
@@ -165,7 +167,7 @@ class AgentSection:
     splay: float = setting(
         30.0,
         values.seconds(0, 3600),
-        "random delay before the first sample, at most this many seconds (and the interval)",
+        "random delay before the first sample, up to this many seconds",
     )
     short_names: bool = setting(False, values.boolean, "short field names (hed, met, rid, ...)")
     dry_run: bool = setting(False, values.boolean, "collect and print reports, no network")
@@ -173,13 +175,12 @@ class AgentSection:
         None,
         values.optional_path,
         "state directory",
-        shown="$DEFENDER_AGENT_STATE_DIR, /var/lib/defender-agent as root, "
-        "else ~/.local/state/defender-agent",
+        shown="/var/lib/defender-agent as root, else ~/.local/state/defender-agent",
     )
     resume_window: float = setting(
         0.0,
         values.seconds(0, 86400),
-        "reuse a saved baseline this recent after a restart (0: 1.5 x interval)",
+        "reuse a saved baseline this recent (seconds) after a restart; 0: 1.5 x interval",
     )
 
 
@@ -212,7 +213,7 @@ class CollectorConfig:
     list_size: int = setting(
         DEFAULT_LIST_SIZE,
         values.integer(1, 100_000),
-        "the most entries in each port or connection list (its total still counts all)",
+        "the most entries in each port or connection list; its total still counts all",
     )
     include_custom_metrics: bool = setting(
         False, values.boolean, "add the cpu_usage custom metric", section="agent"
