@@ -17,10 +17,9 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from defender_agent.config.sections import CollectorConfig
-from defender_agent.custom import CustomMetrics
 from defender_agent.custom._base import CycleReadings
 from defender_agent.delta import network_delta
 from defender_agent.errors import ConfigError
@@ -44,6 +43,9 @@ from defender_agent.readers.network_stats import (
 )
 from defender_agent.readers.sockets import resolve_source, summarize_sockets
 from defender_agent.state import ReportIdSequence, StateDir
+
+if TYPE_CHECKING:
+    from defender_agent.custom.registry import CustomMetrics
 
 __all__ = ["Collector", "CollectorConfig", "Snapshot"]
 
@@ -90,11 +92,13 @@ class Collector:
             custom = custom.enable("cpu_usage")
         custom = dataclasses.replace(custom, list_size=self.config.list_size)
         cpu_times = _psutil.cpu_times if self._psutil else None
-        self._custom = (
-            None
-            if custom.empty
-            else CustomMetrics(custom, self.procfs, cpu_times=cpu_times, socket_source=self._source)
-        )
+        self._custom: Optional[CustomMetrics] = None
+        if not custom.empty:  # the metrics' modules are imported only when there are some
+            from defender_agent.custom.registry import CustomMetrics  # noqa: PLC0415
+
+            self._custom = CustomMetrics(
+                custom, self.procfs, cpu_times=cpu_times, socket_source=self._source
+            )
         self._needs = frozenset() if self._custom is None else self._custom.needs
         self._warned: set[str] = set()
         self._health: dict[str, SourceHealth] = {}

@@ -36,12 +36,12 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Final, Optional
+from typing import Callable, Optional
 
 from defender_agent.custom._base import CycleReadings, MetricError, Source, WarnOnce
 from defender_agent.custom.checks import sanitize_string
+from defender_agent.custom.settings import BUILTINS, BuiltinInfo
 from defender_agent.model import CustomMetricType
 from defender_agent.procfs import ProcFS
 from defender_agent.readers import _psutil
@@ -76,32 +76,6 @@ _N = CustomMetricType.NUMBER
 _NL = CustomMetricType.NUMBER_LIST
 _SL = CustomMetricType.STRING_LIST
 _IPL = CustomMetricType.IP_ADDRESS_LIST
-
-
-@dataclass(frozen=True)
-class BuiltinInfo:
-    """A built-in metric: its name (also its report name), type and display name."""
-
-    name: str
-    type: CustomMetricType
-    display_name: str
-
-
-BUILTINS: Final[dict[str, BuiltinInfo]] = {
-    info.name: info
-    for info in (
-        BuiltinInfo("cpu_usage", _N, "CPU usage (%)"),
-        BuiltinInfo("memory_usage", _N, "Memory usage (%)"),
-        BuiltinInfo("disk_usage", _N, "Disk usage (%)"),
-        BuiltinInfo("process_count", _N, "Number of processes"),
-        BuiltinInfo("uptime", _N, "Uptime (s)"),
-        BuiltinInfo("load_average", _NL, "Load average (1, 5, 15 min)"),
-        BuiltinInfo("logged_in_users", _SL, "Logged-in users"),
-        BuiltinInfo("listening_processes", _SL, "Processes with listening sockets"),
-        BuiltinInfo("interface_addresses", _IPL, "Interface addresses"),
-        BuiltinInfo("remote_ips", _IPL, "Remote IPs of established TCP connections"),
-    )
-}
 
 
 def _percent(part: float, whole: float) -> float:
