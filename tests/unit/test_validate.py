@@ -30,6 +30,7 @@ from defender_agent.report.validate import (
     ValidationPolicy,
     ValidationResult,
     decode_payload,
+    sniff_format,
     validate_document,
     validate_payload,
 )
@@ -1237,9 +1238,53 @@ def test_json_duplicate_keys_rejected(data, key):
     assert decode_error(data) == f"invalid JSON: duplicate key {key!r}"
 
 
-def test_json_whitespace_only_and_bom():
-    assert decode_error(b"   ", JSON) == "invalid JSON: Expecting value: line 1 column 4 (char 3)"
-    assert decode_error(b"\xef\xbb\xbf{}", JSON).startswith("invalid JSON: Unexpected UTF-8 BOM")
+@pytest.mark.parametrize("fmt", [None, JSON])
+def test_json_whitespace_only_and_bom(fmt):
+    assert decode_error(b" \r\n\t ", fmt) == "payload is only whitespace"
+    bom = "payload starts with a UTF-8 byte order mark (BOM): JSON sent to Device Defender must not"
+    assert decode_error(b"\xef\xbb\xbf" + json.dumps(EXAMPLE).encode(), fmt).startswith(bom)
+    assert validate_payload(b" ", fmt).format is JSON
+    assert validate_payload(b"\xef\xbb\xbf{}", fmt).format is JSON
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello world", b"not json at all\n", b"_Aa", "naïve café".encode(), b"NaN"],
+)
+def test_text_that_is_not_json_is_neither(data):
+    result = validate_payload(data)
+    shown = data.decode()
+    assert result.problems == (Problem("$", f"not JSON or CBOR: text {shown!r}"),)
+    assert result.format is None and result.document is None
+    assert decode_error(data, JSON).startswith("invalid JSON: ")  # when the format is given
+    assert decode_error(data, CBOR).startswith("invalid CBOR: ")
+
+
+def test_long_text_is_shown_cut():
+    result = validate_payload(b"x" * 100)
+    assert result.problems[0].message == "not JSON or CBOR: text '" + "x" * 40 + "…'"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a": 1}', JSON),
+        (b" \n\t[1]", JSON),
+        (b"\xef\xbb\xbf{}", JSON),
+        (b"   ", JSON),
+        (b"hello", JSON),  # text: tried as JSON, then called neither
+        (b'"x"', JSON),
+        (b"", CBOR),
+        (cbor2.dumps(EXAMPLE), CBOR),
+        (b"\xd9\xd9\xf7" + cbor2.dumps(EXAMPLE), CBOR),
+        (b"\x00", CBOR),
+        (b"\xff\xfe", CBOR),
+        ("é".encode()[:1], CBOR),  # a lone lead byte with nothing after it is not text
+        (b"ab" + "é".encode()[:1], JSON),  # ... but at the end of a longer head it may be the cut
+    ],
+)
+def test_sniff_format(data, expected):
+    assert sniff_format(data) is expected
 
 
 def test_json_huge_integer_literal():
@@ -1289,7 +1334,6 @@ def test_cbor_trailing_bytes_rejected(extra, count):
         b"\x1c",
         bytes(range(256)),
         b"\xa2\x61a",  # truncated map
-        b"\x5f\x41a",  # unterminated indefinite byte string
         b"\x9b\x00\x00\x00\x10\x00\x00\x00\x00",  # an array of 2**36 elements, with none
     ],
 )
@@ -1346,15 +1390,20 @@ def test_moderate_nesting_in_an_unknown_key(fmt):
 @pytest.mark.parametrize(
     ("data", "fmt", "message"),
     [
-        (b"[1]", JSON, "expected a JSON object at the top level, got an array of 1 element"),
-        (b'"x"', JSON, "expected a JSON object at the top level, got 'x'"),
-        (b"null", JSON, "expected a JSON object at the top level, got null"),
-        (b"5", JSON, "expected a JSON object at the top level, got 5"),
-        (cbor2.dumps([1]), None, "expected a CBOR map at the top level, got an array of 1 element"),
-        (cbor2.dumps(5), None, "expected a CBOR map at the top level, got 5"),
-        (cbor2.dumps("x"), CBOR, "expected a CBOR map at the top level, got 'x'"),
-        (cbor2.dumps(None), CBOR, "expected a CBOR map at the top level, got null"),
-        (b" ", None, "expected a CBOR map at the top level, got -1"),
+        (b"[1]", JSON, "a JSON array, not a report (a report is a JSON object)"),
+        (b" []", None, "a JSON array, not a report (a report is a JSON object)"),
+        (b'"x"', JSON, "a JSON string, not a report (a report is a JSON object)"),
+        (b'"x"', None, "a JSON string, not a report (a report is a JSON object)"),
+        (b"null", JSON, "a JSON null, not a report (a report is a JSON object)"),
+        (b"5", None, "a JSON number, not a report (a report is a JSON object)"),
+        (b"true", JSON, "a JSON boolean, not a report (a report is a JSON object)"),
+        (cbor2.dumps([1]), None, "a CBOR array, not a report (a report is a CBOR map)"),
+        (cbor2.dumps(5), None, "a CBOR integer, not a report (a report is a CBOR map)"),
+        (cbor2.dumps("x"), CBOR, "a CBOR text string, not a report (a report is a CBOR map)"),
+        (cbor2.dumps(b"x"), CBOR, "a CBOR byte string, not a report (a report is a CBOR map)"),
+        (cbor2.dumps(None), CBOR, "a CBOR null, not a report (a report is a CBOR map)"),
+        (cbor2.dumps(1.5), None, "a CBOR float, not a report (a report is a CBOR map)"),
+        (b" ", CBOR, "a CBOR integer, not a report (a report is a CBOR map)"),
     ],
 )
 def test_top_level_must_be_a_map(data, fmt, message):

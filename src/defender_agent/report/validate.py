@@ -59,11 +59,15 @@ __all__ = [
     "ValidationPolicy",
     "ValidationResult",
     "decode_payload",
+    "sniff_format",
     "validate_document",
     "validate_payload",
 ]
 
 _SELF_DESCRIBED_CBOR: Final = b"\xd9\xd9\xf7"  # tag 55799, RFC 8949 §3.4.6
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_JSON_SPACE: Final = b" \t\r\n"
+_SNIFFED: Final = 4096  # bytes looked at to tell text from binary
 
 
 class Severity(str, Enum):
@@ -506,11 +510,22 @@ _CBOR_OPTIONS: Final[dict[str, object]] = {
 }
 
 
+class _NotJsonOrCborError(ReportDecodeError):
+    """A payload whose format was detected is text, but not JSON."""
+
+
 def _decode(data: bytes, fmt: PayloadFormat) -> object:
     """Decode one JSON value or one CBOR data item; raise ReportDecodeError."""
     try:
         if fmt is PayloadFormat.JSON:
+            if data.startswith(_UTF8_BOM):
+                raise ReportDecodeError(
+                    "payload starts with a UTF-8 byte order mark (BOM): "
+                    "JSON sent to Device Defender must not have one"
+                )
             text = data.decode("utf-8")
+            if not text.strip(" \t\r\n"):
+                raise ReportDecodeError("payload is only whitespace")
             return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
         if data.startswith(_SELF_DESCRIBED_CBOR):  # cbor2 would decode the rest as immutable
             data = data[len(_SELF_DESCRIBED_CBOR) :]
@@ -532,10 +547,74 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
     return doc
 
 
-def _detect(data: bytes) -> PayloadFormat:
-    # A CBOR item that starts with "{" (0x7b) is a text string, never a map, so a payload
-    # starting with "{" is only tried as JSON, and the JSON error is the one reported.
-    return PayloadFormat.JSON if data.lstrip(b" \t\r\n")[:1] == b"{" else PayloadFormat.CBOR
+def _is_text(head: bytes) -> bool:
+    """Whether ``head`` (the start of a payload) is UTF-8 text: printable, tabs and newlines."""
+    head = head[:_SNIFFED]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # an error in the last character may be the cut
+        if exc.end != len(head) or exc.reason != "unexpected end of data":
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return text != "" and all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def _json_start(head: bytes) -> bool:
+    """Whether ``head`` starts like a JSON document: a BOM, or ``{``/``[`` after whitespace."""
+    return head.startswith(_UTF8_BOM) or head.lstrip(_JSON_SPACE)[:1] in (b"{", b"[")
+
+
+def sniff_format(head: bytes) -> PayloadFormat:
+    r"""The format a payload (or the start of a file of reports) is in.
+
+    JSON if it starts, after whitespace, with ``{`` or ``[``, or with a UTF-8 byte order
+    mark, or is other text (whitespace, a JSON scalar, or text that is not JSON at all,
+    which :func:`decode_payload` then calls "not JSON or CBOR"). Anything else is CBOR:
+    a CBOR map starts with a byte from 0xa0 to 0xbf (or tag 55799), never UTF-8 text,
+    and a CBOR item that starts with ``{`` (0x7b) or ``[`` (0x5b) is a string, never a report.
+
+    >>> sniff_format(b'\xef\xbb\xbf {"hed": {}}').value, sniff_format(b"  []").value
+    ('json', 'json')
+    >>> sniff_format(b"hello world").value, sniff_format(bytes.fromhex("a1 63 68 65 64 a0")).value
+    ('json', 'cbor')
+    """
+    if _json_start(head) or (head and not head.strip(_JSON_SPACE)) or _is_text(head):
+        return PayloadFormat.JSON
+    return PayloadFormat.CBOR
+
+
+_CBOR_KINDS: Final[Mapping[type, str]] = {
+    list: "array",
+    str: "text string",
+    bytes: "byte string",
+    int: "integer",
+    float: "float",
+    bool: "boolean",
+    type(None): "null",
+    type(cbor2.undefined): "undefined",
+    cbor2.CBORTag: "tag",
+    cbor2.CBORSimpleValue: "simple value",
+}
+_JSON_KINDS: Final[Mapping[type, str]] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _not_a_report(doc: object, fmt: PayloadFormat) -> str:
+    """The message for a payload whose top level is not an object / map.
+
+    >>> _not_a_report([], PayloadFormat.JSON)
+    'a JSON array, not a report (a report is a JSON object)'
+    """
+    kinds = _JSON_KINDS if fmt is PayloadFormat.JSON else _CBOR_KINDS
+    kind = kinds.get(type(doc), type(doc).__name__)
+    what = "a JSON object" if fmt is PayloadFormat.JSON else "a CBOR map"
+    return f"a {fmt.name} {kind}, not a report (a report is {what})"
 
 
 def decode_payload(
@@ -545,25 +624,31 @@ def decode_payload(
 
     Args:
         data: The MQTT payload.
-        fmt: The format the topic names; None detects it: JSON if the first
-            non-whitespace byte is ``{``, else CBOR.
+        fmt: The format the topic names; None detects it (:func:`sniff_format`).
 
     Returns:
         The decoded document (a dict) and the format it was decoded as.
 
     Raises:
         ReportDecodeError: The payload is empty, not UTF-8, invalid JSON (NaN and
-            Infinity tokens and duplicate keys included), invalid CBOR (trailing bytes,
-            duplicate and non-text map keys included), nested too deeply, or its top
-            level is not an object/map.
+            Infinity tokens, duplicate keys and a byte order mark included), invalid CBOR
+            (trailing bytes, duplicate and non-text map keys included), nested too deeply,
+            text that is neither JSON nor CBOR (when detecting), or its top level is not
+            an object/map.
     """
-    fmt = fmt or _detect(data)
+    detected = fmt is None
+    fmt = fmt or sniff_format(data)
     if not data:
         raise ReportDecodeError("payload is empty")
-    doc = _decode(data, fmt)
+    try:
+        doc = _decode(data, fmt)
+    except ReportDecodeError as exc:
+        if detected and fmt is PayloadFormat.JSON and not _json_start(data) and data.strip():
+            shown = data[:40].decode("utf-8", "replace") + ("…" if len(data) > 40 else "")
+            raise _NotJsonOrCborError(f"not JSON or CBOR: text {shown!r}") from exc
+        raise
     if not isinstance(doc, dict):
-        kind = "a JSON object" if fmt is PayloadFormat.JSON else "a CBOR map"
-        raise ReportDecodeError(f"expected {kind} at the top level, got {_describe(doc)}")
+        raise ReportDecodeError(_not_a_report(doc, fmt))
     return doc, fmt
 
 
@@ -586,11 +671,12 @@ def validate_payload(
     if len(data) > limit:
         too_big = f"payload is {len(data)} bytes, over the {limit}-byte IoT Core limit"
         return ValidationResult(None, fmt, None, (Problem("$", too_big),))
-    fmt = fmt or _detect(data)
+    given, fmt = fmt, fmt or sniff_format(data)
     try:
-        doc, fmt = decode_payload(data, fmt)
+        doc, fmt = decode_payload(data, given)
     except ReportDecodeError as exc:
-        return ValidationResult(None, fmt, None, (Problem("$", str(exc)),))
+        result_fmt = None if isinstance(exc, _NotJsonOrCborError) else fmt
+        return ValidationResult(None, result_fmt, None, (Problem("$", str(exc)),))
     problems, style = _validate(doc, policy)
     report = None
     if not any(problem.severity is Severity.ERROR for problem in problems):
