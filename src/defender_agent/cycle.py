@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -52,12 +51,16 @@ __all__ = ["Collector", "CollectorConfig", "Snapshot"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class Snapshot:
     """The raw readings of one cycle that the next cycle needs for its deltas."""
 
-    interfaces: Optional[dict[str, InterfaceCounters]] = None
-    monotonic: float = 0.0
+    __slots__ = ("interfaces", "monotonic")
+
+    def __init__(
+        self, interfaces: Optional[dict[str, InterfaceCounters]] = None, monotonic: float = 0.0
+    ) -> None:
+        self.interfaces = interfaces
+        self.monotonic = monotonic
 
 
 class Collector:

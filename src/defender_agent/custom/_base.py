@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from defender_agent.model import CustomMetricType
@@ -62,7 +61,6 @@ class WarnOnce:
         log.log(level, "custom metric %s: %s", metric, message % args if args else message)
 
 
-@dataclass(frozen=True)
 class CycleReadings:
     """What a collection cycle read, for the built-ins that are computed from it.
 
@@ -72,5 +70,10 @@ class CycleReadings:
             listeners gathered when a metric needs them (``None``: it failed).
     """
 
-    interfaces: Optional[InterfaceMap] = None
-    sockets: Optional[SocketSummary] = None
+    __slots__ = ("interfaces", "sockets")
+
+    def __init__(
+        self, interfaces: Optional[InterfaceMap] = None, sockets: Optional[SocketSummary] = None
+    ) -> None:
+        self.interfaces = interfaces
+        self.sockets = sockets

@@ -54,13 +54,18 @@ _SL = CustomMetricType.STRING_LIST
 _IPL = CustomMetricType.IP_ADDRESS_LIST
 
 
-@dataclass(frozen=True)
 class BuiltinInfo:
     """A built-in metric: its name (also its report name), type and display name."""
 
-    name: str
-    type: CustomMetricType
-    display_name: str
+    __slots__ = ("display_name", "name", "type")
+
+    def __init__(self, name: str, metric_type: CustomMetricType, display_name: str) -> None:
+        self.name = name
+        self.type = metric_type
+        self.display_name = display_name
+
+    def __repr__(self) -> str:
+        return f"BuiltinInfo({self.name!r}, {self.type.value!r}, {self.display_name!r})"
 
 
 BUILTINS: Final[dict[str, BuiltinInfo]] = {

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, TypeVar
 
@@ -47,7 +46,6 @@ T = TypeVar("T")
 _UDP_UNCONNECTED = 7  # TCP_CLOSE: how the kernel shows a UDP socket with no peer
 
 
-@dataclass
 class SocketTables:
     """The rows of one read.
 
@@ -64,13 +62,25 @@ class SocketTables:
         listener_pids: the pids owning listening sockets, when asked for (psutil).
     """
 
-    tcp: Optional[list[SocketRow]] = None
-    udp: Optional[list[SocketRow]] = None
-    malformed: dict[str, int] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-    source: str = "proc"
-    listener_inodes: Optional[set[int]] = None
-    listener_pids: Optional[set[int]] = None
+    __slots__ = (
+        "listener_inodes",
+        "listener_pids",
+        "malformed",
+        "missing",
+        "source",
+        "tcp",
+        "udp",
+    )
+
+    def __init__(self, *, listener_inodes: Optional[set[int]] = None) -> None:
+        # a plain class, not a dataclass: creating one costs a command's start-up ~1 ms
+        self.tcp: Optional[list[SocketRow]] = None
+        self.udp: Optional[list[SocketRow]] = None
+        self.malformed: dict[str, int] = {}
+        self.missing: dict[str, str] = {}
+        self.source = "proc"
+        self.listener_inodes = listener_inodes
+        self.listener_pids: Optional[set[int]] = None
 
 
 def resolve_source(requested: SocketSource, procfs: ProcFS) -> ResolvedSource:
@@ -181,7 +191,6 @@ def read_socket_tables(procfs: ProcFS, source: SocketSource = "auto") -> SocketT
     return _with_fallback(procfs, source, consume)
 
 
-@dataclass
 class SocketSummary:
     """What the report needs from the socket tables, gathered without keeping them.
 
@@ -198,12 +207,31 @@ class SocketSummary:
             ``net/tcp`` unreadable).
     """
 
-    tcp_ports: Optional[list[ListeningPort]]
-    udp_ports: Optional[list[ListeningPort]]
-    connections: Optional[list[Connection]]
-    connections_total: int
-    status: SocketTables
-    remote_peers: Optional[set[bytes]] = None
+    __slots__ = (
+        "connections",
+        "connections_total",
+        "remote_peers",
+        "status",
+        "tcp_ports",
+        "udp_ports",
+    )
+
+    def __init__(
+        self,
+        *,
+        tcp_ports: Optional[list[ListeningPort]],
+        udp_ports: Optional[list[ListeningPort]],
+        connections: Optional[list[Connection]],
+        connections_total: int,
+        status: SocketTables,
+        remote_peers: Optional[set[bytes]] = None,
+    ) -> None:
+        self.tcp_ports = tcp_ports
+        self.udp_ports = udp_ports
+        self.connections = connections
+        self.connections_total = connections_total
+        self.status = status
+        self.remote_peers = remote_peers
 
 
 def summarize_sockets(

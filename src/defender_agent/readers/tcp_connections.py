@@ -68,12 +68,17 @@ class ConnectionSelector:
 
     def add(self, rows: Iterable[SocketRow]) -> None:
         """Take in TCP rows (any state: only ESTABLISHED ones count)."""
-        if self.include_loopback:
-            kept = [row for row in rows if row[5] == ESTABLISHED]
+        rows = rows if isinstance(rows, list) else list(rows)
+        # loopback is decided once per distinct remote address, not once per row
+        loopback = (
+            ()
+            if self.include_loopback
+            else {r for r in {row[3] for row in rows} if _remote_is_loopback(r)}
+        )
+        if loopback:
+            kept = [row for row in rows if row[5] == ESTABLISHED and row[3] not in loopback]
         else:
-            kept = [
-                row for row in rows if row[5] == ESTABLISHED and not _remote_is_loopback(row[3])
-            ]
+            kept = [row for row in rows if row[5] == ESTABLISHED]
         self.total += len(kept)
         candidates = self._candidates
         candidates += kept
