@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "aws-setup": (
         "defender_agent.cli.aws_setup",
-        "print (or make) the AWS calls that create the configured custom metrics",
+        "print (or make) the AWS calls for a security profile and the custom metrics",
     ),
 }
 
