@@ -150,3 +150,24 @@ def test_parser_never_raises_on_garbage(data: bytes) -> None:
 
 def test_states_constants() -> None:
     assert (ESTABLISHED, LISTEN) == (1, 10)
+
+
+def test_listener_inodes_tcp_listen_and_udp_without_peer() -> None:
+    header = b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    tcp = header + (
+        b"   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 101 1\n"
+        b"   1: 0100007F:9C40 0100007F:0016 01 00000000:00000000 00:00000000 00000000 0 0 102 1\n"
+        b"   2: 0100007F:0017 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 0 1\n"
+    )
+    inodes: set[int] = set()
+    rows, bad = parse_socket_table(tcp, socket.AF_INET, inodes=inodes)
+    assert (len(rows), bad, inodes) == (3, 0, {101})  # an inode of 0 names no socket
+    udp = header + (
+        b"   0: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 201 2\n"
+        b"   1: 0100007F:A000 0100007F:0035 01 00000000:00000000 00:00000000 00000000 0 0 202 2\n"
+    )
+    inodes = set()
+    parse_socket_table(udp, socket.AF_INET, inodes=inodes, udp=True)
+    assert inodes == {201}
+    rows, _ = parse_socket_table(udp, socket.AF_INET)  # not asked for: nothing gathered
+    assert len(rows) == 2

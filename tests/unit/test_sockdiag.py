@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import os
 import shutil
 import socket
 import struct
@@ -549,3 +550,85 @@ def test_iter_dump_yields_per_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_sockdiag, "_open_netlink", Fake)
     assert list(_sockdiag.iter_dump(TCP, AF4, ALL_STATES)) == [[ROW4] * 3, [ROW6]]
+
+
+# --------------------------------------------------------------------------- listeners' inodes
+def with_inode(row: SocketRow, inode: int, attrs: bytes = b"") -> bytes:
+    """A reply for ``row`` whose idiag_inode is ``inode``."""
+    msg = bytearray(row_msg(row, attrs))
+    struct.pack_into("=I", msg, 16 + 68, inode)
+    return bytes(msg)
+
+
+UDP_BOUND: SocketRow = (AF4, ANY4, 5353, ANY4, 0, CLOSE)
+UDP_PEER: SocketRow = (AF4, LO4, 40000, LO4, 53, ESTABLISHED)
+
+
+def test_listener_inodes_tcp_and_udp_both_paths() -> None:
+    tcp = with_inode(ROW4, 11) + with_inode(ROW6, 12) + with_inode(ROW4, 0)
+    assert _sockdiag.listener_inodes(tcp, udp=False) == {11}  # inode 0: none to match
+    general = with_inode(ROW4, 11, KERNEL_ATTRS) + with_inode(ROW4, 13) + done()
+    assert _sockdiag.listener_inodes(general, udp=False) == {11, 13}
+    udp = with_inode(UDP_BOUND, 21) + with_inode(UDP_PEER, 22)
+    assert _sockdiag.listener_inodes(udp, udp=True) == {21}
+    assert _sockdiag.listener_inodes(udp + done(), udp=True) == {21}
+    assert _sockdiag.listener_inodes(b"", udp=True) == set()
+
+
+@given(st.binary(max_size=400))
+def test_listener_inodes_never_raise_on_garbage(buf: bytes) -> None:
+    assert isinstance(_sockdiag.listener_inodes(buf, udp=False), set)
+
+
+def test_iter_dump_gathers_listener_inodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    replies = [with_inode(ROW4, 31) * 2 + with_inode(ROW6, 32), with_inode(ROW4, 33) + done()]
+
+    class Fake:
+        def __enter__(self) -> Fake:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def settimeout(self, _t: float) -> None:
+            pass
+
+        def sendto(self, _data: bytes, _addr: object) -> int:
+            return 0
+
+        def recv_into(self, buf: bytearray, _n: int, _flags: int) -> int:
+            data = replies.pop(0)
+            buf[: len(data)] = data
+            return len(data)
+
+    monkeypatch.setattr(_sockdiag, "_open_netlink", Fake)
+    inodes: set[int] = set()
+    chunks = list(_sockdiag.iter_dump(TCP, AF4, ALL_STATES, inodes))
+    assert chunks == [[ROW4, ROW4, ROW6], [ROW4]]
+    assert inodes == {31, 33}
+
+
+@pytest.mark.live
+@pytest.mark.usefixtures("live")
+def test_live_listener_inodes_agree_with_proc(net: Loopback) -> None:
+    from defender_agent.procfs import ProcFS
+    from defender_agent.readers.interfaces import InterfaceMap
+    from defender_agent.readers.sockets import summarize_sockets
+
+    port = net.listen(AF4, "127.0.0.1")
+    client_port = net.connect(AF4, "127.0.0.1", port)
+    udp, _ = net.udp(AF4, "127.0.0.1")
+    listener_inode = os.fstat(net.listeners[port].fileno()).st_ino
+    udp_inode = os.fstat(udp.fileno()).st_ino
+    found: dict[str, set[int]] = {}
+    for source in ("netlink", "proc"):
+        summary = summarize_sockets(
+            ProcFS("/proc"), InterfaceMap(), source=source, limit=0, listeners=True
+        )
+        assert summary.status.source == source
+        inodes = summary.status.listener_inodes
+        assert inodes is not None and {listener_inode, udp_inode} <= inodes
+        found[source] = inodes
+    assert client_port
+    # other processes may open or close listeners meanwhile: ours are in both, and most agree
+    assert len(found["netlink"] ^ found["proc"]) <= 4
