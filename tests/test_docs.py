@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,50 @@ def test_every_relative_link_resolves(document: Path) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in anchors(text_of(linked)):
             problems.append(f"{target}: no heading #{anchor} in {rel(linked)}")
     assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- AWS CLI calls
+#: Options of the AWS CLI itself, and its own additions to create-keys-and-certificate.
+CLI_OPTIONS = {
+    "--region",
+    "--query",
+    "--output",
+    "--certificate-pem-outfile",
+    "--public-key-outfile",
+    "--private-key-outfile",
+}
+
+
+def readme_aws_calls() -> list[list[str]]:
+    """The ``aws iot …`` calls of the README's shell blocks, as argument lists."""
+    calls = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text_of(README), re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            substituted = re.match(r"^\w+=\$\((.*)\)\s*$", line)  # VAR=$(aws iot ...)
+            argv = shlex.split(substituted[1] if substituted else line, comments=True)
+            if argv[:2] == ["aws", "iot"]:
+                calls.append(argv)
+    return calls
+
+
+def test_the_readmes_aws_commands_fit_the_api() -> None:
+    botocore = pytest.importorskip("botocore.session")
+    model = botocore.get_session().get_service_model("iot")
+    calls = readme_aws_calls()
+    assert len(calls) >= 8
+    for argv in calls:
+        operation = model.operation_model("".join(w.title() for w in argv[2].split("-")))
+        members = operation.input_shape.members
+        given = set()
+        for option in (a for a in argv[3:] if a.startswith("--")):
+            if option in CLI_OPTIONS:
+                continue
+            words = option[2:].split("-")
+            key = words[0] + "".join(w.title() for w in words[1:])
+            assert key in members, f"{' '.join(argv[:3])}: no option {option}"
+            given.add(key)
+        missing = set(operation.input_shape.required_members) - given
+        assert not missing, f"{' '.join(argv[:3])}: missing {sorted(missing)}"
 
 
 # --------------------------------------------------------------------------- the IoT policy
