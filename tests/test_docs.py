@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,44 @@ def test_the_readmes_aws_commands_fit_the_api() -> None:
             given.add(key)
         missing = set(operation.input_shape.required_members) - given
         assert not missing, f"{' '.join(argv[:3])}: missing {sorted(missing)}"
+
+
+# --------------------------------------------------------------------------- our own commands
+def readme_agent_calls() -> dict[tuple[str, ...], set[str]]:
+    """The long options the README's shell blocks give each ``defender-agent`` (sub)command."""
+    calls: dict[tuple[str, ...], set[str]] = {}
+    for block in re.findall(r"^```bash\n(.*?)^```", text_of(README), re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            for at, word in enumerate(argv):
+                program = word.endswith("bin/defender-agent") or (word, at) == ("defender-agent", 0)
+                if not program or at + 1 >= len(argv):
+                    continue
+                command = tuple(argv[at + 1 : at + 3 if argv[at + 1] == "data" else at + 2])
+                options = {a.split("=")[0] for a in argv[at + 1 :] if a.startswith("--")}
+                calls.setdefault(command, set()).update(options)
+    return calls
+
+
+def test_the_readmes_defender_agent_options_exist() -> None:
+    calls = readme_agent_calls()
+    assert {("sandbox",), ("run",), ("collect",), ("aws-setup",)} <= set(calls)
+    problems = []
+    for command, options in sorted(calls.items()):
+        result = subprocess.run(
+            [sys.executable, "-m", "defender_agent", *command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        problems += [
+            f"defender-agent {' '.join(command)} {option}"
+            for option in sorted(options)
+            if not re.search(rf"{re.escape(option)}\b", result.stdout)
+        ]
+    assert not problems, "not in --help: " + ", ".join(problems)
 
 
 # --------------------------------------------------------------------------- the IoT policy
