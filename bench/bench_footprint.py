@@ -36,7 +36,8 @@ arrives. From those:
 
 Replies are checked twice: what the responder answered, and our agent's ``status.json``
 counters (the reply lines the sample prints, for the sample). A markdown table goes to
-stdout, the full figures to ``bench/results/footprint-<date>.json`` (``--out``).
+stdout, the full figures to ``--out`` (default ``bench/results/footprint-<date>.json.tmp``,
+which git ignores).
 
 Run: ``.venv/bin/python bench/bench_footprint.py`` (under 2 minutes; results and method in
 docs/performance.md, "Footprint of `defender-agent run`").
@@ -847,7 +848,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "notes": notes,
         "elapsed_s": time.monotonic() - started,
     }
-    out = args.out or BENCH / "results" / f"footprint-{dt.date.today().isoformat()}.json"
+    out = args.out or BENCH / "results" / f"footprint-{dt.date.today().isoformat()}.json.tmp"
     _fixture.save_results(out, result)
 
     print(markdown_table(runs))

@@ -22,7 +22,8 @@ Figures: reports answered per second (replies received by the devices, first pub
 last reply), reports stored per second (first publish to the moment the database holds them
 all), reply latency percentiles, CPU seconds of each process. The PostgreSQL cluster is
 made with initdb/pg_ctl on a free port (as the ``postgres`` user when run as root), default
-settings (fsync on). Output: a table on stdout, JSON in ``bench/results/service-load-<date>.json``.
+settings (fsync on). Output: a table on stdout, JSON to ``--out`` (default
+``bench/results/service-load-<date>.json.tmp``, which git ignores).
 
 Run: ``.venv/bin/python bench/bench_service_load.py`` (about 2-3 minutes);
 ``--scenarios sqlite-1 --devices 200`` for a quick look.
@@ -528,6 +529,13 @@ def main() -> int:
     dev.add_argument("--ca")
     dev.add_argument("--cert")
     dev.add_argument("--key")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output path (default: bench/results/service-load-<date>.json.tmp, git-ignored;"
+        " keep a run as a record by naming it under bench/results/ without .tmp)",
+    )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--reports", type=int, default=10, help="per device")
     parser.add_argument("--device-procs", type=int, default=4)
@@ -623,10 +631,12 @@ def main() -> int:
         "runs": runs,
     }
     if not args.no_save:
-        out = BENCH / "results" / f"service-load-{dt.date.today().isoformat()}.json"
-        out.parent.mkdir(exist_ok=True)
+        out = args.out or (
+            BENCH / "results" / f"service-load-{dt.date.today().isoformat()}.json.tmp"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nwritten {out.relative_to(REPO)}", file=sys.stderr)
+        print(f"\nwritten {out}", file=sys.stderr)
     return 0 if all(r["ok"] for r in runs) else 1
 
 
