@@ -17,6 +17,7 @@ message and what to do about a broken rule (refuse, warn, leave out) is the call
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Final, Optional, Union
@@ -152,6 +153,7 @@ def sanitize_string(text: str) -> str:
     return _NOT_STRING_CHAR.sub("_", text) or "_"
 
 
+@functools.lru_cache(maxsize=4096)  # reports repeat their peers; ipaddress is slow to parse
 def parse_ip(text: str) -> IPAddress:
     """A bare IPv4 or IPv6 address: no port, prefix length or zone id.
 
@@ -185,8 +187,13 @@ def plain_ip(address: IPAddress) -> IPAddress:
     return address
 
 
-def split_remote_addr(text: str) -> tuple[str, int]:
+def split_remote_addr(text: str, *, check_address: bool = True) -> tuple[str, int]:
     """Split a connection's ``remote_addr``, ``a.b.c.d:port`` or ``[ipv6]:port`` (§2.4).
+
+    Args:
+        text: The ``remote_addr`` value.
+        check_address: Whether to check that the address is an IPv4 address (no brackets)
+            or an IPv6 one (in brackets); False when it has been checked already.
 
     Returns:
         The address as written (without brackets) and the port (0 to 65535).
@@ -211,7 +218,7 @@ def split_remote_addr(text: str) -> tuple[str, int]:
         raise ValueError(f"bad port {port!r}")
     version = 6 if bracketed else 4
     try:
-        if parse_ip(host).version == version:
+        if not check_address or parse_ip(host).version == version:
             return host, int(port)
     except ValueError:
         pass
