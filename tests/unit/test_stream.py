@@ -213,3 +213,22 @@ def test_the_format_given_wins_over_sniffing() -> None:
     (piece,) = split(data, CBOR)  # "{" as CBOR: a text string that is cut short
     assert piece.payload == data and piece.problem is None
     assert validate_payload(data, CBOR).problems[0].message.startswith("invalid CBOR: ")
+
+
+# ------------------------------------------------------------------------------ any input
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from([None, JSON, CBOR]), st.integers(1, 300))
+def test_any_bytes_split_without_error_and_within_the_limit(
+    data: bytes, fmt: Optional[PayloadFormat], limit: int
+) -> None:
+    stream = ReportStream(io.BytesIO(data), limit, fmt)
+    pieces = list(stream)
+    assert stream.bytes_read == len(data)
+    assert [piece.index for piece in pieces] == list(range(1, len(pieces) + 1))
+    for piece in pieces:
+        assert (piece.payload is None) == piece.oversized
+        assert piece.payload is None or len(piece.payload) == piece.size <= limit
+    kept = b"".join(piece.payload or b"" for piece in pieces)
+    assert len(kept) <= len(data)
+    if fmt is CBOR or (fmt is None and stream.format is CBOR):
+        assert data.startswith(kept)  # a CBOR sequence is cut, never reordered or skipped
