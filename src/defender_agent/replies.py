@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import cbor2
 
-__all__ = ["Counters", "Reply", "ReplyLedger", "parse_reply"]
+__all__ = ["Counters", "Reply", "ReplyLedger", "parse_reply", "rejection_text"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,26 @@ def parse_reply(topic: str, payload: bytes) -> Reply:
     return Reply(accepted, report_id, code, message)
 
 
+def rejection_text(code: Optional[str], message: Optional[str]) -> str:
+    """A rejection's code, and its message when that adds something to the code.
+
+    >>> rejection_text("Throttled", "Throttled")
+    'Throttled'
+    >>> rejection_text("InvalidPayload", "Malformed metric value: bytes_in")
+    'InvalidPayload: Malformed metric value: bytes_in'
+    >>> rejection_text("Unknown", None), rejection_text("Throttled", " throttled. ")
+    ('Unknown', 'Throttled')
+    """
+    code = code or "Unknown"
+    if not message or _letters(message) in ("", _letters(code)):
+        return code
+    return f"{code}: {' '.join(message.split())}"
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
 @dataclass
 class Counters:
     """What happened to the reports, for the status file."""
@@ -95,6 +115,7 @@ class Counters:
     last_report_id: Optional[int] = None
     last_rejection: Optional[dict[str, Any]] = None
     last_error: Optional[str] = None
+    last_cycle_error: Optional[dict[str, Any]] = None
 
 
 class ReplyLedger:
@@ -125,6 +146,13 @@ class ReplyLedger:
             setattr(self.counters, name, getattr(self.counters, name) + 1)
             if error:
                 self.counters.last_error = error
+
+    def cycle_error(self, stage: str, error: str) -> None:
+        """A cycle failed at ``stage`` (``collect``, ``encode``, ``publish``, ``save``...)."""
+        with self._lock:
+            self.counters.cycle_errors += 1
+            self.counters.last_error = f"{stage}: {error}"
+            self.counters.last_cycle_error = {"stage": stage, "error": error, "at": self._wall()}
 
     def built(self, report_id: int) -> None:
         """A report was built."""
@@ -209,10 +237,9 @@ class ReplyLedger:
             )
         elif known or reply.report_id is None:
             log.error(
-                "report %s rejected: %s: %s%s",
+                "report %s rejected: %s%s",
                 reply.report_id if reply.report_id is not None else "(no reportId)",
-                reply.error_code,
-                reply.error_message,
+                rejection_text(reply.error_code, reply.error_message),
                 "; holding the next report a full interval"
                 if reply.error_code == "Throttled"
                 else "",

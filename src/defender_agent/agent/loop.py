@@ -1,16 +1,18 @@
-"""The agent's loop: the schedule, the connector thread, one cycle, the saved state."""
+"""The agent's loop: the schedule, the connector thread, one guarded cycle, the saved state."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import threading
 from typing import IO, Optional
 
+from defender_agent.agent.baseline import baseline_source, why_not_resume
 from defender_agent.agent.clock import Clock, report_topic
-from defender_agent.config import AgentConfig
+from defender_agent.config import Config
 from defender_agent.cycle import Collector
 from defender_agent.errors import (
     ConnectError,
@@ -23,12 +25,25 @@ from defender_agent.replies import ReplyLedger
 from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import validate_document
 from defender_agent.schedule import backoff_delay, boot_id
-from defender_agent.state import StateDir
+from defender_agent.state import StateDir, StateLock
 from defender_agent.transport.base import Transport
 
 __all__ = ["Agent"]
 
 log = logging.getLogger("defender_agent.agent")
+
+
+def _one_line(exc: BaseException) -> str:
+    r"""An exception as one line: its message, or its type when the message is empty.
+
+    >>> _one_line(KeyError("x")), _one_line(RuntimeError()), _one_line(ValueError("a\n b"))
+    ("KeyError: 'x'", 'RuntimeError', 'ValueError: a b')
+    """
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    if isinstance(exc, (TransportError, StateError, ReportError)):
+        return text or name
+    return f"{name}: {text}" if text else name
 
 
 class Agent:
@@ -38,15 +53,16 @@ class Agent:
         config: the resolved configuration.
         collector: the metrics collector (its report ids come from the state dir).
         transport: the MQTT transport; ``None`` in dry-run mode.
-        state: the state directory (baseline, status); ``None`` keeps nothing.
+        state: the state directory (baseline, status), owned (locked) while
+            :meth:`run` runs; ``None`` keeps nothing.
         out: where dry-run reports are printed.
-        clock: the clocks.
+        clock: the clocks, the waits and the thread starter.
         rng: the random source for the start splay and backoff jitter.
     """
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: Config,
         collector: Collector,
         transport: Optional[Transport],
         state: Optional[StateDir],
@@ -63,23 +79,27 @@ class Agent:
         self.clock = clock or Clock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.thing = config.effective_thing_name
-        self.topic = report_topic(self.thing, config.format)
-        self.interval = float(config.interval)
+        self.topic = report_topic(self.thing, config.agent.format)
+        self.interval = float(config.agent.interval)
         self.ledger = ReplyLedger(self.interval, clock=self.clock.boot, wall=self.clock.wall)
         self.stop_event = threading.Event()
         self.ready = threading.Event()  # connected and subscribed
         self.fatal: Optional[str] = None
         self._boot_id = boot_id()
+        self._source = baseline_source(collector.config)
         self._last_published: Optional[float] = None  # boot time of the last published report
         self._started = self.clock.wall()
         self._connector: Optional[threading.Thread] = None
+        self._lock: Optional[StateLock] = None
+        self._state_error: Optional[str] = None  # why the last state write failed
+        self._stage = "collect"
 
     # ------------------------------------------------------------------ connection
     def _connect_loop(self) -> None:
         assert self.transport is not None
         transport = self.transport
         attempt = 0
-        where = f"{self.config.endpoint}:{self.config.effective_port}"
+        where = f"{self.config.mqtt.endpoint}:{self.config.effective_port}"
         while not self.stop_event.is_set():
             try:
                 transport.connect()
@@ -90,12 +110,15 @@ class Agent:
                 log.error("cannot connect to %s: %s", where, exc)  # noqa: TRY400 - one line
                 self.stop_event.set()
                 return
-            except (ConnectError, TransportError) as exc:
+            except Exception as exc:  # ConnectError, TransportError, or a bug: back off, retry
                 delay = backoff_delay(attempt, rng=self.rng)
                 attempt += 1
-                self.ledger.count("cycle_errors", f"connect: {exc}")
-                log.warning("cannot connect to %s (%s); retrying in %.1f s", where, exc, delay)
-                self.stop_event.wait(delay)
+                reason = _one_line(exc)
+                self.ledger.count("cycle_errors", f"connect: {reason}")
+                log.warning("cannot connect to %s (%s); retrying in %.1f s", where, reason, delay)
+                if not isinstance(exc, (ConnectError, TransportError)):
+                    log.debug("connect attempt failed", exc_info=True)
+                self.clock.wait(self.stop_event, delay)
                 continue
             log.info(
                 "connected to %s as %s; reporting for thing %s on %s",
@@ -123,29 +146,38 @@ class Agent:
         if not saved:
             return None
         now = self.clock.boot()
-        window = self.config.resume_window or 1.5 * self.interval
-        age = now - float(saved.get("boottime", -1e18))
-        if saved.get("boot_id") != self._boot_id or self._boot_id is None:
-            log.info("machine rebooted since the last run: starting with a fresh baseline")
-            return None
-        if not 0 <= age <= window:
-            log.info("saved baseline is %.0f s old (window %.0f s): starting fresh", age, window)
-            return None
-        if saved.get("thing_name") != self.thing or not self.collector.import_baseline(
-            saved.get("collector")
-        ):
+        window = self.config.agent.resume_window or 1.5 * self.interval
+        reason = why_not_resume(
+            saved,
+            boot_id=self._boot_id,
+            now=now,
+            window=window,
+            thing_name=self.thing,
+            source=self._source,
+        )
+        if reason is None and not self.collector.import_baseline(saved.get("collector")):
+            reason = "its readings are unusable"
+        if reason is not None:
+            log.info("not resuming the saved baseline: %s; starting fresh", reason)
             return None
         last = saved.get("last_published")
         self._last_published = float(last) if isinstance(last, (int, float)) else None
         anchor = (
             self._last_published if self._last_published is not None else float(saved["boottime"])
         )
-        log.info("resuming with the baseline saved %.0f s ago", age)
-        return max(now, anchor + self.interval)
+        due = max(now, anchor + self.interval)
+        log.info(
+            "resuming with the baseline saved %.0f s ago: next report in %.1f s",
+            now - float(saved["boottime"]),
+            due - now,
+        )
+        return due
 
     def _save(self) -> None:
+        """Write the baseline and the status; a failure is remembered and shown in the status."""
         if self.state is None:
             return
+        errors: list[str] = []
         try:
             self.state.save(
                 "baseline",
@@ -153,51 +185,83 @@ class Agent:
                     "boot_id": self._boot_id,
                     "boottime": self.clock.boot(),
                     "thing_name": self.thing,
+                    "source": self._source,
                     "last_published": self._last_published,
                     "collector": self.collector.export_baseline(),
                 },
             )
-            self.state.save("status", self.status())
         except StateError as exc:
-            log.warning("%s", exc)
+            errors.append(str(exc))
+        # the status carries the baseline's failure, or the previous status write's
+        status = self.status()
+        status["state_error"] = errors[0] if errors else self._state_error
+        try:
+            self.state.save("status", status)
+        except StateError as exc:
+            errors.append(str(exc))
+        error = errors[0] if errors else None
+        if error is not None and error != self._state_error:
+            log.warning("state not saved: %s", error)
+        elif error is None and self._state_error is not None:
+            log.info("state saved again")
+        self._state_error = error
 
     def status(self) -> dict[str, object]:
         """The status document written to ``status.json``."""
-        import os  # noqa: PLC0415 - only the pid, only here
-
         return {
             "pid": os.getpid(),
             "thing_name": self.thing,
             "topic": self.topic,
-            "endpoint": self.config.endpoint,
+            "endpoint": None if self.config.agent.dry_run else self.config.mqtt.endpoint,
             "started_at": self._started,
             "updated_at": self.clock.wall(),
             "interval": self.interval,
-            "dry_run": bool(self.config.dry_run),
+            "dry_run": self.config.agent.dry_run,
             "connected": bool(self.transport is not None and self.transport.connected),
             "counters": self.ledger.snapshot(),
+            "collector": self.collector.health(),
+            "state_error": self._state_error,
         }
 
     # ------------------------------------------------------------------ the cycle
+    def _cycle(self) -> None:
+        """One cycle and the save after it, each under a guard: never raises.
+
+        Any exception (a bug in collecting, encoding, validating, publishing or
+        saving) is logged in one line naming the stage (the traceback at debug
+        level), counted in ``cycle_errors``, and the schedule goes on.
+        """
+        for stage, step in (("collect", self._tick), ("save", self._save)):
+            self._stage = stage
+            try:
+                step()
+            except Exception as exc:  # the schedule must survive any bug
+                self._cycle_error(self._stage, exc)
+
+    def _cycle_error(self, stage: str, exc: BaseException) -> None:
+        reason = _one_line(exc)
+        log.error("cycle failed at %s: %s; the schedule goes on", stage, reason)
+        log.debug("the failure at %s", stage, exc_info=exc)
+        self.ledger.cycle_error(stage, reason)
+
     def _tick(self) -> None:
-        """One cycle: collect, check, publish or drop; never raises."""
+        """One cycle: collect, encode, check, publish or drop (stages in ``self._stage``)."""
         self.ledger.expire()
-        try:
-            report = self.collector.cycle()
-        except Exception as exc:  # the schedule must survive any collector bug
-            log.exception("collection cycle failed")
-            self.ledger.count("cycle_errors", f"collect: {exc}")
-            return
+        self._stage = "collect"
+        report = self.collector.cycle()
         if report is None:
             log.info("baseline taken; the first report follows in %.0f s", self.interval)
             return
         self.ledger.built(report.report_id)
+        self._stage = "encode"
         try:
-            encoded = encode_fitted(report, self.config.format, short_names=self.config.short_names)
+            agent = self.config.agent
+            encoded = encode_fitted(report, agent.format, short_names=agent.short_names)
         except ReportError as exc:
             log.error("report %d not sent: %s", report.report_id, exc)  # noqa: TRY400
             self.ledger.count("invalid", str(exc))
             return
+        self._stage = "validate"
         problems = [p for p in validate_document(encoded.document) if p.severity.value == "error"]
         if problems:
             log.error(
@@ -207,7 +271,8 @@ class Agent:
             )
             self.ledger.count("invalid", str(problems[0]))
             return
-        if self.config.dry_run:
+        self._stage = "publish"
+        if self.config.agent.dry_run:
             self.out.write(json.dumps(encoded.document, indent=2) + "\n")
             self.out.flush()
             self._last_published = self.clock.boot()
@@ -234,6 +299,9 @@ class Agent:
             log.warning("report %d dropped: %s", report_id, exc)
             self.ledger.failed(report_id, str(exc))
             return
+        except Exception as exc:
+            self.ledger.failed(report_id, f"publish: {_one_line(exc)}")
+            raise  # the cycle's guard logs and counts it
         self._last_published = self.clock.boot()
         log.info("report %d published (%d bytes)", report_id, len(payload))
 
@@ -242,39 +310,57 @@ class Agent:
             if exc is None:
                 self.ledger.sent(report_id)
             else:
-                log.warning("report %d was not acknowledged: %s", report_id, exc)
-                self.ledger.failed(report_id, f"publish: {exc}")
+                log.warning("report %d was not acknowledged: %s", report_id, _one_line(exc))
+                self.ledger.failed(report_id, f"publish: {_one_line(exc)}")
 
         future.add_done_callback(done)
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> int:
-        """Run until :meth:`stop`; return the exit status (0, or 2 after a fatal error)."""
-        if self.transport is not None:
-            self._connector = threading.Thread(
-                target=self._connect_loop, name="defender-agent-connect", daemon=True
-            )
-            self._connector.start()
+    def _first_due(self) -> float:
+        """When the first cycle runs: at the resumed schedule, or after the start splay."""
         due = self._resume()
-        if due is None:
-            splay = self.rng.uniform(0, float(self.config.splay))
-            if splay:
-                log.info("start splay: first sample in %.1f s", splay)
-            due = self.clock.boot() + splay
+        if due is not None:
+            return due
+        # the splay spreads a fleet's reports; more than an interval only delays the first one
+        splay = self.rng.uniform(0, min(self.config.agent.splay, self.interval))
+        log.info(
+            "first sample in %.1f s, first report one interval (%.0f s) later",
+            splay,
+            self.interval,
+        )
+        return self.clock.boot() + splay
+
+    def run(self) -> int:
+        """Run until :meth:`stop`; return the exit status (0, or 2 after a fatal error).
+
+        Raises:
+            StateError: the state directory is in use by another process.
+        """
+        if self.state is not None:
+            self._lock = self.state.acquire_lock()
         try:
-            while not self.stop_event.is_set():
-                delay = due - self.clock.boot()
-                if delay > 0 and self.stop_event.wait(delay):
-                    break
-                now = self.clock.boot()
-                due += self.interval
-                if due <= now:  # slept through ticks (suspend, a stopped process): skip them
-                    skipped = int((now - due) // self.interval) + 1
-                    due += skipped * self.interval
-                self._tick()
-                self._save()
+            try:
+                due = self._first_due()
+                if self.transport is not None:
+                    self._connector = self.clock.start_thread(
+                        self._connect_loop, "defender-agent-connect"
+                    )
+                while not self.stop_event.is_set():
+                    delay = due - self.clock.boot()
+                    if delay > 0 and self.clock.wait(self.stop_event, delay):
+                        break
+                    now = self.clock.boot()
+                    due += self.interval
+                    if due <= now:  # slept through ticks (suspend, a stopped process): skip them
+                        skipped = int((now - due) // self.interval) + 1
+                        due += skipped * self.interval
+                    self._cycle()
+            finally:
+                self._shutdown()
         finally:
-            self._shutdown()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
         if self.fatal:
             return 2
         return 0
@@ -284,12 +370,19 @@ class Agent:
         self.stop_event.set()
 
     def _shutdown(self) -> None:
+        self.stop_event.set()  # the connector stops retrying too
         if self.transport is not None:
             try:
                 self.transport.disconnect()
-            except TransportError as exc:
-                log.warning("disconnect: %s", exc)
+            except Exception as exc:  # shutting down: say it and go on
+                log.warning("disconnect: %s", _one_line(exc))
         if self._connector is not None:
             self._connector.join(timeout=5)
-        self._save()  # after the disconnect, so the status says "not connected"
-        log.info("stopped; state saved")
+        try:
+            self._save()  # after the disconnect, so the status says "not connected"
+        except Exception as exc:  # a bug: counted, never the end of the stop
+            self._cycle_error("save", exc)
+        if self._state_error is None:
+            log.info("stopped; state saved")
+        else:
+            log.info("stopped; state NOT saved: %s", self._state_error)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from defender_agent.cli._common import COMMANDS, EXIT_INVALID, EXIT_OK, Parser
+from defender_agent.replies import rejection_text
 from defender_agent.state import StateDir, default_state_dir
 
 __all__ = ["add_parser", "command", "render"]
@@ -46,27 +47,61 @@ def _alive(pid: Any) -> bool:  # noqa: ANN401 - a JSON value
     return isinstance(pid, int) and pid > 0 and Path(f"/proc/{pid}").exists()
 
 
+def _collector_lines(health: Any) -> list[str]:  # noqa: ANN401 - a JSON value
+    """The collector's sources that had a problem in their last read, one line each."""
+    if not isinstance(health, dict):
+        return []
+    lines = []
+    sources = health.get("sources")
+    for name, source in sorted(sources.items() if isinstance(sources, dict) else []):
+        if not isinstance(source, dict):
+            continue
+        problems = []
+        if source.get("missing"):
+            problems.append(f"unreadable ({source['missing']})")
+        if source.get("malformed"):
+            problems.append(
+                f"{source['malformed']} malformed line(s) skipped "
+                f"({source.get('malformed_total', source['malformed'])} in all)"
+            )
+        if problems:
+            lines.append(f"collector: {name}: " + "; ".join(problems))
+    return lines
+
+
 def render(status: dict[str, Any], now: float) -> str:
     """The status as lines for a person.
 
     >>> print(render({"thing_name": "gw", "counters": {"sent": 2, "accepted": 1,
     ...               "rejected": {"Throttled": 1}}}, 0).splitlines()[3])
     reports: built 0, sent 2, accepted 1, rejected 1 (Throttled 1), unanswered 0, dropped 0
+    >>> print(render({"dry_run": True, "state_error": "cannot write status.json: disk full",
+    ...               "collector": {"socket_source": "proc", "duration_ms": 2.5, "sources":
+    ...               {"net/dev": {"missing": "Permission denied"}}}}, 0))
+    ... # doctest: +ELLIPSIS
+    thing: None  topic: None
+    agent: pid None (not running), started never
+    dry run: reports printed, nothing sent  updated never
+    ...
+    collector: last cycle 2.5 ms, sockets from proc
+    collector: net/dev: unreadable (Permission denied)
+    state NOT saved: cannot write status.json: disk full
     """
     c = status.get("counters") or {}
     rejected = c.get("rejected") or {}
     by_code = ", ".join(f"{code} {n}" for code, n in sorted(rejected.items()))
     running = "running" if _alive(status.get("pid")) else "not running"
+    if status.get("dry_run"):
+        link = "dry run: reports printed, nothing sent"
+    else:
+        link = f"endpoint: {status.get('endpoint')}  connected: {status.get('connected')}"
     lines = [
         f"thing: {status.get('thing_name')}  topic: {status.get('topic')}",
         (
             f"agent: pid {status.get('pid')} ({running}), "
             f"started {_ago(status.get('started_at'), now)}"
         ),
-        (
-            f"endpoint: {status.get('endpoint')}  connected: {status.get('connected')}  "
-            f"updated {_ago(status.get('updated_at'), now)}"
-        ),
+        f"{link}  updated {_ago(status.get('updated_at'), now)}",
         (
             f"reports: built {c.get('built', 0)}, sent {c.get('sent', 0)}, accepted "
             f"{c.get('accepted', 0)}, rejected {sum(rejected.values())}"
@@ -82,11 +117,28 @@ def render(status: dict[str, Any], now: float) -> str:
     last = c.get("last_rejection")
     if isinstance(last, dict):
         lines.append(
-            f"last rejection: report {last.get('report_id')} {last.get('code')}: "
-            f"{last.get('message')} at {_ago(last.get('at'), now)}"
+            f"last rejection: report {last.get('report_id')} "
+            f"{rejection_text(last.get('code'), last.get('message'))} "
+            f"at {_ago(last.get('at'), now)}"
+        )
+    failure = c.get("last_cycle_error")
+    if isinstance(failure, dict):
+        lines.append(
+            f"last cycle error: {failure.get('stage')}: {failure.get('error')} "
+            f"at {_ago(failure.get('at'), now)}"
         )
     if c.get("last_error"):
         lines.append(f"last error: {c['last_error']}")
+    health = status.get("collector")
+    if isinstance(health, dict):
+        took = health.get("duration_ms")
+        took_text = f"{took:g} ms" if isinstance(took, (int, float)) else "?"
+        lines.append(
+            f"collector: last cycle {took_text}, sockets from {health.get('socket_source')}"
+        )
+    lines += _collector_lines(health)
+    if status.get("state_error"):
+        lines.append(f"state NOT saved: {status['state_error']}")
     return "\n".join(lines)
 
 

@@ -156,12 +156,21 @@ class Mqtt3Link:
             else:
                 settle(result, TransportError(f"subscribe {topic_filter}: {crt_reason(error)}"))
 
-        suback, _packet_id = self._conn.subscribe(topic_filter, mqtt.QoS.AT_LEAST_ONCE, on_message)
+        try:
+            suback, _packet_id = self._conn.subscribe(
+                topic_filter, mqtt.QoS.AT_LEAST_ONCE, on_message
+            )
+        except Exception as exc:  # awscrt raises at once for some errors
+            raise TransportError(f"subscribe {topic_filter}: {crt_reason(exc)}") from exc
         suback.add_done_callback(on_suback)
         return result
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        """See :meth:`~._link.Link.publish`."""
+        """See :meth:`~._link.Link.publish`.
+
+        Raises:
+            PublishError: awscrt refused the publish at once.
+        """
         result: Future[None] = Future()
 
         def on_puback(done: Future[Any]) -> None:
@@ -170,7 +179,10 @@ class Mqtt3Link:
                 error = PublishError(f"publish to {topic}: {crt_reason(error)}")
             settle(result, error)
 
-        puback, _packet_id = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)
+        try:
+            puback, _packet_id = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)
+        except Exception as exc:  # awscrt raises at once for some errors (a closed connection)
+            raise PublishError(f"publish to {topic}: {crt_reason(exc)}") from exc
         puback.add_done_callback(on_puback)
         return result
 

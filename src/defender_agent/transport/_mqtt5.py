@@ -178,11 +178,19 @@ class Mqtt5Link:
                 mqtt5.Subscription(topic_filter=topic_filter, qos=mqtt5.QoS.AT_LEAST_ONCE)
             ]
         )
-        self._client.subscribe(packet).add_done_callback(on_suback)
+        try:
+            suback = self._client.subscribe(packet)
+        except Exception as exc:  # awscrt raises at once for some errors
+            raise TransportError(f"subscribe {topic_filter}: {crt_reason(exc)}") from exc
+        suback.add_done_callback(on_suback)
         return result
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        """See :meth:`~._link.Link.publish`."""
+        """See :meth:`~._link.Link.publish`.
+
+        Raises:
+            PublishError: awscrt refused the publish at once.
+        """
         result: Future[None] = Future()
 
         def on_puback(done: Future[Any]) -> None:
@@ -200,7 +208,11 @@ class Mqtt5Link:
             settle(result, PublishError(message + (f" ({detail})" if detail else "")))
 
         packet = mqtt5.PublishPacket(payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE, topic=topic)
-        self._client.publish(packet).add_done_callback(on_puback)
+        try:
+            puback = self._client.publish(packet)
+        except Exception as exc:  # awscrt raises at once for some errors (a stopped client)
+            raise PublishError(f"publish to {topic}: {crt_reason(exc)}") from exc
+        puback.add_done_callback(on_puback)
         return result
 
     def close(self, timeout_s: float) -> bool:
