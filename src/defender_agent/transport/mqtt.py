@@ -174,8 +174,8 @@ class MqttTransport:
             with self._lock:
                 if self._link is link:
                     self._link = None
-            # info, not warning: the caller decides whether a failed attempt is worth a warning
-            log.info("connection to %s:%s failed: %s", settings.endpoint, settings.port, exc)
+            # debug: the caller logs the failed attempt, with its retry delay, in one line
+            log.debug("connection to %s:%s failed: %s", settings.endpoint, settings.port, exc)
             raise
         with self._lock:
             superseded = self._link is not link  # disconnect() ran meanwhile
