@@ -30,7 +30,6 @@ from __future__ import annotations
 from defender_agent.config.load import (
     DEFAULT_CONFIG_FILE,
     MIN_INTERVAL_S,
-    AgentConfig,
     Config,
     config_file_path,
     custom_metrics_table,
@@ -57,7 +56,6 @@ __all__ = [
     "ENV_PREFIX",
     "MIN_INTERVAL_S",
     "SETTINGS",
-    "AgentConfig",
     "AgentSection",
     "CollectorConfig",
     "Config",

@@ -86,14 +86,6 @@ class Config:
     sandbox: SandboxSection = field(default_factory=SandboxSection)
     sources: Mapping[str, str] = field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - TODO(remove): flat access
-        # TODO(remove): flat access (config.interval -> config.agent.interval) while the
-        # callers move to the sections; mypy cannot check these.
-        setting = _BY_NAME.get(name)
-        if setting is None or name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(getattr(self, setting.owner), setting.attribute)
-
     @property
     def custom_metrics(self) -> CustomMetricsConfig:
         """The ``[custom_metrics]`` table (part of the collector's settings)."""
@@ -164,10 +156,6 @@ class Config:
     def collector_config(self) -> CollectorConfig:
         """The collector's settings (the same as :attr:`collector`)."""
         return self.collector
-
-
-#: TODO(remove): the old name, while its users move to Config.
-AgentConfig = Config
 
 
 # --------------------------------------------------------------------------- sources
