@@ -259,3 +259,15 @@ def test_the_key_permission_warning_is_printed_once(pki: Pki, tmp_path: Path) ->
     text = err.decode()
     assert text.count("retrying in") >= 2, text
     assert text.count("is readable by other users") == 1, text
+
+
+def test_status_finds_the_state_dir_as_run_does(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[agent]\nstate_dir = "{tmp_path / "from-file"}"\n')
+    for words in (["status", "--config", str(config)], ["--config", str(config), "status"]):
+        result = run(*words)
+        assert result.returncode == 1
+        assert f"no agent status in {tmp_path / 'from-file'} " in result.stdout.decode()
+    env = {"DEFENDER_AGENT_CONFIG": str(config), "DEFENDER_AGENT_STATE_DIR": str(tmp_path)}
+    result = run("status", env=env)  # the environment overrides the file
+    assert f"no agent status in {tmp_path} " in result.stdout.decode()
