@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import threading
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 from defender_agent.agent.baseline import baseline_source, why_not_resume
 from defender_agent.agent.clock import Clock, report_topic
@@ -173,23 +173,14 @@ class Agent:
         )
         return due
 
-    def _save(self) -> None:
+    def _save(self, *, baseline: bool = True) -> None:
         """Write the baseline and the status; a failure is remembered and shown in the status."""
         if self.state is None:
             return
         errors: list[str] = []
         try:
-            self.state.save(
-                "baseline",
-                {
-                    "boot_id": self._boot_id,
-                    "boottime": self.clock.boot(),
-                    "thing_name": self.thing,
-                    "source": self._source,
-                    "last_published": self._last_published,
-                    "collector": self.collector.export_baseline(),
-                },
-            )
+            if baseline:
+                self._save_baseline(self.state)
         except StateError as exc:
             errors.append(str(exc))
         # the status carries the baseline's failure, or the previous status write's
@@ -205,6 +196,19 @@ class Agent:
         elif error is None and self._state_error is not None:
             log.info("state saved again")
         self._state_error = error
+
+    def _save_baseline(self, state: StateDir) -> None:
+        state.save(
+            "baseline",
+            {
+                "boot_id": self._boot_id,
+                "boottime": self.clock.boot(),
+                "thing_name": self.thing,
+                "source": self._source,
+                "last_published": self._last_published,
+                "collector": self.collector.export_baseline(),
+            },
+        )
 
     def status(self) -> dict[str, object]:
         """The status document written to ``status.json``."""
@@ -231,12 +235,15 @@ class Agent:
         saving) is logged in one line naming the stage (the traceback at debug
         level), counted in ``cycle_errors``, and the schedule goes on.
         """
-        for stage, step in (("collect", self._tick), ("save", self._save)):
-            self._stage = stage
-            try:
-                step()
-            except Exception as exc:  # the schedule must survive any bug
-                self._cycle_error(self._stage, exc)
+        self._guarded("collect", self._tick)
+        self._guarded("save", self._save)
+
+    def _guarded(self, stage: str, step: Callable[[], None]) -> None:
+        self._stage = stage
+        try:
+            step()
+        except Exception as exc:  # the schedule must survive any bug
+            self._cycle_error(self._stage, exc)
 
     def _cycle_error(self, stage: str, exc: BaseException) -> None:
         reason = _one_line(exc)
@@ -341,6 +348,7 @@ class Agent:
         try:
             try:
                 due = self._first_due()
+                self._guarded("save", lambda: self._save(baseline=False))  # "started"
                 if self.transport is not None:
                     self._connector = self.clock.start_thread(
                         self._connect_loop, "defender-agent-connect"
@@ -378,10 +386,7 @@ class Agent:
                 log.warning("disconnect: %s", _one_line(exc))
         if self._connector is not None:
             self._connector.join(timeout=5)
-        try:
-            self._save()  # after the disconnect, so the status says "not connected"
-        except Exception as exc:  # a bug: counted, never the end of the stop
-            self._cycle_error("save", exc)
+        self._guarded("save", self._save)  # after the disconnect: the status says "not connected"
         if self._state_error is None:
             log.info("stopped; state saved")
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         type=Path,
         metavar="DIR",
         help="the agent's state directory (default: as 'run')",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the config file whose agent.state_dir to use (default: as 'run')",
     )
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
     p.set_defaults(func=command)
@@ -122,19 +127,19 @@ def render(status: dict[str, Any], now: float) -> str:
             f"at {_ago(last.get('at'), now)}"
         )
     failure = c.get("last_cycle_error")
+    failure_text = None
     if isinstance(failure, dict):
-        lines.append(
-            f"last cycle error: {failure.get('stage')}: {failure.get('error')} "
-            f"at {_ago(failure.get('at'), now)}"
-        )
-    if c.get("last_error"):
+        failure_text = f"{failure.get('stage')}: {failure.get('error')}"
+        lines.append(f"last cycle error: {failure_text} at {_ago(failure.get('at'), now)}")
+    if c.get("last_error") and c["last_error"] != failure_text:
         lines.append(f"last error: {c['last_error']}")
     health = status.get("collector")
     if isinstance(health, dict):
         took = health.get("duration_ms")
         took_text = f"{took:g} ms" if isinstance(took, (int, float)) else "?"
+        source = health.get("socket_source")
         lines.append(
-            f"collector: last cycle {took_text}, sockets from {health.get('socket_source')}"
+            f"collector: last cycle {took_text}" + (f", sockets from {source}" if source else "")
         )
     lines += _collector_lines(health)
     if status.get("state_error"):
@@ -144,9 +149,12 @@ def render(status: dict[str, Any], now: float) -> str:
 
 def command(args: argparse.Namespace) -> int:
     """Print the status file."""
-    state = StateDir(
-        args.state_dir or os.environ.get("DEFENDER_AGENT_STATE_DIR") or default_state_dir()
-    )
+    state_dir = args.state_dir
+    if state_dir is None:  # as 'run' finds it: --config, DEFENDER_AGENT_*, the config file
+        from defender_agent.config import load_config  # noqa: PLC0415
+
+        state_dir = load_config({}, args.config, command="status").agent.state_dir
+    state = StateDir(state_dir or default_state_dir())
     status = state.load("status")
     if status is None:
         print(f"no agent status in {state.path} (has 'defender-agent run' used this state dir?)")
