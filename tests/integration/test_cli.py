@@ -162,6 +162,8 @@ def test_collect_cbor_to_a_file_and_to_stdout(tmp_path: Path) -> None:
     first, second = cbor2.load(stream), cbor2.load(stream)
     assert stream.read() == b""
     assert first["hed"]["rid"] < second["hed"]["rid"]
+    validated = run("validate", str(out))  # a CBOR sequence: each report is checked
+    assert validated.returncode == 0, validated.stderr
     piped = run("collect", "-n", "1", "-s", "0", "--format", "cbor", "--state-dir", str(tmp_path))
     assert piped.returncode == 0
     assert cbor2.loads(piped.stdout)["header"]["version"] == "1.0"
@@ -371,6 +373,9 @@ def test_collect_several_reports_to_a_file_are_json_lines(tmp_path: Path) -> Non
     first, second = (json.loads(line) for line in lines)
     assert first["header"]["report_id"] < second["header"]["report_id"]
     assert b"\n" not in lines[0] and lines[0].startswith(b'{"header":')
+    validated = run("validate", str(out))  # validate checks each report of the stream
+    assert validated.returncode == 0, validated.stderr
+    assert b"2 reports" in validated.stdout
     to_stdout = run("collect", *args, "-o", "-")
     assert [json.loads(line)["metrics"] for line in to_stdout.stdout.splitlines()] == [
         first["metrics"],
