@@ -450,7 +450,9 @@ def test_global_options_before_and_after_collect(tmp_path: Path, before: bool) -
     assert json.loads(line)["level"] == "warning"
 
 
-@pytest.mark.parametrize("name", ["run", "status", "collect", "validate", "sandbox", "service"])
+@pytest.mark.parametrize(
+    "name", ["run", "status", "collect", "validate", "sandbox", "service", "data", "aws-setup"]
+)
 @pytest.mark.parametrize("before", [True, False])
 def test_every_command_takes_the_global_options_on_either_side(name: str, before: bool) -> None:
     bad = ["--log-level", "loud"]
