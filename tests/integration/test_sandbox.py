@@ -3,7 +3,7 @@
 The sandbox runs on this machine (it collects from the live /proc) with its own state
 directory under tmp_path; the embedded broker listens on 127.0.0.1 only. Tests of the
 embedded broker talk to it with paho (pure Python: TLS failures show at once, unlike
-awscrt's s2n "blinding" delay, platform.md §4.4).
+awscrt's s2n "blinding" delay).
 
 The embedded broker needs the ``sandbox`` extra (amqtt 0.12.1, Python 3.10+, and
 cryptography): those tests skip without it. ``--broker mqtt://...`` needs neither.
@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import ssl
 import subprocess
@@ -263,15 +264,87 @@ def test_an_existing_tls_broker_with_the_sandbox_pki(tmp_path: Path) -> None:
     assert "defender-service" in log
 
 
-def test_an_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_an_unreachable_broker_is_one_line_in_words_and_exit_2(tmp_path: Path) -> None:
     from tests.mqtt_infra.broker import free_port
 
-    done = run_sandbox(
-        tmp_path / "sandbox", "--broker", f"mqtt://127.0.0.1:{free_port()}", timeout=30
-    )
+    port = free_port()
+    done = run_sandbox(tmp_path / "sandbox", "--broker", f"mqtt://127.0.0.1:{port}", timeout=30)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("defender-agent: error: ")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"defender-agent: error: the service cannot reach the broker mqtt://127.0.0.1:{port} "
+        f"(host 127.0.0.1, port {port}): connection refused: nothing listens there "
+        "(AWS_IO_SOCKET_CONNECTION_REFUSED)"
+    ), done.stderr
+
+
+def _start_sandbox(state: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """A sandbox process, and its header lines (read until the first-report line)."""
+    proc = subprocess.Popen(
+        sandbox_args(state, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    header: list[str] = []
+    while not header or not header[-1].startswith("the first report"):
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            pytest.fail(f"the sandbox ended early: {header} {proc.communicate()[1]}")
+        header.append(line.rstrip("\n"))
+    return proc, header
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_a_second_sandbox_on_the_same_state_dir_refuses_naming_the_pid(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Two sandboxes would mix their report streams in one database (issue #8, item 3)."""
+    state = tmp_path / "sandbox"
+    broker = f"mqtt://127.0.0.1:{mosquitto.plain}"
+    first, header = _start_sandbox(state, "--broker", broker, "--interval", "60")
+    try:
+        removal = f"rm -rf {shlex.quote(str(state))}"
+        assert f"  state    all of the above is in {state}; remove it: {removal}" in header
+        second = run_sandbox(state, "--broker", broker, "--interval", "60", timeout=30)
+        assert second.returncode == 2, second.stderr
+        in_use = f"state directory {state} is in use by pid {first.pid}; stop it or use --state-dir"
+        assert second.stderr.strip().splitlines() == [f"defender-agent: error: {in_use}"]
+        assert second.stdout == ""
+    finally:
+        _stop(first)
+    # once the first one is gone, the directory is free again
+    again, _header = _start_sandbox(state, "--broker", broker, "--interval", "60")
+    _stop(again)
+
+
+def test_the_banner_says_when_the_first_report_comes_and_counts_in_words(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A fresh state waits one interval for the baseline; a restart may resume it (#14)."""
+    state = tmp_path / "sandbox"
+    broker = f"mqtt://127.0.0.1:{mosquitto.plain}"
+    fresh = run_sandbox(state, "--broker", broker, "--reports", "1", "--interval", "1")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "the first report follows the baseline in 1 s; stops after 1 reply\n" in fresh.stdout
+    assert "stopped: 1 report, 1 accepted, 0 rejected" in fresh.stdout
+    assert (state / "agent" / "baseline.json").exists()
+    restarted = run_sandbox(state, "--broker", broker, "--reports", "2", "--interval", "1")
+    assert restarted.returncode == 0, restarted.stderr
+    assert (
+        "the first report within 1 s (sooner when the agent resumes the baseline it saved); "
+        "stops after 2 replies\n"
+    ) in restarted.stdout
+    assert "follows the baseline" not in restarted.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""Report documents (long and short names) to Device Defender metric values (protocol §5.1, §2.6)."""
+"""Reports to Device Defender metric values (protocol §5.1, §2.6).
+
+The inputs are written as documents (long and short names) and decoded as the service does:
+:func:`decode_report` of what the validator accepted, so these tests pin the stored values
+from the wire format to the ``MetricValue``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from defender_agent.report.decode import decode_report
 from defender_agent.report.names import LONG_TO_SHORT
-from defender_agent.report.validate import validate_document
-from defender_agent.service.metrics_map import MetricValue, metric_values
+from defender_agent.report.validate import Severity, validate_document
+from defender_agent.service.metrics_map import MetricValue
+from defender_agent.service.metrics_map import metric_values as values_of_report
 from tests.conftest import GOLDEN
 
 HEADER = {"report_id": 1_700_000_000_000, "version": "1.0"}
@@ -91,6 +98,11 @@ def doc(metrics: Any = None, custom: Any = None) -> dict[str, Any]:
 
 
 STYLES = pytest.mark.parametrize("style", ["long", "short"])
+
+
+def metric_values(document: dict[str, Any], *, drop_unkept: bool = True) -> list[MetricValue]:
+    """The values of a document, decoded as the service decodes what the validator accepted."""
+    return values_of_report(decode_report(document), drop_unkept=drop_unkept)
 
 
 def styled(document: dict[str, Any], style: str) -> dict[str, Any]:
@@ -293,10 +305,10 @@ def test_custom_metric_types(entry: list[Any], expected: MetricValue) -> None:
         ["number"],
     ],
 )
-def test_malformed_custom_values_are_skipped(entry: Any) -> None:
-    assert metric_values(doc(custom={"x": entry, "ok": [{"number": 1}]})) == [
-        MetricValue("ok", number=1.0)
-    ]
+def test_malformed_custom_values_never_reach_the_mapping(entry: Any) -> None:
+    """The validator refuses them, so the responder rejects the report: nothing to store."""
+    problems = validate_document(doc(custom={"x": entry, "ok": [{"number": 1}]}))
+    assert [p for p in problems if p.severity is Severity.ERROR], problems
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from defender_agent.errors import ConfigError
+from defender_agent.report.decode import decode_report
 from defender_agent.report.validate import PayloadFormat, ValidationPolicy
 from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
@@ -176,6 +177,20 @@ def test_good_report_is_accepted(
     assert outcome.reply is not None
     assert outcome.reason == "accepted"
     assert_accepted(outcome.reply, fmt, report_id)
+    assert outcome.report == decode_report(doc)  # decoded once, by the validator
+
+
+def test_only_an_accepted_outcome_carries_the_report(responder: Responder) -> None:
+    accepted = responder.handle(topic(), encode(LONG, JSON))
+    assert accepted.report is not None and accepted.report.report_id == 1700000000
+    assert accepted.report.custom_metrics[0].name == "cpu_usage"
+    throttled = responder.handle(topic(), encode(LONG, JSON))
+    assert throttled.reply is not None and throttled.reply.error_code == THROTTLED
+    assert throttled.report is None
+    invalid = responder.handle(topic("thing2"), b'{"header": {"report_id": 5}}')
+    assert invalid.reply is not None and invalid.reply.report_id == 5  # the id is still echoed
+    assert invalid.report is None
+    assert responder.handle(topic() + "/accepted", encode(LONG, JSON)).report is None
 
 
 def test_json_reply_is_compact_ascii(responder: Responder) -> None:

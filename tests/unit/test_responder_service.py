@@ -367,13 +367,13 @@ def test_shared_filter_is_subscribed_and_real_topics_answered(transport: FakeTra
 
 
 def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport) -> None:
-    seen: list[tuple[str, bytes, Outcome]] = []
+    seen: list[tuple[str, Outcome]] = []
     service = ResponderService(
         transport,
         Responder(clock=lambda: 1.0),
         topic_filter=report_filter("dd", "bridged/"),
         topic_prefix="bridged/",
-        on_outcome=lambda t, p, o: seen.append((t, p, o)),
+        on_outcome=lambda t, o: seen.append((t, o)),
     )
     service.start()
     ((_, handler),) = transport.handlers
@@ -383,14 +383,15 @@ def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport
         JSON_TOPIC + "/accepted",
         JSON_TOPIC + "/rejected",
     ]
-    assert [(t, p) for t, p, _ in seen] == [(JSON_TOPIC, REPORT), (JSON_TOPIC, REPORT)]
-    assert seen[0][2].reason == "accepted"
+    assert [t for t, _ in seen] == [JSON_TOPIC, JSON_TOPIC]
+    assert seen[0][1].reason == "accepted"
+    assert seen[0][1].report is not None and seen[1][1].report is None  # only when accepted
 
 
 def test_on_outcome_runs_after_the_publish_and_for_drops(transport: FakeTransport) -> None:
     order: list[str] = []
 
-    def hook(topic: str, payload: bytes, outcome: Outcome) -> None:
+    def hook(topic: str, outcome: Outcome) -> None:
         order.append(f"hook:{len(transport.published)}:{outcome.reply is not None}")
 
     service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)
@@ -403,7 +404,7 @@ def test_on_outcome_runs_after_the_publish_and_for_drops(transport: FakeTranspor
 def test_on_outcome_errors_are_contained(
     transport: FakeTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def hook(topic: str, payload: bytes, outcome: Outcome) -> None:
+    def hook(topic: str, outcome: Outcome) -> None:
         raise RuntimeError("storage bug")
 
     service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)

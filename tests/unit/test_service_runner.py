@@ -16,7 +16,6 @@ import cbor2
 import pytest
 
 from defender_agent.errors import ConfigError, ConnectError, StateError
-from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.responder import Outcome, ResponderPolicy
 from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
 from defender_agent.service.storage import SQLiteStore, Store, StoredReport, open_store
@@ -262,12 +261,14 @@ class FlakyStore(BrokenStore):
 def test_a_failed_batch_is_retried_report_by_report(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from defender_agent.report.decode import decode_report
     from defender_agent.report.validate import PayloadFormat
     from defender_agent.service.runner import _Accepted, _Writer
 
     writer = _Writer(FlakyStore(db, bad={"t3"}), batch_max=500, queue_max=100)
     for n in range(6):  # queued before the thread starts: one batch of six
-        assert writer.offer(_Accepted(f"t{n}", n + 1, T0, PayloadFormat.JSON, report(n + 1)))
+        decoded = decode_report(json.loads(report(n + 1)))
+        assert writer.offer(_Accepted(f"t{n}", n + 1, T0, PayloadFormat.JSON, decoded))
     writer.start()
     assert writer.close(5) == 0
     assert (writer.stored, writer.errors, writer.largest) == (5, 1, 1)
@@ -298,7 +299,7 @@ def test_on_outcome_sees_every_message_and_its_errors_are_contained(
 ) -> None:
     seen: list[tuple[str, Optional[str]]] = []
 
-    def on_outcome(outcome: Outcome, topic_name: str) -> None:
+    def on_outcome(topic_name: str, outcome: Outcome) -> None:
         seen.append((topic_name, outcome.reply.error_code if outcome.reply else "dropped"))
         if len(seen) == 2:
             raise RuntimeError("sandbox bug")

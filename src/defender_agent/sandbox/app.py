@@ -44,12 +44,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Final, Optional, Protocol
 from urllib.parse import urlsplit
 
-from defender_agent.errors import ConfigError, ReportError, StateError
+from defender_agent.errors import ConfigError, ConnectError, ReportError, StateError
+from defender_agent.replies import parse_reply
+from defender_agent.report.decode import decode_report
 from defender_agent.report.validate import PayloadFormat, decode_payload
 from defender_agent.rules import validate_thing_name
 from defender_agent.service.metrics_map import MetricValue, metric_values
 from defender_agent.service.responder import ResponderPolicy
-from defender_agent.state import default_state_dir
+from defender_agent.state import StateDir, StateLock, default_state_dir
 from defender_agent.transport.base import MessageHandler, MqttSettings, Transport
 from defender_agent.transport.wrap import TransportWrapper
 
@@ -247,18 +249,33 @@ def _size(count: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_IN_WORDS: Final = {
+    "AWS_IO_SOCKET_CONNECTION_REFUSED": "connection refused: nothing listens there",
+    "AWS_IO_SOCKET_TIMEOUT": "no answer: the connection timed out",
+    "AWS_IO_SOCKET_NO_ROUTE_TO_HOST": "no route to the host",
+    "AWS_IO_SOCKET_NETWORK_DOWN": "the network is down",
+    "AWS_IO_DNS_INVALID_NAME": "the host name cannot be resolved",
+    "AWS_IO_DNS_QUERY_FAILED": "the host name cannot be resolved",
+    "AWS_IO_SOCKET_CLOSED": "the broker closed the connection",
+    "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE": "the TLS handshake failed",
+}
+
+
+def connect_failure_in_words(reason: str) -> str:
+    """A transport's connection failure in words, its awscrt error name kept in brackets.
+
+    >>> connect_failure_in_words("AWS_IO_SOCKET_CONNECTION_REFUSED: socket connection refused.")
+    'connection refused: nothing listens there (AWS_IO_SOCKET_CONNECTION_REFUSED)'
+    >>> connect_failure_in_words("no connection within 10 s")
+    'no connection within 10 s'
+    """
+    name = reason.partition(":")[0].strip()
+    words = _IN_WORDS.get(name)
+    return f"{words} ({name})" if words else reason
+
+
 def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
-
-
-def _report_id(document: object) -> Optional[int]:
-    if not isinstance(document, Mapping):
-        return None
-    header = document.get("header", document.get("hed"))
-    if not isinstance(header, Mapping):
-        return None
-    value = header.get("report_id", header.get("rid"))
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def summarize_report(payload: bytes, fmt: str) -> tuple[Optional[int], str]:
@@ -280,10 +297,10 @@ def summarize_report(payload: bytes, fmt: str) -> tuple[Optional[int], str]:
     """
     try:
         document, _ = decode_payload(payload, PayloadFormat(fmt))
+        report = decode_report(document)
     except ReportError as exc:
         return None, f"undecodable: {exc}"
-    assert isinstance(document, dict)
-    values: dict[str, MetricValue] = {v.metric: v for v in metric_values(document)}
+    values: dict[str, MetricValue] = {v.metric: v for v in metric_values(report)}
 
     def count(metric: str) -> Optional[int]:
         value = values.get(metric)
@@ -297,32 +314,24 @@ def summarize_report(payload: bytes, fmt: str) -> tuple[Optional[int], str]:
     ):
         if (number := count(metric)) is not None:
             parts.append(_plural(number, one, many))
-    custom = document.get("custom_metrics", document.get("cmet"))
-    if isinstance(custom, Mapping) and custom:
-        parts.append(_plural(len(custom), "custom metric", "custom metrics"))
+    if report.custom_metrics:
+        parts.append(_plural(len(report.custom_metrics), "custom metric", "custom metrics"))
     bytes_in, bytes_out = count("aws:all-bytes-in"), count("aws:all-bytes-out")
     if bytes_in is not None and bytes_out is not None:
         parts.append(f"+{_size(bytes_in)} in / +{_size(bytes_out)} out")
-    return _report_id(document), ", ".join(parts) or "no metrics"
+    return report.report_id, ", ".join(parts) or "no metrics"
 
 
-def _describe_reply(payload: bytes, fmt: str) -> tuple[Optional[int], bool, str]:
+def _describe_reply(topic: str, payload: bytes) -> tuple[Optional[int], bool, str]:
     """``(report id, accepted, text)`` of a Device Defender reply."""
     try:
-        reply, _ = decode_payload(payload, PayloadFormat(fmt))
-    except ReportError as exc:
+        reply = parse_reply(topic, payload)
+    except ValueError as exc:
         return None, False, f"undecodable reply: {exc}"
-    assert isinstance(reply, dict)
-    report_id = reply.get("reportId")
-    rid = report_id if isinstance(report_id, int) and not isinstance(report_id, bool) else None
-    status = str(reply.get("status", "?"))
-    if status == "ACCEPTED":
-        return rid, True, "ACCEPTED"
-    details = reply.get("statusDetails")
-    if isinstance(details, Mapping):
-        code, message = details.get("ErrorCode", "?"), details.get("ErrorMessage", "")
-        return rid, False, f"{status} {code}" + (f": {message}" if message else "")
-    return rid, False, status
+    if reply.accepted:
+        return reply.report_id, True, "ACCEPTED"
+    message = f": {reply.error_message}" if reply.error_message else ""
+    return reply.report_id, False, f"REJECTED {reply.error_code}{message}"
 
 
 class _Console:
@@ -352,7 +361,7 @@ class _Console:
         self.line(f"report {shown} ({_size(len(payload))} {self.fmt}) → {summary}")
 
     def reply(self, topic: str, payload: bytes) -> None:
-        report_id, accepted, text = _describe_reply(payload, self.fmt)
+        report_id, accepted, text = _describe_reply(topic, payload)
         with self.lock:
             if self.done.is_set() and self.limit:
                 return  # late replies after --reports N are not shown
@@ -458,6 +467,8 @@ class Sandbox:
         self.endpoint: Optional[_Endpoint] = None
         self._parts = _Parts()
         self._stopped = False
+        self._lock: Optional[StateLock] = None
+        self._had_baseline = False  # the agent found a saved baseline (it may resume it)
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -478,6 +489,8 @@ class Sandbox:
     def _start(self) -> None:
         config = self.config
         _private_dir(config.state_dir)
+        # one sandbox per state directory: two would mix their reports in one database
+        self._lock = StateDir(config.state_dir).acquire_lock()
         target = config.broker
         if target is None or target.tls:
             self.pki = self._ensure_pki()
@@ -558,7 +571,13 @@ class Sandbox:
             )
         )
         self._parts.service = service
-        service.start()
+        try:
+            service.start()
+        except ConnectError as exc:
+            raise ConnectError(
+                f"the service cannot reach the broker {endpoint.label} (host {endpoint.host}, "
+                f"port {endpoint.port}): {connect_failure_in_words(str(exc))}"
+            ) from None
 
     def _agent_toml(self) -> Path:
         endpoint = self.endpoint
@@ -604,12 +623,12 @@ class Sandbox:
         from defender_agent.agent import Agent  # noqa: PLC0415
         from defender_agent.config import load_config  # noqa: PLC0415
         from defender_agent.cycle import Collector  # noqa: PLC0415
-        from defender_agent.state import StateDir  # noqa: PLC0415
         from defender_agent.transport.mqtt import MqttTransport  # noqa: PLC0415
 
         # the sandbox's own file, not /etc/defender-agent/config.toml nor DEFENDER_AGENT_*
         config = load_config({}, self._agent_toml(), environ={})
-        state = StateDir(config.state_dir)
+        self._had_baseline = (self.config.state_dir / "agent" / "baseline.json").exists()
+        state = StateDir(config.agent.state_dir or self.config.state_dir / "agent")
         state.ensure()
         transport = _ObservedTransport(
             MqttTransport(config.mqtt_settings()), self.console.report, self.console.reply
@@ -639,6 +658,7 @@ class Sandbox:
         names = "short names" if config.short_names else "long names"
         custom = ", with cpu_usage" if config.include_custom_metrics else ""
         certs = f", client certificates in {self.pki.directory}" if self.pki else ""
+        state = shlex.quote(str(config.state_dir))
         lines = [
             (
                 f"defender-agent sandbox: thing {self.thing!r}, a report every "
@@ -647,9 +667,18 @@ class Sandbox:
             f"  broker   {endpoint.label}{certs}",
             f"  service  validates, replies, stores in {config.store_path}",
             f"  agent    collects from this machine; state in {config.state_dir / 'agent'}",
+            f"  state    all of the above is in {config.state_dir}; remove it: rm -rf {state}",
         ]
-        stop = f"stops after {config.reports} replies" if config.reports else "Ctrl-C stops"
-        lines.append(f"the first report follows the baseline in {config.interval} s; {stop}")
+        if self._had_baseline:  # resumed: the next report is due sooner (or found stale)
+            first = (
+                f"the first report within {config.interval} s "
+                "(sooner when the agent resumes the baseline it saved)"
+            )
+        else:
+            first = f"the first report follows the baseline in {config.interval} s"
+        replies = _plural(config.reports, "reply", "replies")
+        stop = f"stops after {replies}" if config.reports else "Ctrl-C stops"
+        lines.append(f"{first}; {stop}")
         return lines
 
     def footer(self) -> list[str]:
@@ -710,6 +739,8 @@ class Sandbox:
             parts.service.stop()
         if parts.broker is not None:
             parts.broker.stop()
+        if self._lock is not None:
+            self._lock.release()
 
     def run(self) -> int:
         """Start, print the header, wait, stop, print the footer; return the exit status.

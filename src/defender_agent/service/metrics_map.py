@@ -28,29 +28,38 @@ and the choices it leaves open:
   ``string_list`` → ``strings``, both as sent (order and repeats kept: they are data);
   ``ip_list`` → ``cidrs`` like the destination addresses. A value Device Defender neither shows
   nor keeps (§2.6: a number with more than 15 significant digits, a string outside
-  ``[A-Za-z0-9:_-/.]``) leaves that metric out of the report's values, unless
-  ``drop_unkept=False``.
+  ``[A-Za-z0-9:_-/.]``; :mod:`defender_agent.rules`) leaves that metric out of the report's
+  values, unless ``drop_unkept=False``.
 * **Absent is not zero.** A group, list or counter missing from the report gives no value; an
   empty list gives an empty set (which always conforms, §5.2).
 
-Keys may be long or short (:mod:`defender_agent.report.names`), in any mix. The document is one
-the validator accepted; anything else of the wrong type is skipped, never an exception.
+The input is the typed :class:`~defender_agent.model.Report` the validator decoded
+(:attr:`~defender_agent.report.validate.ValidationResult.report`): long or short names made no
+difference by then, and the payload is never decoded a second time.
 
->>> [v.to_json() for v in metric_values({"hed": {"rid": 1, "v": "1.0"},
-...     "met": {"tp": {"pts": [{"pt": 443}, {"pt": 22}, {"pt": 443, "if": "eth1"}]}}})]
+>>> from defender_agent.model import ListeningPort, PortList, Report
+>>> ports = (ListeningPort(443), ListeningPort(22), ListeningPort(443, "eth1"))
+>>> report = Report(report_id=1, listening_tcp_ports=PortList(ports, None))
+>>> [v.to_json() for v in metric_values(report)]
 [{'count': 3}, {'ports': [22, 443]}]
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Final, Optional, Union
+from typing import Callable, Final, Optional
 
-from defender_agent.report.names import LONG_TO_SHORT
+from defender_agent.model import (
+    ConnectionList,
+    CustomMetric,
+    CustomMetricType,
+    NetworkStats,
+    PortList,
+    Report,
+)
+from defender_agent.rules import IPAddress, is_kept_number, is_kept_string, parse_ip, plain_ip
 
 __all__ = ["MetricValue", "metric_values"]
 
@@ -116,9 +125,9 @@ class MetricValue:
         ((kind, value),) = doc.items()
         bad = ValueError(f"{metric}: bad {kind} {value!r}")
         if kind == "count":
-            if _count(value) is None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise bad
-            return cls(metric, count=_count(value))
+            return cls(metric, count=value)
         if kind == "number":
             if not isinstance(value, (int, float)) or not _is_number(value):
                 raise bad
@@ -147,145 +156,100 @@ _ITEM_CHECKS: Final[Mapping[str, Callable[[object], bool]]] = {
     "ports": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
     "numbers": _is_number,
 }
-_MISSING: Final = object()
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-def _get(node: object, long: str) -> object:
-    """``node[long]`` or ``node[short]``; ``_MISSING`` when absent, null or not an object."""
-    if not isinstance(node, Mapping):
-        return _MISSING
-    value = node.get(long, _MISSING)
-    if value is _MISSING and long in LONG_TO_SHORT:
-        value = node.get(LONG_TO_SHORT[long], _MISSING)
-    return _MISSING if value is None else value
+def _count(value: Optional[int]) -> Optional[int]:
+    return value if value is not None and value >= 0 else None
 
 
-def _count(value: object) -> Optional[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+def _cidrs(texts: Iterable[str]) -> tuple[str, ...]:
+    """One-address CIDRs of the addresses, unique, IPv4 first, by address; IPv4-mapped as IPv4.
 
+    Text that is no IP address is skipped (the validator has refused it already).
 
-def _cidrs(addresses: Iterable[IPAddress]) -> tuple[str, ...]:
-    """One-address CIDRs, unique, IPv4 first, by address; IPv4-mapped IPv6 as IPv4."""
-    plain = {
-        a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a
-        for a in addresses
-    }
+    >>> _cidrs(["2001:db8::1", "10.0.0.2", "::ffff:9.9.9.9", "10.0.0.2", "nonsense"])
+    ('9.9.9.9/32', '10.0.0.2/32', '2001:db8::1/128')
+    """
+    plain: set[IPAddress] = set()
+    for text in texts:
+        try:
+            plain.add(plain_ip(parse_ip(text)))
+        except ValueError:
+            continue
     ordered = sorted(plain, key=lambda a: (a.version, int(a)))
     return tuple(f"{a}/{a.max_prefixlen}" for a in ordered)
 
 
-def _ip(text: object) -> Optional[IPAddress]:
-    if not isinstance(text, str) or "%" in text:  # no zone ids (Python 3.9+ parses them)
-        return None
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _remote_ip(remote_addr: object) -> Optional[IPAddress]:
-    """The IP of ``a.b.c.d:port`` or ``[v6]:port``.
-
-    >>> _remote_ip("[2001:db8::1]:443"), _remote_ip("10.0.0.1:22"), _remote_ip("nonsense")
-    (IPv6Address('2001:db8::1'), IPv4Address('10.0.0.1'), None)
-    """
-    if not isinstance(remote_addr, str):
-        return None
-    if remote_addr.startswith("["):
-        host, sep, _ = remote_addr[1:].partition("]:")
-    else:
-        host, sep, _ = remote_addr.rpartition(":")
-    return _ip(host) if sep else None
-
-
-def _ports(group: object, names: tuple[str, str]) -> list[MetricValue]:
+def _ports(group: Optional[PortList], count_name: str, set_name: str) -> list[MetricValue]:
     """``num-*`` and the port set of one listening-ports group."""
-    if group is _MISSING:
+    if group is None:
         return []
-    count_name, set_name = names
     values = []
-    entries = _get(group, "ports")
-    entries = entries if isinstance(entries, list) else None
-    total = _count(_get(group, "total"))
-    if total is None and entries is not None:
-        total = len(entries)
+    total = _count(group.total)
+    if total is None and group.ports is not None:
+        total = len(group.ports)
     if total is not None:
         values.append(MetricValue(count_name, count=total))
-    if entries is not None:
-        ports = {_get(entry, "port") for entry in entries}
-        valid = sorted(p for p in ports if isinstance(p, int) and not isinstance(p, bool))
-        values.append(MetricValue(set_name, ports=tuple(p for p in valid if 0 <= p <= 65535)))
+    if group.ports is not None:
+        ports = {p.port for p in group.ports if p.port is not None and 0 <= p.port <= 65535}
+        values.append(MetricValue(set_name, ports=tuple(sorted(ports))))
     return values
 
 
-def _connections(group: object) -> list[MetricValue]:
-    established = _get(_get(group, "tcp_connections"), "established_connections")
-    if established is _MISSING:
+def _connections(group: Optional[ConnectionList]) -> list[MetricValue]:
+    if group is None:
         return []
     values = []
-    entries = _get(established, "connections")
-    entries = entries if isinstance(entries, list) else None
-    total = _count(_get(established, "total"))
-    if total is None and entries is not None:
-        total = len(entries)
+    total = _count(group.total)
+    if total is None and group.connections is not None:
+        total = len(group.connections)
     if total is not None:
         values.append(MetricValue("aws:num-established-tcp-connections", count=total))
-    if entries is not None:
-        ips = (_remote_ip(_get(entry, "remote_addr")) for entry in entries)
-        cidrs = _cidrs(ip for ip in ips if ip is not None)
+    if group.connections is not None:
+        cidrs = _cidrs(c.remote_ip for c in group.connections)
         values.append(MetricValue("aws:destination-ip-addresses", cidrs=cidrs))
     return values
 
 
-_STATS: Final = (
-    ("bytes_in", "aws:all-bytes-in"),
-    ("bytes_out", "aws:all-bytes-out"),
-    ("packets_in", "aws:all-packets-in"),
-    ("packets_out", "aws:all-packets-out"),
-)
-_KEPT_STRING: Final = re.compile(r"[A-Za-z0-9:_\-/.]+")
+def _stats(stats: Optional[NetworkStats]) -> list[MetricValue]:
+    if stats is None:
+        return []
+    pairs = (
+        ("aws:all-bytes-in", stats.bytes_in),
+        ("aws:all-bytes-out", stats.bytes_out),
+        ("aws:all-packets-in", stats.packets_in),
+        ("aws:all-packets-out", stats.packets_out),
+    )
+    return [MetricValue(name, count=c) for name, value in pairs if (c := _count(value)) is not None]
 
 
-def _kept_number(value: float) -> bool:
-    """Whether Device Defender keeps the number: at most 15 significant digits (§2.6)."""
-    text = str(abs(value)) if isinstance(value, int) else repr(abs(value)).split("e")[0]
-    return len(text.replace(".", "").strip("0")) <= 15
-
-
-def _custom(name: str, entry: object, drop_unkept: bool) -> Optional[MetricValue]:
-    """One custom metric, ``[{"<type>": value}]`` (§2.6); None when it gives no value."""
-    if not isinstance(entry, list) or len(entry) != 1 or not isinstance(entry[0], Mapping):
+def _custom(metric: CustomMetric, drop_unkept: bool) -> Optional[MetricValue]:
+    """One custom metric's value (§2.6); None when Device Defender would not keep it."""
+    name, value = metric.name, metric.value
+    if metric.type is CustomMetricType.IP_ADDRESS_LIST:
+        assert isinstance(value, tuple)
+        return MetricValue(name, cidrs=_cidrs(str(text) for text in value))
+    if metric.type is CustomMetricType.STRING_LIST:
+        assert isinstance(value, tuple)
+        strings = tuple(str(text) for text in value)
+        kept = not drop_unkept or all(map(is_kept_string, strings))
+        return MetricValue(name, strings=strings) if kept else None
+    raw = value if isinstance(value, tuple) else (value,)
+    numbers = [n for n in raw if isinstance(n, (int, float)) and _is_number(n)]
+    if len(numbers) != len(raw):
+        return None  # not a finite number (the validator has refused it already)
+    if drop_unkept and not all(map(is_kept_number, numbers)):
         return None
-    item = entry[0]
-    if _is_number(number := item.get("number")):
-        assert isinstance(number, (int, float))
-        return MetricValue(name, number=float(number)) if _keep(drop_unkept, [number]) else None
-    if isinstance(numbers := item.get("number_list"), list) and all(map(_is_number, numbers)):
-        kept = _keep(drop_unkept, numbers)
-        return MetricValue(name, numbers=tuple(float(n) for n in numbers)) if kept else None
-    if isinstance(strings := item.get("string_list"), list):
-        if not all(isinstance(s, str) for s in strings):
-            return None
-        kept = not drop_unkept or all(_KEPT_STRING.fullmatch(s) for s in strings)
-        return MetricValue(name, strings=tuple(strings)) if kept else None
-    if isinstance(ip_list := item.get("ip_list"), list):
-        ips = [_ip(text) for text in ip_list]
-        return MetricValue(name, cidrs=_cidrs(ip for ip in ips if ip is not None))
-    return None
+    if metric.type is CustomMetricType.NUMBER:
+        return MetricValue(name, number=float(numbers[0]))
+    return MetricValue(name, numbers=tuple(float(n) for n in numbers))
 
 
-def _keep(drop_unkept: bool, numbers: list[Union[int, float]]) -> bool:
-    return not drop_unkept or all(_kept_number(n) for n in numbers)
-
-
-def metric_values(document: Mapping[str, object], *, drop_unkept: bool = True) -> list[MetricValue]:
+def metric_values(report: Report, *, drop_unkept: bool = True) -> list[MetricValue]:
     """The Device Defender metric values of one accepted report.
 
     Args:
-        document: The decoded report (long or short names), as the validator accepted it.
+        report: The report, as the validator decoded it.
         drop_unkept: Leave out the custom metric values Device Defender drops silently
             (§2.6); False keeps them.
 
@@ -293,20 +257,12 @@ def metric_values(document: Mapping[str, object], *, drop_unkept: bool = True) -
         The values in the order of the module table, then the custom metrics in report order.
         A group missing from the report gives no value.
     """
-    metrics = _get(document, "metrics")
-    values: list[MetricValue] = []
-    stats = _get(metrics, "network_stats")
-    for field_name, metric in _STATS:
-        if (count := _count(_get(stats, field_name))) is not None:
-            values.append(MetricValue(metric, count=count))
-    tcp = ("aws:num-listening-tcp-ports", "aws:listening-tcp-ports")
-    udp = ("aws:num-listening-udp-ports", "aws:listening-udp-ports")
-    values += _ports(_get(metrics, "listening_tcp_ports"), tcp)
-    values += _ports(_get(metrics, "listening_udp_ports"), udp)
-    values += _connections(metrics)
-    custom = _get(document, "custom_metrics")
-    if isinstance(custom, Mapping):
-        for name, entry in custom.items():
-            if isinstance(name, str) and (value := _custom(name, entry, drop_unkept)):
-                values.append(value)
+    values = _stats(report.network_stats)
+    tcp, udp = report.listening_tcp_ports, report.listening_udp_ports
+    values += _ports(tcp, "aws:num-listening-tcp-ports", "aws:listening-tcp-ports")
+    values += _ports(udp, "aws:num-listening-udp-ports", "aws:listening-udp-ports")
+    values += _connections(report.tcp_connections)
+    for metric in report.custom_metrics:
+        if (value := _custom(metric, drop_unkept)) is not None:
+            values.append(value)
     return values

@@ -55,6 +55,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
+from defender_agent.model import Report
+from defender_agent.report.decode import read_report_id
 from defender_agent.report.serialize import encode_document
 from defender_agent.report.validate import (
     DEFAULT_POLICY,
@@ -183,10 +185,13 @@ class Outcome:
         reply: The reply to publish; None when Device Defender never sees the message
             (not a report topic, or dropped by the broker, §7.1, §7.2).
         reason: One line for the logs: why it was accepted, rejected or dropped.
+        report: The typed report, decoded once by the validator, when it was ACCEPTED;
+            None otherwise.
     """
 
     reply: Optional[Reply]
     reason: str
+    report: Optional[Report] = None
 
 
 @dataclass(frozen=True)
@@ -290,17 +295,11 @@ def _thing_name_problem(thing: str, max_bytes: int) -> Optional[str]:
     return None
 
 
-def _readable_report_id(document: object) -> Optional[int]:
-    """``header.report_id`` (or ``hed.rid``) if it is an integer of 64 bits, else None."""
-    if not isinstance(document, Mapping):
-        return None
-    header = next((document[k] for k in ("header", "hed") if k in document), None)
-    if not isinstance(header, Mapping):
-        return None
-    value = next((header[k] for k in ("report_id", "rid") if k in header), None)
-    if isinstance(value, int) and not isinstance(value, bool) and _ID_MIN <= value <= _ID_MAX:
-        return value
-    return None
+def _echo_id(result: ValidationResult) -> Optional[int]:
+    """The report id a reply carries: ``header.report_id`` if it is an integer of 64 bits."""
+    report = result.report
+    value = report.report_id if report is not None else read_report_id(result.document)
+    return value if value is not None and _ID_MIN <= value <= _ID_MAX else None
 
 
 def _one_line(text: str) -> str:
@@ -375,7 +374,7 @@ class Responder:
             return self._drop(f"payload is {len(payload)} bytes, over the {limit}-byte limit")
 
         result = validate_payload(payload, fmt, policy.validation)
-        report_id = _readable_report_id(result.document)
+        report_id = _echo_id(result)
         rejection = self._screen(thing, result, report_id)
         with self._lock:
             now = self._clock()
@@ -389,7 +388,8 @@ class Responder:
             else:
                 self._rejected[rejection.code] += 1
                 counts.rejected[rejection.code] += 1
-        return self._outcome(thing, fmt, report_id, rejection, now)
+        accepted = result.report if rejection is None else None
+        return self._outcome(thing, fmt, report_id, rejection, now, report=accepted)
 
     def snapshot(self) -> ResponderStats:
         """A consistent, read-only copy of the counters."""
@@ -414,7 +414,7 @@ class Responder:
         policy = self._policy
         if (problem := _thing_name_problem(thing, policy.max_thing_name_bytes)) is not None:
             return _Rejection(policy.thing_name_code, policy.thing_name_message, problem)
-        if result.ok and report_id is not None:
+        if result.ok and result.report is not None and report_id is not None:
             return None
         errors = result.errors
         # report_id is None here only under a ValidationPolicy that allows ids beyond 64 bits
@@ -477,6 +477,8 @@ class Responder:
         report_id: Optional[int],
         rejection: Optional[_Rejection],
         now: float,
+        *,
+        report: Optional[Report],
     ) -> Outcome:
         """The reply document of §4.1 / §4.2, encoded in the topic's format."""
         timestamp = int(now * 1000)
@@ -489,7 +491,7 @@ class Responder:
             }
             topic = _reply_topic(thing, fmt, "accepted")
             reply = Reply(topic, _encode(accepted, fmt), True, thing, report_id, None)
-            return Outcome(reply, "accepted")
+            return Outcome(reply, "accepted", report)
         if not self._policy.include_report_id_in_rejections:
             report_id = None
         rejected: dict[str, Any] = {"thingName": thing}

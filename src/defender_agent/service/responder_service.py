@@ -23,10 +23,10 @@ a publish: every reply is fired and its failure, if any, is logged at WARNING wh
 the transport reports it. An exception while handling a message is logged with its
 traceback and counted, and the next message is handled as usual.
 
-An optional ``on_outcome(topic, payload, outcome)`` hook runs after the reply was
-handed to the transport (the storage of the local service, a sandbox's printout); it
-gets the topic as the responder saw it. Its exceptions are logged and counted like
-the handler's.
+An optional ``on_outcome(topic, outcome)`` hook runs after the reply was handed to
+the transport (the storage of the local service, a caller's printout); it gets the
+topic as the responder saw it, and the outcome carries the decoded report of an
+ACCEPTED one. Its exceptions are logged and counted like the handler's.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ __all__ = [
 #: Every report topic, JSON and CBOR, of every thing (§1.1); not the reply topics.
 REPORT_TOPIC_FILTER: Final = "$aws/things/+/defender/metrics/+"
 
-#: ``hook(topic, payload, outcome)``: called after each handled message's reply was fired.
-OutcomeHook = Callable[[str, bytes, Outcome], None]
+#: ``hook(topic, outcome)``: called after each handled message's reply was fired (or after
+#: a drop); ``outcome.report`` is the decoded report of an ACCEPTED one.
+OutcomeHook = Callable[[str, Outcome], None]
 
 
 def report_filter(shared_group: Optional[str] = None, topic_prefix: str = "") -> str:
@@ -127,7 +128,7 @@ class ResponderService:
             prefixed form of it from :func:`report_filter`.
         topic_prefix: Taken off the front of each received topic that has it, before the
             responder sees the topic (the prefix :func:`report_filter` was given).
-        on_outcome: Called with ``(topic, payload, outcome)`` after each reply was fired
+        on_outcome: Called with ``(topic, outcome)`` after each reply was fired
             (or after a drop); ``topic`` without ``topic_prefix``. It runs on the
             transport's thread: it must be quick and must not block.
     """
@@ -231,7 +232,7 @@ class ResponderService:
             if outcome.reply is not None:
                 self._publish(outcome.reply)
             if self._on_outcome is not None:
-                self._on_outcome(topic, payload, outcome)
+                self._on_outcome(topic, outcome)
         except Exception:
             with self._lock:
                 self._handler_errors += 1

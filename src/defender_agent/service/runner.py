@@ -14,9 +14,9 @@ Choices, each one a setting of :class:`ServiceConfig`:
   be ACCEPTED and then not stored (the database failed, or the process died before the
   batch was committed). The service is a test double and a metrics sink, not a ledger, so
   latency wins; ``stats().store_errors`` and the logs say when it happened.
-* **Storage never stalls MQTT.** The transport's callback only puts the accepted payload
-  on a bounded queue (``queue_max``). One writer thread decodes it again, maps it to
-  metric values and commits whole batches (up to ``batch_max`` reports, one transaction
+* **Storage never stalls MQTT.** The transport's callback only puts the accepted report
+  (as the validator decoded it: the payload is never decoded twice) on a bounded queue
+  (``queue_max``). One writer thread maps it to metric values and commits whole batches (up to ``batch_max`` reports, one transaction
   per batch: group commit). When the queue is full the report is still answered but not
   stored, and counted in ``store_overflow``: blocking the callback would stall every
   device's replies behind the database.
@@ -55,7 +55,8 @@ from types import MappingProxyType
 from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
-from defender_agent.report.validate import PayloadFormat, decode_payload
+from defender_agent.model import Report
+from defender_agent.report.validate import PayloadFormat
 from defender_agent.service.metrics_map import metric_values
 from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
@@ -64,22 +65,18 @@ from defender_agent.service.responder import (
     ResponderPolicy,
     parse_topic,
 )
-from defender_agent.service.responder_service import ResponderService, report_filter
+from defender_agent.service.responder_service import OutcomeHook, ResponderService, report_filter
 from defender_agent.service.storage import Store, StoredReport, open_store
 from defender_agent.transport.base import MqttSettings, Transport
 from defender_agent.transport.wrap import TransportWrapper
 
 __all__ = [
     "DeviceDefenderService",
-    "OutcomeCallback",
     "RunnerStats",
     "ServiceConfig",
 ]
 
 log = logging.getLogger(__name__)
-
-#: ``callback(outcome, topic)`` after each message was answered (or dropped).
-OutcomeCallback = Callable[[Outcome, str], None]
 
 _REPLY_WAIT_S: Final = 2.0  # how long stop() waits for replies in flight
 _LOG_EVERY_S: Final = 5.0  # storage warnings: at most one line per this many seconds
@@ -172,13 +169,13 @@ class RunnerStats:
 
 @dataclass(frozen=True)
 class _Accepted:
-    """An accepted report waiting for the writer: decoded there, off the MQTT thread."""
+    """An accepted report waiting for the writer: mapped to values there, off the MQTT thread."""
 
     thing: str
     report_id: Optional[int]
     received_at: float
     fmt: PayloadFormat
-    payload: bytes
+    report: Report
 
 
 class _Throttled:
@@ -292,9 +289,7 @@ class _Writer:
         reports = []
         for item in batch:
             try:
-                document, _fmt = decode_payload(item.payload, item.fmt)
-                assert isinstance(document, dict)  # decode_payload returns objects only
-                values = metric_values(document)
+                values = metric_values(item.report)
             except Exception as exc:  # validated before: a bug, but only this report's
                 with self._cond:
                     self.errors += 1
@@ -389,7 +384,7 @@ class DeviceDefenderService:
 
     Args:
         config: Broker, database, policy, scaling and batching settings.
-        on_outcome: Called with ``(outcome, topic)`` for every message after its reply was
+        on_outcome: Called with ``(topic, outcome)`` for every message after its reply was
             fired, on the MQTT client's thread (keep it quick; its exceptions are logged).
         transport: The MQTT connection; an :class:`~defender_agent.transport.mqtt.MqttTransport`
             for ``config.broker`` if None.
@@ -402,7 +397,7 @@ class DeviceDefenderService:
         self,
         config: ServiceConfig,
         *,
-        on_outcome: Optional[OutcomeCallback] = None,
+        on_outcome: Optional[OutcomeHook] = None,
         transport: Optional[Transport] = None,
         store: Optional[Store] = None,
         clock: Callable[[], float] = time.time,
@@ -521,19 +516,16 @@ class DeviceDefenderService:
             largest_batch=writer.largest if writer else 0,
         )
 
-    def _after_reply(self, topic: str, payload: bytes, outcome: Outcome) -> None:
+    def _after_reply(self, topic: str, outcome: Outcome) -> None:
         """After the reply was fired: queue an accepted report, then tell the callback."""
-        reply = outcome.reply
-        writer = self._writer
-        if reply is not None and reply.accepted and writer is not None:
+        reply, report, writer = outcome.reply, outcome.report, self._writer
+        if reply is not None and report is not None and writer is not None:
             parsed = parse_topic(topic)
             if parsed is not None:  # always: the responder accepted it
-                item = _Accepted(
-                    reply.thing_name, reply.report_id, self._clock(), parsed[1], payload
-                )
-                writer.offer(item)
+                at = self._clock()
+                writer.offer(_Accepted(reply.thing_name, reply.report_id, at, parsed[1], report))
         if self._on_outcome is not None:
             try:
-                self._on_outcome(outcome, topic)
+                self._on_outcome(topic, outcome)
             except Exception:  # the caller's bug must not cost the next reports
                 log.exception("the on_outcome callback failed")
