@@ -1,4 +1,9 @@
-"""Tests for defender_agent.service.responder_service over an in-memory transport."""
+"""Tests for defender_agent.service.responder_service over the in-memory transport.
+
+Messages arrive through :class:`MemoryTransport` as a broker would route them; the ones a real
+broker would never deliver (a NUL in the topic) are handed to the subscription's handler
+directly (:func:`hand_over`), since the service must survive them all the same.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import json
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Optional
 
 import cbor2
 import pytest
@@ -19,74 +23,29 @@ from defender_agent.service.responder_service import (
     ServiceStats,
     report_filter,
 )
-from defender_agent.transport.base import ConnectionListener, MessageHandler, Transport
+from defender_agent.transport.memory import MemoryTransport
+from defender_agent.transport.topics import topic_matches
+from defender_agent.transport.wrap import TransportWrapper
 
 REPORT = b'{"header":{"report_id":7,"version":"1.0"},"metrics":{}}'
 JSON_TOPIC = "$aws/things/thing1/defender/metrics/json"
 CBOR_TOPIC = "$aws/things/thing1/defender/metrics/cbor"
 
 
-def matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (MQTT 3.1.1 §4.7), enough for these tests."""
-    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level not in ("+", t_levels[i])):
-            return False
-    return len(f_levels) == len(t_levels)
+def hand_over(transport: MemoryTransport, topic: str, payload: bytes) -> None:
+    """Call every subscription's handler with a message no real broker would deliver."""
+    for handler in transport.subscriptions.values():
+        handler(topic, payload)
 
 
-class FakeTransport:
-    """Records subscriptions and publishes; ``inject`` delivers a message like a broker."""
-
-    def __init__(self) -> None:
-        self.subscriptions: list[str] = []
-        self.handlers: list[tuple[str, MessageHandler]] = []
-        self.published: list[tuple[str, bytes]] = []
-        self.futures: list[Future[None]] = []
-        self.complete_publishes = True
-        self.publish_error: Optional[Exception] = None
-        self.subscribe_error: Optional[Exception] = None
-        self._connected = True
-
-    def connect(self) -> None:
-        self._connected = True
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        if self.subscribe_error is not None:
-            raise self.subscribe_error
-        self.subscriptions.append(topic_filter)
-        self.handlers.append((topic_filter, handler))
+class CancellingTransport(TransportWrapper):
+    """Every publish's future is cancelled (what a client does with a request it drops)."""
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        if self.publish_error is not None:
-            raise self.publish_error
-        self.published.append((topic, payload))
-        future: Future[None] = Future()
-        if self.complete_publishes:
-            future.set_result(None)
-        self.futures.append(future)
-        return future
-
-    def disconnect(self) -> None:
-        self._connected = False
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
-        pass
-
-    def inject(self, topic: str, payload: bytes) -> int:
-        """Deliver to every matching subscription, as the client thread would; returns how many."""
-        delivered = 0
-        for topic_filter, handler in self.handlers:
-            if matches(topic_filter, topic):
-                handler(topic, payload)
-                delivered += 1
-        return delivered
+        super().publish(topic, payload)
+        cancelled: Future[None] = Future()
+        cancelled.cancel()
+        return cancelled
 
 
 class ExplodingResponder(Responder):
@@ -104,28 +63,25 @@ class ExplodingResponder(Responder):
 
 
 @pytest.fixture
-def transport() -> FakeTransport:
-    return FakeTransport()
+def transport() -> MemoryTransport:
+    connected = MemoryTransport(client_id="service")
+    connected.connect()
+    return connected
 
 
 @pytest.fixture
-def service(transport: FakeTransport) -> ResponderService:
+def service(transport: MemoryTransport) -> ResponderService:
     svc = ResponderService(transport, Responder(clock=lambda: 1_700_000_000.0))
     svc.start()
     return svc
 
 
-def test_the_fake_is_a_transport(transport: FakeTransport) -> None:
-    typed: Transport = transport  # checked by mypy
-    assert typed.connected
-
-
-def test_start_subscribes_to_every_report_topic_once(transport: FakeTransport) -> None:
+def test_start_subscribes_to_every_report_topic_once(transport: MemoryTransport) -> None:
     service = ResponderService(transport)
     assert not service.running
     service.start()
     service.start()
-    assert transport.subscriptions == ["$aws/things/+/defender/metrics/+"]
+    assert list(transport.subscriptions) == ["$aws/things/+/defender/metrics/+"]
     assert REPORT_TOPIC_FILTER == "$aws/things/+/defender/metrics/+"
     assert service.running
 
@@ -144,7 +100,7 @@ def test_start_subscribes_to_every_report_topic_once(transport: FakeTransport) -
     ],
 )
 def test_subscription_filter(topic: str, matched: bool) -> None:
-    assert matches(REPORT_TOPIC_FILTER, topic) is matched
+    assert topic_matches(REPORT_TOPIC_FILTER, topic) is matched
 
 
 @pytest.mark.parametrize(
@@ -158,13 +114,13 @@ def test_subscription_filter(topic: str, matched: bool) -> None:
 )
 def test_reply_is_published_on_the_right_topic(
     service: ResponderService,
-    transport: FakeTransport,
+    transport: MemoryTransport,
     topic: str,
     payload: bytes,
     reply_topic: str,
     status: str,
 ) -> None:
-    assert transport.inject(topic, payload) == 1
+    assert transport.deliver(topic, payload) == 1
     assert [t for t, _ in transport.published] == [reply_topic]
     reply = transport.published[0][1]
     doc = json.loads(reply) if topic.endswith("json") else cbor2.loads(reply)
@@ -175,9 +131,9 @@ def test_reply_is_published_on_the_right_topic(
     )
 
 
-def test_throttled_second_report(service: ResponderService, transport: FakeTransport) -> None:
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject(JSON_TOPIC, REPORT)
+def test_throttled_second_report(service: ResponderService, transport: MemoryTransport) -> None:
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)
     second = json.loads(transport.published[1][1])
     assert transport.published[1][0] == JSON_TOPIC + "/rejected"
     assert second["statusDetails"]["ErrorCode"] == "Throttled"
@@ -187,11 +143,11 @@ def test_throttled_second_report(service: ResponderService, transport: FakeTrans
 
 
 def test_not_a_report_topic_publishes_nothing(
-    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    service: ResponderService, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "defender_agent.service.responder_service")
-    transport.inject("$aws/things/thing1/defender/metrics/JSON", REPORT)
-    transport.inject("$aws/things/thing1/defender/metrics/json", b"\x00" * 200_000)
+    transport.deliver("$aws/things/thing1/defender/metrics/JSON", REPORT)
+    transport.deliver("$aws/things/thing1/defender/metrics/json", b"\x00" * 200_000)
     assert transport.published == []
     assert service.stats().messages == 2
     assert service.responder.snapshot().dropped == 2
@@ -201,12 +157,12 @@ def test_not_a_report_topic_publishes_nothing(
 
 
 def test_each_outcome_is_logged_at_info_in_one_line(
-    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    service: ResponderService, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "defender_agent.service.responder_service")
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject("$aws/things/a\nb/defender/metrics/json", b"nonsense")
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver("$aws/things/a\nb/defender/metrics/json", b"nonsense")
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "report thing='thing1' report_id=7 status=ACCEPTED code=-: accepted" in lines
     assert any(
@@ -220,27 +176,27 @@ def test_each_outcome_is_logged_at_info_in_one_line(
 
 
 def test_exception_in_handling_is_caught_logged_and_counted(
-    transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     service = ResponderService(transport, ExplodingResponder(failures=2))
     service.start()
-    transport.inject(JSON_TOPIC, REPORT)  # must not raise into the transport's thread
-    transport.inject(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)  # must not raise into the transport's thread
+    transport.deliver(JSON_TOPIC, REPORT)
     assert service.stats().handler_errors == 2
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert errors[0].exc_info is not None
     assert "thing1" in errors[0].getMessage()
-    transport.inject(JSON_TOPIC, REPORT)  # the next message is answered as usual
+    transport.deliver(JSON_TOPIC, REPORT)  # the next message is answered as usual
     assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
     assert service.stats().messages == 3
 
 
 def test_publish_that_raises_is_logged_at_warning(
-    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    service: ResponderService, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
-    transport.publish_error = PublishError("not connected")
-    transport.inject(JSON_TOPIC, REPORT)
+    transport.fail_next_publishes(1, PublishError("not connected"), synchronous=True)
+    transport.deliver(JSON_TOPIC, REPORT)
     assert service.stats().publish_failures == 1
     assert service.stats().replies == 0
     assert service.stats().handler_errors == 0
@@ -249,56 +205,70 @@ def test_publish_that_raises_is_logged_at_warning(
     assert warnings == [f"responder could not publish the reply on {reply_topic}: not connected"]
 
 
-def test_publish_is_fired_not_awaited(service: ResponderService, transport: FakeTransport) -> None:
-    transport.complete_publishes = False
-    transport.inject(JSON_TOPIC, REPORT)  # returns although the PUBACK never comes
+def test_publish_is_fired_not_awaited(
+    service: ResponderService, transport: MemoryTransport
+) -> None:
+    transport.auto_ack = False
+    transport.deliver(JSON_TOPIC, REPORT)  # returns although the PUBACK never comes
     assert service.stats().replies == 1
     assert service.stats().publish_failures == 0
 
 
 def test_publish_failing_later_is_logged_at_warning(
-    service: ResponderService, transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    service: ResponderService, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
-    transport.complete_publishes = False
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject("$aws/things/thing2/defender/metrics/json", REPORT)
-    transport.futures[0].set_exception(PublishError("no PUBACK"))
-    transport.futures[1].cancel()
+    transport.auto_ack = False
+    transport.deliver(JSON_TOPIC, REPORT)
+    assert transport.ack_pending(PublishError("no PUBACK")) == 1
+    transport.deliver("$aws/things/thing2/defender/metrics/json", REPORT)
+    transport.disconnect()
     assert service.stats().publish_failures == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings[0].endswith("json/accepted': no PUBACK")
-    assert warnings[1].endswith("json/accepted': cancelled")
+    assert warnings[1].endswith("json/accepted': disconnected before the PUBACK arrived")
+
+
+def test_a_cancelled_publish_is_logged_at_warning(
+    transport: MemoryTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = ResponderService(CancellingTransport(transport), Responder(clock=lambda: 1.0))
+    service.start()
+    transport.deliver(JSON_TOPIC, REPORT)
+    assert service.stats().publish_failures == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"responder could not publish the reply on '{JSON_TOPIC}/accepted': cancelled"
+    ]
 
 
 def test_stop_ignores_messages_and_start_resumes(
-    service: ResponderService, transport: FakeTransport
+    service: ResponderService, transport: MemoryTransport
 ) -> None:
     service.stop()
     service.stop()
     assert not service.running
-    transport.inject(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)
     assert transport.published == []
     assert service.stats().ignored == 1
     service.start()
-    transport.inject(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)
     assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
-    assert transport.subscriptions == [REPORT_TOPIC_FILTER]  # not subscribed twice
+    assert list(transport.subscriptions) == [REPORT_TOPIC_FILTER]  # not subscribed twice
 
 
-def test_failed_subscription_leaves_the_service_stopped(transport: FakeTransport) -> None:
+def test_failed_subscription_leaves_the_service_stopped(transport: MemoryTransport) -> None:
     service = ResponderService(transport)
-    transport.subscribe_error = TransportError("SUBACK refused")
+    transport.fail_next_subscribes(1, TransportError("SUBACK refused"))
     with pytest.raises(TransportError):
         service.start()
     assert not service.running
-    transport.subscribe_error = None
     service.start()
-    assert transport.subscriptions == [REPORT_TOPIC_FILTER]
-    transport.inject(JSON_TOPIC, REPORT)
+    assert list(transport.subscriptions) == [REPORT_TOPIC_FILTER]
+    transport.deliver(JSON_TOPIC, REPORT)
     assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
 
 
-def test_default_responder(transport: FakeTransport) -> None:
+def test_default_responder(transport: MemoryTransport) -> None:
     service = ResponderService(transport)
     assert service.responder.policy.min_delay_s == 300.0
 
@@ -315,11 +285,13 @@ HOSTILE = [
 ]
 
 
-def test_hostile_messages_never_escape(service: ResponderService, transport: FakeTransport) -> None:
+def test_hostile_messages_never_escape(
+    service: ResponderService, transport: MemoryTransport
+) -> None:
     for n, payload in enumerate(HOSTILE):
         for fmt in ("json", "cbor"):
-            transport.inject(f"$aws/things/t{n}/defender/metrics/{fmt}", payload)
-            transport.inject(f"$aws/things/t\x00{n}/defender/metrics/{fmt}", payload)
+            transport.deliver(f"$aws/things/t{n}/defender/metrics/{fmt}", payload)
+            hand_over(transport, f"$aws/things/t\x00{n}/defender/metrics/{fmt}", payload)
     stats = service.stats()
     assert stats.handler_errors == 0
     assert stats.messages == 4 * len(HOSTILE)
@@ -327,10 +299,10 @@ def test_hostile_messages_never_escape(service: ResponderService, transport: Fak
     assert all(topic.endswith("/rejected") for topic, _ in transport.published)
 
 
-def test_concurrent_deliveries(service: ResponderService, transport: FakeTransport) -> None:
+def test_concurrent_deliveries(service: ResponderService, transport: MemoryTransport) -> None:
     def deliver(n: int) -> None:
         for _ in range(25):
-            transport.inject(f"$aws/things/t{n % 4}/defender/metrics/json", REPORT)
+            transport.deliver(f"$aws/things/t{n % 4}/defender/metrics/json", REPORT)
 
     threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -355,18 +327,18 @@ def test_report_filter_forms() -> None:
         report_filter(None, "x/+/")
 
 
-def test_shared_filter_is_subscribed_and_real_topics_answered(transport: FakeTransport) -> None:
+def test_shared_filter_is_subscribed_and_real_topics_answered(transport: MemoryTransport) -> None:
     shared = report_filter("dd")
     service = ResponderService(transport, Responder(clock=lambda: 1.0), topic_filter=shared)
     service.start()
-    assert transport.subscriptions == [shared]
+    assert list(transport.subscriptions) == [shared]
     assert service.topic_filter == shared
-    ((_, handler),) = transport.handlers
+    ((_, handler),) = transport.subscriptions.items()
     handler(JSON_TOPIC, REPORT)  # a broker hands shared messages over with the real topic
     assert [t for t, _ in transport.published] == [JSON_TOPIC + "/accepted"]
 
 
-def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport) -> None:
+def test_topic_prefix_is_taken_off_before_the_responder(transport: MemoryTransport) -> None:
     seen: list[tuple[str, Outcome]] = []
     service = ResponderService(
         transport,
@@ -376,7 +348,7 @@ def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport
         on_outcome=lambda t, o: seen.append((t, o)),
     )
     service.start()
-    ((_, handler),) = transport.handlers
+    ((_, handler),) = transport.subscriptions.items()
     handler("bridged/" + JSON_TOPIC, REPORT)
     handler(JSON_TOPIC, REPORT)  # without the prefix: handled as it is (throttled here)
     assert [t for t, _ in transport.published] == [
@@ -388,7 +360,7 @@ def test_topic_prefix_is_taken_off_before_the_responder(transport: FakeTransport
     assert seen[0][1].report is not None and seen[1][1].report is None  # only when accepted
 
 
-def test_on_outcome_runs_after_the_publish_and_for_drops(transport: FakeTransport) -> None:
+def test_on_outcome_runs_after_the_publish_and_for_drops(transport: MemoryTransport) -> None:
     order: list[str] = []
 
     def hook(topic: str, outcome: Outcome) -> None:
@@ -396,21 +368,21 @@ def test_on_outcome_runs_after_the_publish_and_for_drops(transport: FakeTranspor
 
     service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)
     service.start()
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject(JSON_TOPIC, b"x" * 200_000)  # dropped: no reply, the hook still runs
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, b"x" * 200_000)  # dropped: no reply, the hook still runs
     assert order == ["hook:1:True", "hook:1:False"]
 
 
 def test_on_outcome_errors_are_contained(
-    transport: FakeTransport, caplog: pytest.LogCaptureFixture
+    transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     def hook(topic: str, outcome: Outcome) -> None:
         raise RuntimeError("storage bug")
 
     service = ResponderService(transport, Responder(clock=lambda: 1.0), on_outcome=hook)
     service.start()
-    transport.inject(JSON_TOPIC, REPORT)
-    transport.inject("$aws/things/t2/defender/metrics/json", REPORT)
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver("$aws/things/t2/defender/metrics/json", REPORT)
     assert [t for t, _ in transport.published] == [
         JSON_TOPIC + "/accepted",
         "$aws/things/t2/defender/metrics/json/accepted",

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,8 @@ from defender_agent.errors import ConfigError, ConnectError, StateError
 from defender_agent.service.responder import Outcome, ResponderPolicy
 from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
 from defender_agent.service.storage import SQLiteStore, Store, StoredReport, open_store
-from defender_agent.transport.base import ConnectionListener, MessageHandler, MqttSettings
+from defender_agent.transport.base import MqttSettings
+from defender_agent.transport.memory import MemoryTransport
 
 T0 = 1_700_000_000.0
 BROKER = MqttSettings(endpoint="127.0.0.1", port=1883, client_id="svc", use_tls=False)
@@ -37,52 +37,15 @@ def topic(thing: str = "thing1", fmt: str = "json") -> str:
     return f"$aws/things/{thing}/defender/metrics/{fmt}"
 
 
-class FakeTransport:
-    """Delivers messages synchronously; publishes complete at once (or never)."""
+def reply_topics(transport: MemoryTransport) -> list[str]:
+    """``accepted`` or ``rejected``, for each reply published so far."""
+    return [t.rsplit("/", 1)[1] for t, _ in transport.published]
 
-    def __init__(self) -> None:
-        self.handlers: dict[str, MessageHandler] = {}
-        self.published: list[tuple[str, bytes]] = []
-        self.connects = 0
-        self.fail_connects = 0
-        self.disconnected = False
-        self.complete = True
-        self.lock = threading.Lock()
 
-    def connect(self) -> None:
-        self.connects += 1
-        if self.fail_connects:
-            self.fail_connects -= 1
-            raise ConnectError("connection refused")
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        self.handlers[topic_filter] = handler
-
-    def publish(self, topic: str, payload: bytes) -> Future[None]:
-        with self.lock:
-            self.published.append((topic, payload))
-        future: Future[None] = Future()
-        if self.complete:
-            future.set_result(None)
-        return future
-
-    def disconnect(self) -> None:
-        self.disconnected = True
-
-    @property
-    def connected(self) -> bool:
-        return not self.disconnected
-
-    def set_connection_listener(self, listener: Optional[ConnectionListener]) -> None:
-        pass
-
-    def deliver(self, topic_name: str, payload: bytes) -> None:
-        (handler,) = self.handlers.values()
-        handler(topic_name, payload)
-
-    def reply_topics(self) -> list[str]:
-        with self.lock:
-            return [t.rsplit("/", 1)[1] for t, _ in self.published]
+def hand_over(transport: MemoryTransport, topic_name: str, payload: bytes) -> None:
+    """Call the subscription's handler with a message a broker would not route to it."""
+    (handler,) = transport.subscriptions.values()
+    handler(topic_name, payload)
 
 
 class GatedStore(SQLiteStore):
@@ -132,8 +95,8 @@ def make(
     min_delay: float = 0.0,
     on_outcome: Any = None,
     **config: Any,
-) -> tuple[DeviceDefenderService, FakeTransport]:
-    transport = FakeTransport()
+) -> tuple[DeviceDefenderService, MemoryTransport]:
+    transport = MemoryTransport(client_id="svc")
     cfg = ServiceConfig(
         broker=BROKER,
         db_url="unused",
@@ -165,7 +128,7 @@ def test_accepted_reports_are_answered_then_stored(db: Path) -> None:
     transport.deliver(topic("thing1"), report(1, bytes_in=10))
     transport.deliver(topic("thing2", "cbor"), cbor2.dumps(json.loads(report(2, bytes_in=20))))
     transport.deliver(topic("thing1"), b"not json")  # rejected: never stored
-    assert transport.reply_topics() == ["accepted", "accepted", "rejected"]
+    assert reply_topics(transport) == ["accepted", "accepted", "rejected"]
     wait_for(lambda: service.stats().stored == 2)
     service.stop()
     with open_store(str(db)) as store:
@@ -181,7 +144,7 @@ def test_accepted_reports_are_answered_then_stored(db: Path) -> None:
         {"InvalidPayload": 1},
     )
     assert (stats.store_errors, stats.store_overflow, stats.queue_depth) == (0, 0, 0)
-    assert transport.disconnected
+    assert transport.disconnects == 1
 
 
 def test_writer_commits_what_piled_up_as_one_batch(db: Path) -> None:
@@ -191,7 +154,7 @@ def test_writer_commits_what_piled_up_as_one_batch(db: Path) -> None:
     assert store.entered.wait(5)  # the writer holds "first" and waits at the gate
     for n in range(120):
         transport.deliver(topic(f"t{n}"), report())
-    assert transport.reply_topics().count("accepted") == 121  # replies did not wait for it
+    assert reply_topics(transport).count("accepted") == 121  # replies did not wait for it
     assert service.stats().queue_depth == 120
     store.gate.set()
     wait_for(lambda: service.stats().stored == 121)
@@ -234,7 +197,7 @@ def test_storage_failure_is_counted_and_replies_still_go(
     service, transport = make(BrokenStore(db))
     for n in range(10):
         transport.deliver(topic(f"t{n}"), report())
-    assert transport.reply_topics() == ["accepted"] * 10
+    assert reply_topics(transport) == ["accepted"] * 10
     wait_for(lambda: service.stats().store_errors == 10)
     assert service.stats().stored == 0
     assert service.stats().handler_errors == 0
@@ -285,7 +248,7 @@ def test_queue_overflow_still_answers(db: Path, caplog: pytest.LogCaptureFixture
     assert store.entered.wait(5)
     for n in range(10):
         transport.deliver(topic(f"t{n}"), report())
-    assert transport.reply_topics() == ["accepted"] * 11
+    assert reply_topics(transport) == ["accepted"] * 11
     assert service.stats().store_overflow == 7
     assert "storage queue full" in caplog.text
     store.gate.set()
@@ -307,7 +270,7 @@ def test_on_outcome_sees_every_message_and_its_errors_are_contained(
     service, transport = make(open_store(str(db)), min_delay=300, on_outcome=on_outcome)
     transport.deliver(topic(), report())
     transport.deliver(topic(), report())  # throttled
-    transport.deliver(topic() + "/accepted", report())  # not a report topic: dropped
+    hand_over(transport, topic() + "/accepted", report())  # not a report topic: dropped
     transport.deliver(topic(), report())
     assert seen == [
         (topic(), None),
@@ -323,7 +286,7 @@ def test_on_outcome_sees_every_message_and_its_errors_are_contained(
 
 def test_shared_group_and_prefix(db: Path) -> None:
     service, transport = make(open_store(str(db)), shared_group="dd", topic_prefix="bridged/")
-    assert list(transport.handlers) == ["$share/dd/bridged/$aws/things/+/defender/metrics/+"]
+    assert list(transport.subscriptions) == ["$share/dd/bridged/$aws/things/+/defender/metrics/+"]
     transport.deliver("bridged/" + topic("thing7"), report())
     assert transport.published[0][0] == topic("thing7") + "/accepted"
     service.stop()
@@ -348,8 +311,8 @@ def test_bad_config(bad: dict[str, Any]) -> None:
 
 
 def test_start_again_after_a_failed_connect_then_stop_is_final(db: Path) -> None:
-    transport = FakeTransport()
-    transport.fail_connects = 1
+    transport = MemoryTransport()
+    transport.fail_next_connects(1)
     service = DeviceDefenderService(
         ServiceConfig(broker=BROKER, db_url=str(db)), transport=transport
     )
@@ -357,7 +320,7 @@ def test_start_again_after_a_failed_connect_then_stop_is_final(db: Path) -> None
         service.start()
     assert service.running is False
     service.start()
-    assert (service.running, transport.connects) == (True, 2)
+    assert (service.running, transport.connect_attempts) == (True, 2)
     service.stop()
     service.stop()
     assert service.running is False
@@ -373,10 +336,10 @@ def test_stop_waits_a_bounded_time_for_replies_in_flight(
     monkeypatch.setattr(runner, "_REPLY_WAIT_S", 0.1)
     caplog.set_level(logging.INFO)
     service, transport = make(open_store(str(db)))
-    transport.complete = False  # PUBACKs never come
+    transport.auto_ack = False  # PUBACKs never come
     transport.deliver(topic(), report())
     service.stop()
-    assert "1 replies still unacknowledged at stop" in caplog.text
+    assert "1 reply still unacknowledged at stop" in caplog.text
     assert "service stopped: 1 messages, 1 accepted" in caplog.text
     doc = service.stats().to_json()
     assert doc["stored"] == 1 and doc["rejected"] == {}
@@ -385,6 +348,6 @@ def test_stop_waits_a_bounded_time_for_replies_in_flight(
 def test_messages_after_stop_are_ignored(db: Path) -> None:
     service, transport = make(open_store(str(db)))
     service.stop()
-    transport.deliver(topic(), report())
+    hand_over(transport, topic(), report())  # a message still in the client's hands
     assert transport.published == []
     assert service.stats().ignored == 1

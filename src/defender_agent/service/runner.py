@@ -16,10 +16,10 @@ Choices, each one a setting of :class:`ServiceConfig`:
   latency wins; ``stats().store_errors`` and the logs say when it happened.
 * **Storage never stalls MQTT.** The transport's callback only puts the accepted report
   (as the validator decoded it: the payload is never decoded twice) on a bounded queue
-  (``queue_max``). One writer thread maps it to metric values and commits whole batches (up to ``batch_max`` reports, one transaction
-  per batch: group commit). When the queue is full the report is still answered but not
-  stored, and counted in ``store_overflow``: blocking the callback would stall every
-  device's replies behind the database.
+  (``queue_max``). One writer thread maps it to metric values and commits whole batches
+  (up to ``batch_max`` reports, one transaction per batch: group commit). When the queue
+  is full the report is still answered but not stored, and counted in ``store_overflow``:
+  blocking the callback would stall every device's replies behind the database.
 * **A storage failure is logged and counted, never fatal.** A batch that fails is retried
   one report at a time, so one bad report cannot lose its batch; each report that still
   fails is counted in ``store_errors``. Log lines about storage are rate-limited.
@@ -176,6 +176,11 @@ class _Accepted:
     received_at: float
     fmt: PayloadFormat
     report: Report
+
+
+def _replies(count: int) -> str:
+    """``1 reply``, ``2 replies``."""
+    return f"{count} {'reply' if count == 1 else 'replies'}"
 
 
 class _Throttled:
@@ -468,7 +473,7 @@ class DeviceDefenderService:
         self._service.stop()
         if self._connected:
             if (left := self._transport.wait_idle(_REPLY_WAIT_S)) > 0:
-                log.warning("%d replies still unacknowledged at stop", left)
+                log.warning("%s still unacknowledged at stop", _replies(left))
             self._transport.disconnect()  # (ends the MQTT session if broker.discard_session)
         lost = 0
         if self._writer is not None:

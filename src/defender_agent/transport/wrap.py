@@ -5,16 +5,16 @@
 a subclass overrides only the operations it adds to (the service counts the publishes
 awaiting their PUBACK, the sandbox shows each report and reply).
 
->>> from defender_agent.transport.base import MqttSettings
->>> from defender_agent.transport.mqtt import MqttTransport
+>>> from defender_agent.transport.memory import MemoryTransport
 >>> class Counting(TransportWrapper):
 ...     published = 0
 ...     def publish(self, topic, payload):
 ...         self.published += 1
 ...         return super().publish(topic, payload)
->>> wrapped = Counting(MqttTransport(MqttSettings(endpoint="localhost", client_id="t1")))
->>> wrapped.publish("t", b"x").exception(), wrapped.published, wrapped.connected
-(PublishError('cannot publish to t: not connected'), 1, False)
+>>> wrapped = Counting(MemoryTransport())
+>>> wrapped.connect()
+>>> wrapped.publish("t", b"x").result(), wrapped.published, wrapped.connected
+(None, 1, True)
 """
 
 from __future__ import annotations
