@@ -1644,3 +1644,17 @@ def test_any_document_gives_problems_not_an_exception(doc):
     assert all("\n" not in p.message for p in problems)
     if isinstance(doc, dict):
         assert validate_payload(cbor2.dumps(doc), CBOR).problems == tuple(problems)
+
+
+def test_a_long_text_string_cut_short_is_an_error_not_a_crash():
+    # cbor2 5's C decoder (Python 3.9) corrupted its heap on this; the pure decoder reads it
+    data = cbor2.dumps("y" * 500_000)[:131_072]
+    for _ in range(3):
+        assert decode_error(data).startswith("invalid CBOR: premature end of stream")
+        garbage = [bytes(1000) for _ in range(2000)]  # allocations that a corrupt heap aborts
+        assert len(garbage) == 2000
+
+
+@pytest.mark.parametrize("data", [b"\xc0\x00", b"\xc1\x60", b"\xc4\x82\x01\x60", b"\xd8\x23\x00"])
+def test_bad_tag_contents_are_cbor_errors(data):
+    assert decode_error(data).startswith("invalid CBOR: ")

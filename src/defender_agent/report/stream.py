@@ -35,9 +35,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Optional
 
-import cbor2
-
-from defender_agent.report.validate import PayloadFormat, sniff_format
+from defender_agent.report.validate import (
+    CBOR_MODULE,
+    DECODE_ERRORS,
+    PayloadFormat,
+    sniff_format,
+)
 
 __all__ = ["Piece", "ReportStream"]
 
@@ -190,17 +193,14 @@ class _ItemReader:
 
     def read(self, size: int) -> bytes:
         if len(self.item) + size > self._limit:
+            # The end of the file, as far as cbor2 knows.
             self.too_long = True
-            raise _TooLongError
+            return b""
         data, self._pending = self._pending[:size], self._pending[size:]
         if len(data) < size:
             data += self._source.read(size - len(data))
         self.item += data
         return data
-
-
-class _TooLongError(Exception):
-    """A CBOR data item goes on past the limit."""
 
 
 def _cbor_pieces(source: _Source, limit: int) -> Iterator[Piece]:
@@ -210,8 +210,8 @@ def _cbor_pieces(source: _Source, limit: int) -> Iterator[Piece]:
         reader = _ItemReader(source, first, limit)
         try:
             # read_size=1: cbor2 reads no further than the item, so the next one is intact
-            item = cbor2.CBORDecoder(reader, read_size=1).decode()  # type: ignore[arg-type]
-        except (_TooLongError, ValueError, RecursionError, cbor2.CBORDecodeError):
+            item = CBOR_MODULE.CBORDecoder(reader, read_size=1).decode()
+        except (RecursionError, *DECODE_ERRORS):
             if reader.too_long:
                 size = len(reader.item) + source.drain()
                 why = f"not read further: {size} bytes from its start to the end of the file"

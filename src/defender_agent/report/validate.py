@@ -21,6 +21,7 @@ header.report_id: expected an integer from 1 to 2**63-1, got 0
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -52,6 +53,8 @@ from defender_agent.rules import (
 )
 
 __all__ = [
+    "CBOR_MODULE",
+    "DECODE_ERRORS",
     "DEFAULT_POLICY",
     "PayloadFormat",
     "Problem",
@@ -192,6 +195,35 @@ class _ListOf:
 _Spec = Union[_Obj, _ListOf, _Check]
 
 
+# cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
+# object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
+# object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
+def _cbor2_checks_duplicates() -> bool:
+    try:
+        cbor2.CBORDecoder(io.BytesIO(b""), allow_duplicate_keys=False)
+    except TypeError:
+        return False
+    return True
+
+
+_CBOR6: Final = _cbor2_checks_duplicates()
+#: The cbor2 module that decodes payloads: its CBORDecoder, CBORDecodeError, CBORTag,
+#: CBORSimpleValue and undefined. cbor2 5's C decoder corrupts its heap when a long text
+#: string (over its 64 KiB read chunk) ends early, which a hostile payload under the size
+#: limit can do, so with cbor2 5 the pure-Python decoder (memory safe, ~10x slower) is used.
+CBOR_MODULE: Final = cbor2 if _CBOR6 else importlib.import_module("cbor2._decoder")
+#: What decoding a payload may raise besides RecursionError: cbor2's C decoder wraps the errors
+#: of its tag decoders (a bad date, decimal, regexp, ...) in CBORDecodeError; the pure-Python
+#: one lets them through as they are.
+DECODE_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    LookupError,
+    CBOR_MODULE.CBORDecodeError,
+)
+
+
 def _describe(value: object) -> str:
     """A short one-line description of a decoded value, for messages."""
     if value is None or isinstance(value, bool):
@@ -204,11 +236,11 @@ def _describe(value: object) -> str:
         return f"an array of {len(value)} element{'' if len(value) == 1 else 's'}"
     if isinstance(value, dict):
         return "an object" if value else "an empty object"
-    if isinstance(value, cbor2.CBORTag):
+    if isinstance(value, CBOR_MODULE.CBORTag):
         return f"CBOR tag {value.tag}"
-    if isinstance(value, cbor2.CBORSimpleValue):
+    if isinstance(value, CBOR_MODULE.CBORSimpleValue):
         return f"CBOR simple value {value.value}"
-    kinds = {bytes: "a byte string", type(cbor2.undefined): "CBOR undefined"}
+    kinds = {bytes: "a byte string", type(CBOR_MODULE.undefined): "CBOR undefined"}
     return kinds.get(type(value), f"a CBOR {type(value).__name__} value")
 
 
@@ -488,18 +520,6 @@ def _text_keys_v5(_decoder: object, mapping: Mapping[object, object]) -> object:
     return _text_keys(mapping, False)
 
 
-# cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
-# object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
-# object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
-def _cbor2_checks_duplicates() -> bool:
-    try:
-        cbor2.CBORDecoder(io.BytesIO(b""), allow_duplicate_keys=False)
-    except TypeError:
-        return False
-    return True
-
-
-_CBOR6: Final = _cbor2_checks_duplicates()
 _CBOR_OPTIONS: Final[dict[str, object]] = {
     "read_size": 1,  # so that stream.tell() is where the data item ends
     **(
@@ -530,7 +550,7 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
         if data.startswith(_SELF_DESCRIBED_CBOR):  # cbor2 would decode the rest as immutable
             data = data[len(_SELF_DESCRIBED_CBOR) :]
         stream = io.BytesIO(data)
-        decoder = cbor2.CBORDecoder(stream, **_CBOR_OPTIONS)  # type: ignore[arg-type]
+        decoder = CBOR_MODULE.CBORDecoder(stream, **_CBOR_OPTIONS)
         doc: object = decoder.decode()
     except UnicodeDecodeError as exc:
         raise ReportDecodeError(
@@ -538,7 +558,7 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
         ) from exc
     except RecursionError as exc:
         raise ReportDecodeError(f"invalid {fmt.name}: nested too deeply") from exc
-    except (ValueError, cbor2.CBORDecodeError) as exc:  # incl. JSONDecodeError and the hooks
+    except DECODE_ERRORS as exc:  # incl. JSONDecodeError and the hooks
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         raise ReportDecodeError(" ".join(f"invalid {fmt.name}: {exc}{cause}".split())) from exc
     if stream.tell() != len(data):
@@ -591,9 +611,9 @@ _CBOR_KINDS: Final[Mapping[type, str]] = {
     float: "float",
     bool: "boolean",
     type(None): "null",
-    type(cbor2.undefined): "undefined",
-    cbor2.CBORTag: "tag",
-    cbor2.CBORSimpleValue: "simple value",
+    type(CBOR_MODULE.undefined): "undefined",
+    CBOR_MODULE.CBORTag: "tag",
+    CBOR_MODULE.CBORSimpleValue: "simple value",
 }
 _JSON_KINDS: Final[Mapping[type, str]] = {
     list: "array",
