@@ -205,7 +205,7 @@ def test_rejections_are_shown_and_make_reports_n_exit_1(tmp_path: Path) -> None:
     assert Sandbox(config, out).run() == 1
     text = out.getvalue()
     replies = REPLY.findall(text)
-    assert [status for _, status in replies] == ["ACCEPTED", "REJECTED Throttled: Throttled"]
+    assert [status for _, status in replies] == ["ACCEPTED", "REJECTED Throttled"]
     assert "stopped: 2 reports, 1 accepted, 1 rejected" in text
     assert stored_reports(config.store_path) == {THING: 1}
 

@@ -45,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Callable, Final, Optional, Protocol
 from urllib.parse import urlsplit
 
 from defender_agent.errors import ConfigError, ConnectError, ReportError, StateError
-from defender_agent.replies import parse_reply
+from defender_agent.replies import parse_reply, rejection_text
 from defender_agent.report.decode import decode_report
 from defender_agent.report.validate import PayloadFormat, decode_payload
 from defender_agent.rules import validate_thing_name
@@ -330,8 +330,11 @@ def _describe_reply(topic: str, payload: bytes) -> tuple[Optional[int], bool, st
         return None, False, f"undecodable reply: {exc}"
     if reply.accepted:
         return reply.report_id, True, "ACCEPTED"
-    message = f": {reply.error_message}" if reply.error_message else ""
-    return reply.report_id, False, f"REJECTED {reply.error_code}{message}"
+    return (
+        reply.report_id,
+        False,
+        f"REJECTED {rejection_text(reply.error_code, reply.error_message)}",
+    )
 
 
 class _Console:
