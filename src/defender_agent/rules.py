@@ -65,11 +65,12 @@ _PORT: Final = re.compile(r"[0-9]{1,5}")
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
-def validate_thing_name(name: str) -> str:
+def validate_thing_name(name: str, *, max_bytes: int = 128) -> str:
     """Check a thing name as Device Defender does (docs/protocol.md §1.2); return it.
 
-    1 to 128 bytes of UTF-8, no control characters, and none of ``+ # /``,
-    which would change the meaning of the MQTT topic.
+    1 to 128 bytes of UTF-8 (``max_bytes``: the service's policy may say otherwise),
+    no control characters, and none of ``+ # /``, which would change the meaning of
+    the MQTT topic.
 
     >>> validate_thing_name("gateway-01")
     'gateway-01'
@@ -79,8 +80,8 @@ def validate_thing_name(name: str) -> str:
     ValueError: must not contain '/', '+' or '#'
     """
     size = len(name.encode("utf-8"))
-    if not 1 <= size <= 128:
-        raise ValueError(f"must be 1 to 128 bytes of UTF-8, got {size}")
+    if not 1 <= size <= max_bytes:
+        raise ValueError(f"must be 1 to {max_bytes} bytes of UTF-8, got {size}")
     if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
         raise ValueError("must not contain control characters")
     if any(ch in name for ch in "/+#"):

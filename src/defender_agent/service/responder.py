@@ -65,6 +65,7 @@ from defender_agent.report.validate import (
     ValidationResult,
     validate_payload,
 )
+from defender_agent.rules import validate_thing_name
 
 __all__ = [
     "DEFAULT_RESPONDER_POLICY",
@@ -89,7 +90,7 @@ _FORMATS: Final[Mapping[str, PayloadFormat]] = {
     "defender/metrics/json": PayloadFormat.JSON,
     "defender/metrics/cbor": PayloadFormat.CBOR,
 }
-# Unicode category Cc: C0 controls, DEL and C1 controls (§1.2 "control characters").
+# Unicode category Cc (C0 controls, DEL and C1 controls): escaped in a reason for the logs.
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 # "Read as an int" (§4.2): what fits a signed or unsigned 64-bit integer, so the echo
 # never needs a CBOR bignum and never turns a hostile 100 000-digit number into text.
@@ -286,12 +287,15 @@ def parse_topic(topic: str) -> Optional[tuple[str, PayloadFormat]]:
 
 
 def _thing_name_problem(thing: str, max_bytes: int) -> Optional[str]:
-    """Why ``thing`` is not an acceptable thing name (§1.2, §7.1); None if it is."""
-    size = len(thing.encode("utf-8"))  # the caller made sure the topic encodes
-    if size > max_bytes:
-        return f"thing name is {size} bytes of UTF-8, over {max_bytes}"
-    if (control := _CONTROL.search(thing)) is not None:
-        return f"thing name has the control character U+{ord(control.group()):04X}"
+    r"""Why ``thing`` is not an acceptable thing name (§1.2, §7.1); None if it is.
+
+    >>> _thing_name_problem("a\x07b", 128)
+    'thing name must not contain control characters'
+    """
+    try:
+        validate_thing_name(thing, max_bytes=max_bytes)
+    except ValueError as exc:
+        return f"thing name {exc}"
     return None
 
 
