@@ -132,10 +132,11 @@ class Agent:
             return
 
     def _on_link(self, connected: bool, reason: str) -> None:
+        # debug: the transport logs each drop and return of the link in one line already
         if connected:
-            log.info("connection restored")
+            log.debug("connection restored")
         else:
-            log.warning("connection lost: %s; the client reconnects by itself", reason)
+            log.debug("connection lost: %s; the client reconnects by itself", reason)
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> Optional[float]:
