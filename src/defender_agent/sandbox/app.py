@@ -49,6 +49,7 @@ from defender_agent.replies import parse_reply, rejection_text
 from defender_agent.report.decode import decode_report
 from defender_agent.report.validate import PayloadFormat, decode_payload
 from defender_agent.rules import validate_thing_name
+from defender_agent.sandbox.private import private_dir
 from defender_agent.service.metrics_map import MetricValue, metric_values
 from defender_agent.service.responder import ResponderPolicy
 from defender_agent.state import StateDir, StateLock, default_state_dir
@@ -199,19 +200,7 @@ class SandboxConfig:
 
 
 def _private_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) or check that it is a real directory of this user."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.lstat()
-    except OSError as exc:
-        raise StateError(f"sandbox state directory {path}: {exc.strerror or exc}") from exc
-    if path.is_symlink() or not path.is_dir():
-        raise StateError(f"sandbox state directory {path}: not a directory")
-    if info.st_uid != os.geteuid():
-        raise StateError(f"sandbox state directory {path}: owned by another user")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StateError(f"sandbox state directory {path}: not writable")
-    return path
+    return private_dir(path, "sandbox state directory")
 
 
 def default_sandbox_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
@@ -231,7 +220,6 @@ def default_sandbox_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
         fallback = Path(tempfile.gettempdir()) / f"defender-agent-{os.geteuid()}"
         try:
             _private_dir(fallback)
-            fallback.chmod(0o700)
             chosen = _private_dir(fallback / "sandbox")
         except (StateError, OSError):
             raise exc from None

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from defender_agent.errors import StateError
+from defender_agent.sandbox.private import private_dir
 
 __all__ = [
     "CA_NAME",
@@ -201,25 +202,27 @@ def _builder(
     )
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Signatures only; a CA also signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _make_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(CA_NAME, _name(CA_NAME), key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -238,20 +241,7 @@ def _make_leaf(
     builder = (
         _builder(common_name, ca_cert.subject, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -294,21 +284,6 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _private_directory(directory: Path) -> None:
-    """Create ``directory`` mode 0700, or make an existing one of ours 0700."""
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.lstat()
-    except OSError as exc:
-        raise StateError(f"sandbox PKI directory {directory}: {exc.strerror or exc}") from exc
-    if not directory.is_dir() or directory.is_symlink():
-        raise StateError(f"sandbox PKI directory {directory}: not a directory")
-    if info.st_uid != os.geteuid():
-        raise StateError(f"sandbox PKI directory {directory}: owned by another user")
-    if info.st_mode & 0o077:
-        directory.chmod(0o700)
-
-
 def _check_name(name: str, what: str) -> None:
     if not name or any(ord(ch) < 32 for ch in name):
         raise ValueError(f"{what} {name!r} is empty or has a control character")
@@ -343,7 +318,7 @@ def ensure_pki(
         raise ValueError(f"the thing name must not be the service's identity {service_name!r}")
     directory = Path(directory)
     now = now or _now()
-    _private_directory(directory)
+    private_dir(directory, "sandbox PKI directory")
     ca_pair = CertAndKey(directory / "ca.crt", directory / "ca.key")
     leaves = (
         ("server", CertAndKey(directory / "server.crt", directory / "server.key"), "localhost"),

@@ -162,6 +162,12 @@ def _count(value: Optional[int]) -> Optional[int]:
     return value if value is not None and value >= 0 else None
 
 
+def _total(total: Optional[int], entries: Optional[tuple[object, ...]]) -> Optional[int]:
+    """``total`` when the report has it, else the length of the list as sent, else None."""
+    count = _count(total)
+    return len(entries) if count is None and entries is not None else count
+
+
 def _cidrs(texts: Iterable[str]) -> tuple[str, ...]:
     """One-address CIDRs of the addresses, unique, IPv4 first, by address; IPv4-mapped as IPv4.
 
@@ -185,10 +191,7 @@ def _ports(group: Optional[PortList], count_name: str, set_name: str) -> list[Me
     if group is None:
         return []
     values = []
-    total = _count(group.total)
-    if total is None and group.ports is not None:
-        total = len(group.ports)
-    if total is not None:
+    if (total := _total(group.total, group.ports)) is not None:
         values.append(MetricValue(count_name, count=total))
     if group.ports is not None:
         ports = {p.port for p in group.ports if p.port is not None and 0 <= p.port <= 65535}
@@ -200,10 +203,7 @@ def _connections(group: Optional[ConnectionList]) -> list[MetricValue]:
     if group is None:
         return []
     values = []
-    total = _count(group.total)
-    if total is None and group.connections is not None:
-        total = len(group.connections)
-    if total is not None:
+    if (total := _total(group.total, group.connections)) is not None:
         values.append(MetricValue("aws:num-established-tcp-connections", count=total))
     if group.connections is not None:
         cidrs = _cidrs(c.remote_ip for c in group.connections)
