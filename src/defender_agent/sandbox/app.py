@@ -199,8 +199,8 @@ class SandboxConfig:
         return self.state_dir / STORE_FILE
 
 
-def _private_dir(path: Path) -> Path:
-    return private_dir(path, "sandbox state directory")
+def _private_dir(path: Path, *, tighten: bool = False) -> Path:
+    return private_dir(path, "sandbox state directory", tighten=tighten)
 
 
 def default_sandbox_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
@@ -219,7 +219,7 @@ def default_sandbox_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
     except StateError as exc:
         fallback = Path(tempfile.gettempdir()) / f"defender-agent-{os.geteuid()}"
         try:
-            _private_dir(fallback)
+            _private_dir(fallback, tighten=True)
             chosen = _private_dir(fallback / "sandbox")
         except (StateError, OSError):
             raise exc from None

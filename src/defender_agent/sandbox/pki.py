@@ -318,7 +318,7 @@ def ensure_pki(
         raise ValueError(f"the thing name must not be the service's identity {service_name!r}")
     directory = Path(directory)
     now = now or _now()
-    private_dir(directory, "sandbox PKI directory")
+    private_dir(directory, "sandbox PKI directory", tighten=True)
     ca_pair = CertAndKey(directory / "ca.crt", directory / "ca.key")
     leaves = (
         ("server", CertAndKey(directory / "server.crt", directory / "server.key"), "localhost"),

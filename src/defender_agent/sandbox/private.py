@@ -7,6 +7,8 @@
 '0o700'
 >>> (base / "shared").mkdir(mode=0o755)
 >>> oct(private_dir(base / "shared", "sandbox state directory").stat().st_mode & 0o777)
+'0o755'
+>>> oct(private_dir(base / "shared", "a directory", tighten=True).stat().st_mode & 0o777)
 '0o700'
 >>> _ = (base / "file").write_text("x")
 >>> private_dir(base / "file" / "sandbox", "sandbox state directory")  # doctest: +ELLIPSIS
@@ -26,14 +28,14 @@ from defender_agent.errors import StateError
 __all__ = ["private_dir"]
 
 
-def private_dir(path: Path, what: str) -> Path:
+def private_dir(path: Path, what: str, *, tighten: bool = False) -> Path:
     """Create ``path`` (mode 0700), or make sure it is a real directory of this user.
-
-    An existing directory of this user that others may read is made 0700.
 
     Args:
         path: The directory.
         what: What it is, for the messages (``sandbox state directory``).
+        tighten: Make an existing directory that others may read 0700 (for one the
+            sandbox made itself; never for a directory the user named).
 
     Returns:
         ``path``.
@@ -53,7 +55,7 @@ def private_dir(path: Path, what: str) -> Path:
         raise StateError(f"{what} {path}: owned by another user")
     if not os.access(path, os.W_OK | os.X_OK):
         raise StateError(f"{what} {path}: not writable")
-    if info.st_mode & 0o077:
+    if tighten and info.st_mode & 0o077:
         try:
             path.chmod(0o700)
         except OSError as exc:
