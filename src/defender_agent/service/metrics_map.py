@@ -1,4 +1,4 @@
-"""Device Defender metric values from a metrics report document (protocol.md §5.1, §2.6).
+"""Device Defender metric values from a decoded metrics report (docs/protocol.md §5.1, §2.6).
 
 A report is stored the way Device Defender Detect sees it: one value per Device Defender
 metric name, shaped like the AWS ``MetricValue`` (§5.4: ``count``, ``cidrs``, ``ports``,

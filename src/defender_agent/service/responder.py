@@ -2,7 +2,7 @@
 
 This is the pure core of the local Device Defender service. :meth:`Responder.handle`
 takes one MQTT message (topic and payload) and decides what AWS IoT Device Defender
-would do with it, following the emulator policy of protocol.md §7 and the replies of §4:
+would do with it, following the emulator policy of docs/protocol.md §7 and the replies of §4:
 
 1. **Topic** (§1.1, §7.1). Only ``$aws/things/{thing}/defender/metrics/json|cbor`` is a
    report topic: exact, lower-case, one non-empty thing level, no extra levels. Anything
@@ -153,7 +153,7 @@ class ResponderPolicy:
                 raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
 
 
-#: The policy of protocol.md §7 as written.
+#: The policy of docs/protocol.md §7 as written.
 DEFAULT_RESPONDER_POLICY: Final = ResponderPolicy()
 
 

@@ -3,7 +3,7 @@
 :class:`ResponderService` subscribes to every report topic
 (``$aws/things/+/defender/metrics/+``, QoS 1), hands each message to a
 :class:`~defender_agent.service.responder.Responder` and publishes its reply on the
-format's ``accepted``/``rejected`` topic (protocol.md §1.1, §4, §7). The filter
+format's ``accepted``/``rejected`` topic (docs/protocol.md §1.1, §4, §7). The filter
 has exactly one level after ``metrics``, so it never matches the reply topics and
 the service never answers its own replies.
 
@@ -123,7 +123,7 @@ class ResponderService:
     Args:
         transport: A connected transport (or one about to connect); the caller owns it.
         responder: The decisions; a new :class:`Responder` with the default policy
-            (protocol.md §7) if None.
+            (docs/protocol.md §7) if None.
         topic_filter: What to subscribe to: :data:`REPORT_TOPIC_FILTER`, or a shared or
             prefixed form of it from :func:`report_filter`.
         topic_prefix: Taken off the front of each received topic that has it, before the

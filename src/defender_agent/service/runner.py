@@ -4,7 +4,7 @@
 MQTT client to a broker (mutual TLS or plain TCP), subscribes to every report topic
 (``$aws/things/+/defender/metrics/+``, or a shared subscription of it), answers each
 report the way AWS IoT Device Defender does (:class:`~defender_agent.service.responder.Responder`,
-protocol.md §4, §7) and stores the metric values of every ACCEPTED report
+docs/protocol.md §4, §7) and stores the metric values of every ACCEPTED report
 (:mod:`defender_agent.service.storage`).
 
 Choices, each one a setting of :class:`ServiceConfig`:

@@ -5,7 +5,7 @@ Every accepted report adds a row to ``reports``, one row per Device Defender met
 ``things`` (first and last seen, number of reports), all in one transaction. A value is kept
 as the JSON text of its ``MetricValue`` member (``{"ports": [22, 443]}``), with ``count`` and
 ``number`` also in typed columns for queries. Times are epoch seconds (UTC) as the service
-received the report: the report has no time of its own (protocol.md §2.3). Time ranges are
+received the report: the report has no time of its own (docs/protocol.md §2.3). Time ranges are
 half-open, ``since <= t < until``, so consecutive windows never count a value twice.
 
 Two back ends share the schema and the SQL (parameterised only):
