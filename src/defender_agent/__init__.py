@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from defender_agent._lazy import lazy_getattr
+from defender_agent._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from defender_agent.cycle import Collector, CollectorConfig
@@ -155,8 +155,4 @@ __all__ = [
 ]
 
 if not TYPE_CHECKING:  # mypy sees the imports above; at run time names load on first use
-    __getattr__ = lazy_getattr(globals(), _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

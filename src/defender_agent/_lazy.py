@@ -5,8 +5,10 @@ only when a name is first used, so importing one small part of the project
 (the CLI of one command, say) does not pay for all of it.
 
 Example:
-    >>> namespace = {"__name__": "pkg"}
-    >>> getattr_ = lazy_getattr(namespace, {"json.decoder": ("JSONDecoder",)})
+    >>> namespace = {"__name__": "pkg", "__all__": ["JSONDecoder"]}
+    >>> getattr_, dir_ = lazy_exports(namespace, {"json.decoder": ("JSONDecoder",)})
+    >>> dir_()
+    ['JSONDecoder', '__all__', '__name__']
     >>> getattr_("JSONDecoder").__name__, "JSONDecoder" in namespace
     ('JSONDecoder', True)
     >>> getattr_("nothing")
@@ -21,7 +23,7 @@ import importlib
 from collections.abc import Mapping, MutableMapping
 from typing import Callable
 
-__all__ = ["lazy_getattr"]
+__all__ = ["lazy_exports", "lazy_getattr"]
 
 
 def lazy_getattr(
@@ -49,3 +51,24 @@ def lazy_getattr(
         return value
 
     return __getattr__
+
+
+def lazy_exports(
+    namespace: MutableMapping[str, object], exports: Mapping[str, tuple[str, ...]]
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """:func:`lazy_getattr` and a ``__dir__`` that lists the names not loaded yet too.
+
+    Args:
+        namespace: the package's ``globals()``, with its ``__all__``.
+        exports: module name -> the names the package takes from it.
+
+    Returns:
+        ``(__getattr__, __dir__)`` to assign in the package.
+    """
+
+    def __dir__() -> list[str]:  # noqa: N807  # the PEP 562 hook's own name
+        public = namespace.get("__all__", [])
+        assert isinstance(public, list)
+        return sorted(set(namespace) | set(public))
+
+    return lazy_getattr(namespace, exports), __dir__
