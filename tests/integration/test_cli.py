@@ -501,3 +501,15 @@ def test_collect_help_says_how_streams_are_written() -> None:
     text = " ".join(run("collect", "--help").stdout.decode().split())
     assert "JSON lines (one compact report per line) or a CBOR sequence (RFC 8742)" in text
     assert "'total' keeps" not in text
+
+
+def test_collect_does_not_build_the_service_and_sandbox_sections(tmp_path: Path) -> None:
+    code = (
+        "import sys; from defender_agent.cli import main; "
+        f"main(['collect', '-n', '1', '-s', '0', '--state-dir', {str(tmp_path)!r}]); "
+        "print('defender_agent.config.extra_sections' in sys.modules, file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
+    )
+    assert result.stderr.decode().strip().splitlines()[-1] == "False"

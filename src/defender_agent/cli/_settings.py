@@ -13,11 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from defender_agent.config import SETTINGS, Config, load_config
+from defender_agent.config import Config, load_config, setting_named
 
 __all__ = ["SettingOptions", "load_for"]
-
-_BY_NAME = {s.name: s for s in SETTINGS}
 
 _Container = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
 
@@ -53,7 +51,7 @@ class SettingOptions:
         **extra: Any,  # noqa: ANN401 - argparse's keyword arguments
     ) -> None:
         """An option taking a value, parsed by the setting's parser."""
-        setting = _BY_NAME[name]
+        setting = setting_named(name)
         text = setting.help_with_default if help is None else help.replace("%", "%%")
         (group or self.parser).add_argument(*flags, dest=name, default=None, help=text, **extra)
         self.labels[name] = _label(flags)
@@ -67,7 +65,7 @@ class SettingOptions:
         help: Optional[str] = None,
     ) -> None:
         """An option without a value that sets the boolean setting to ``value``."""
-        text = _BY_NAME[name].help if help is None else help
+        text = setting_named(name).help if help is None else help
         (group or self.parser).add_argument(
             *flags,
             dest=name,

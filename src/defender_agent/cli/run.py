@@ -82,7 +82,8 @@ def command(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT."""
     config = load_for(args, "run")
     setup_logging(config.effective_log_level("run"), config.logging.format, timestamps=True)
-    log.debug("configuration: %s", config.describe())
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("configuration: %s", config.describe())
     state = StateDir(config.agent.state_dir or default_state_dir())
     transport = None
     if not config.agent.dry_run:

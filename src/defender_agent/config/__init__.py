@@ -27,6 +27,8 @@ that names the key and where it came from. ``examples/agent.toml`` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from defender_agent.config.load import (
     DEFAULT_CONFIG_FILE,
     MIN_INTERVAL_S,
@@ -39,16 +41,20 @@ from defender_agent.config.load import (
 from defender_agent.config.sections import (
     DEFAULT_LIST_SIZE,
     ENV_PREFIX,
-    SETTINGS,
     AgentSection,
     CollectorConfig,
     LoggingSection,
     MqttSection,
-    SandboxSection,
-    ServiceSection,
     Setting,
+    all_settings,
+    setting_named,
 )
 from defender_agent.rules import validate_thing_name
+
+if TYPE_CHECKING:
+    from defender_agent.config.extra_sections import SandboxSection, ServiceSection
+
+    SETTINGS: tuple[Setting, ...]
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -64,9 +70,22 @@ __all__ = [
     "SandboxSection",
     "ServiceSection",
     "Setting",
+    "all_settings",
     "config_file_path",
     "custom_metrics_table",
     "load_config",
     "read_toml",
+    "setting_named",
     "validate_thing_name",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``SETTINGS`` (every setting) and the service's and sandbox's sections, on first use."""
+    if name == "SETTINGS":
+        return all_settings()
+    if name in ("ServiceSection", "SandboxSection"):
+        from defender_agent.config import extra_sections  # noqa: PLC0415
+
+        return getattr(extra_sections, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

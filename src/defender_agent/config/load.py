@@ -18,27 +18,29 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from defender_agent.config.sections import (
+    CORE_SETTINGS,
     ENV_PREFIX,
+    EXTRA_SECTIONS,
     SECTIONS,
-    SETTINGS,
     AgentSection,
     CollectorConfig,
     LoggingSection,
     LogLevel,
     MqttSection,
-    SandboxSection,
-    ServiceSection,
     Setting,
+    all_settings,
 )
-from defender_agent.custom import CustomMetricsConfig
+from defender_agent.custom.settings import CustomMetricsConfig
 from defender_agent.errors import ConfigError
 from defender_agent.rules import validate_thing_name
 
 if TYPE_CHECKING:
+    from defender_agent.config.extra_sections import SandboxSection, ServiceSection
     from defender_agent.transport.base import MqttSettings
 
 __all__ = [
@@ -58,9 +60,21 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 #: The log level of a command when none is configured.
 _LOG_LEVELS: dict[str, LogLevel] = {"run": "info", "service": "info"}
 
-_BY_NAME = {s.name: s for s in SETTINGS}
-_BY_WHERE = {(s.section, s.key): s for s in SETTINGS}
-_FILE_SECTIONS = sorted({s.section for s in SETTINGS} | {"custom_metrics"})
+_CORE_NAMES = {s.name: s for s in CORE_SETTINGS}
+_CORE_WHERE = {(s.section, s.key): s for s in CORE_SETTINGS}
+_CORE_ENV = {s.env: s for s in CORE_SETTINGS}
+_EXTRA_NAMES = {section for section, _ in EXTRA_SECTIONS}
+_EXTRA_ENV = tuple(ENV_PREFIX + prefix.upper() for _, prefix in EXTRA_SECTIONS)
+_FILE_SECTIONS = sorted({s.section for s in CORE_SETTINGS} | _EXTRA_NAMES | {"custom_metrics"})
+
+
+def _all_by(key: str) -> dict[Any, Setting]:
+    """Every setting (the service's and sandbox's sections imported) by name, where or env."""
+    if key == "name":
+        return {s.name: s for s in all_settings()}
+    if key == "where":
+        return {(s.section, s.key): s for s in all_settings()}
+    return {s.env: s for s in all_settings()}
 
 
 @dataclass(frozen=True)
@@ -72,19 +86,35 @@ class Config:
         agent: what the agent reports and how often.
         collector: what a collection cycle reads (with the ``[custom_metrics]`` table).
         logging: log lines.
-        service: the local Device Defender service.
-        sandbox: the sandbox.
+        service: the local Device Defender service (built on first use).
+        sandbox: the sandbox (built on first use).
         sources: flat setting name -> ``"default"``, ``"<file>: section.key"``,
-            ``"environment VAR"`` or ``"option --flag"``.
+            ``"environment VAR"`` or ``"option --flag"``; a setting of the service or
+            the sandbox that is not listed has its default.
+        extra: the values given for the service's and the sandbox's sections, parsed:
+            section -> field -> value.
     """
 
     mqtt: MqttSection = field(default_factory=MqttSection)
     agent: AgentSection = field(default_factory=AgentSection)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     logging: LoggingSection = field(default_factory=LoggingSection)
-    service: ServiceSection = field(default_factory=ServiceSection)
-    sandbox: SandboxSection = field(default_factory=SandboxSection)
     sources: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def service(self) -> ServiceSection:
+        """``[service]``: the local Device Defender service."""
+        from defender_agent.config.extra_sections import ServiceSection  # noqa: PLC0415
+
+        return ServiceSection(**self.extra.get("service", {}))
+
+    @cached_property
+    def sandbox(self) -> SandboxSection:
+        """``[sandbox]``: the sandbox."""
+        from defender_agent.config.extra_sections import SandboxSection  # noqa: PLC0415
+
+        return SandboxSection(**self.extra.get("sandbox", {}))
 
     @property
     def custom_metrics(self) -> CustomMetricsConfig:
@@ -92,13 +122,13 @@ class Config:
         return self.collector.custom_metrics
 
     def value(self, setting: Setting) -> Any:  # noqa: ANN401 - one value of the table
-        """The value of one setting of :data:`~defender_agent.config.SETTINGS`."""
+        """The value of one setting of the table."""
         return getattr(getattr(self, setting.owner), setting.attribute)
 
     def describe(self) -> dict[str, Any]:
         """Every setting by flat name, secrets masked (for ``--log-level debug``)."""
         out: dict[str, Any] = {}
-        for s in SETTINGS:
+        for s in all_settings():
             value = self.value(s)
             out[s.name] = "***" if s.secret and value else value
         return out
@@ -219,8 +249,8 @@ def custom_metrics_table(data: dict[str, Any], path: Path) -> CustomMetricsConfi
     return parse_custom_metrics_table(raw_custom, str(path))
 
 
-# a layer: flat name -> (raw value, where it came from, whether it came as text)
-_Layer = dict[str, tuple[object, str, bool]]
+# a layer: flat name -> (the setting, the raw value, where it came from, whether as text)
+_Layer = dict[str, tuple[Setting, object, str, bool]]
 
 
 def _read_file(path: Path) -> tuple[_Layer, CustomMetricsConfig]:
@@ -232,37 +262,41 @@ def _read_file(path: Path) -> tuple[_Layer, CustomMetricsConfig]:
             raise _did_you_mean(str(path), section, _FILE_SECTIONS)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
+        by_where = _all_by("where") if section in _EXTRA_NAMES else _CORE_WHERE
         for key, value in table.items():
-            setting = _BY_WHERE.get((section, key))
+            setting = by_where.get((section, key))
             if setting is None:
-                keys = [f"{sec}.{k}" for (sec, k) in _BY_WHERE if sec == section]
+                keys = [f"{sec}.{k}" for (sec, k) in by_where if sec == section]
                 raise _did_you_mean(str(path), f"{section}.{key}", keys)
-            found[setting.name] = (value, f"{path}: {section}.{key}", False)
+            found[setting.name] = (setting, value, f"{path}: {section}.{key}", False)
     return found, custom
 
 
 def _read_env(environ: Mapping[str, str]) -> _Layer:
     found: _Layer = {}
-    known = {s.env: s for s in SETTINGS}
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
             continue
-        setting = known.get(var)
+        setting = _CORE_ENV.get(var)
         if setting is None:
-            raise _did_you_mean("environment", var, [*known, CONFIG_ENV])
-        found[setting.name] = (value, f"environment {var}", True)
+            known = _all_by("env")
+            setting = known.get(var)
+            if setting is None:
+                raise _did_you_mean("environment", var, [*known, CONFIG_ENV])
+        found[setting.name] = (setting, value, f"environment {var}", True)
     return found
 
 
 def _read_flags(flags: Mapping[str, object], labels: Mapping[str, str]) -> _Layer:
     found: _Layer = {}
     for name, value in flags.items():
-        if name not in _BY_NAME:
+        setting = _CORE_NAMES.get(name) or _all_by("name").get(name)
+        if setting is None:
             raise ValueError(f"no setting named {name!r}")  # a programming error
         if value is None:
             continue
         label = labels.get(name) or "--" + name.replace("_", "-")
-        found[name] = (value, f"option {label}", True)
+        found[name] = (setting, value, f"option {label}", True)
     return found
 
 
@@ -300,19 +334,20 @@ def load_config(
     layers.append(_read_env(env))
     layers.append(_read_flags(flags or {}, labels or {}))
     chosen: dict[str, dict[str, Any]] = {owner: {} for owner, *_ in SECTIONS}
-    sources = {s.name: "default" for s in SETTINGS}
+    chosen.update({section: {} for section in _EXTRA_NAMES})
+    sources = {s.name: "default" for s in CORE_SETTINGS}
     for layer in layers:
-        for name, (raw, where, text) in layer.items():
-            setting = _BY_NAME[name]
+        for name, (setting, raw, where, text) in layer.items():
             try:
                 value = setting.convert(raw, text=text)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{where}: {exc}") from None
             chosen[setting.owner][setting.attribute] = value
             sources[name] = where
-    sections = {owner: cls(**chosen[owner]) for owner, cls, *_ in SECTIONS}
-    sections["collector"] = CollectorConfig(**chosen["collector"], custom_metrics=custom)
-    config = Config(**sections, sources=sources)
+    core = {owner: cls(**chosen[owner]) for owner, cls, *_ in SECTIONS}
+    core["collector"] = CollectorConfig(**chosen["collector"], custom_metrics=custom)
+    extra = {section: chosen[section] for section in _EXTRA_NAMES if chosen[section]}
+    config = Config(**core, sources=sources, extra=extra)
     if command == "run":
         _check_agent(config)
     elif command == "service":

@@ -2,11 +2,13 @@
 """The configuration sections: frozen typed dataclasses, and the settings table derived from them.
 
 Each setting is a dataclass field whose default is THE default, and whose metadata
-(:func:`setting`) carries its parser and help text. :data:`SETTINGS` is derived from
-the fields: the TOML keys, the ``DEFENDER_AGENT_*`` variables, the ``--help`` text and
-the checks of ``examples/*.toml`` all come from it.
+(:func:`setting`) carries its parser and help text. The settings table
+(:func:`all_settings`) is derived from the fields: the TOML keys, the
+``DEFENDER_AGENT_*`` variables, the ``--help`` text and the checks of
+``examples/*.toml`` all come from it. The sections of ``service`` and ``sandbox``
+live in :mod:`.extra_sections`, imported when they are used.
 
->>> by_name = {s.name: s for s in SETTINGS}
+>>> by_name = {s.name: s for s in all_settings()}
 >>> by_name["interval"].env, by_name["interval"].where, by_name["interval"].default_text
 ('DEFENDER_AGENT_INTERVAL', 'agent.interval', '300')
 >>> by_name["log_level"].where, by_name["service_port"].env
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
 from defender_agent.config import values
-from defender_agent.custom import CustomMetricsConfig
+from defender_agent.custom.settings import CustomMetricsConfig
 from defender_agent.procfs import default_proc_root
 
 if TYPE_CHECKING:
@@ -32,18 +34,21 @@ if TYPE_CHECKING:
     from defender_agent.report.serialize import ReportFormat
 
 __all__ = [
+    "CORE_SETTINGS",
     "DEFAULT_LIST_SIZE",
     "ENV_PREFIX",
+    "EXTRA_SECTIONS",
     "SECTIONS",
-    "SETTINGS",
     "AgentSection",
     "CollectorConfig",
     "LoggingSection",
     "MqttSection",
-    "SandboxSection",
-    "ServiceSection",
     "Setting",
+    "all_settings",
+    "format_value",
     "setting",
+    "setting_named",
+    "table",
 ]
 
 T = TypeVar("T")
@@ -54,23 +59,31 @@ _META = "defender_agent.setting"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
-SessionMode = Literal["auto", "keep", "discard"]
 
 _FORMATS: tuple[ReportFormat, ...] = ("json", "cbor")
 _SOURCES: tuple[SocketSource, ...] = ("auto", "proc", "netlink", "psutil")
 _LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 _LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
-_SESSIONS: tuple[SessionMode, ...] = ("auto", "keep", "discard")
-_MAX_INT = 2**63 - 1
 
 
-@dataclass(frozen=True)
 class _Meta:
-    convert: Converter[Any]
-    help: str
-    section: str = ""  # the TOML section, when not the section the field belongs to
-    shown: str = ""  # the default as shown, when it is computed or None
-    secret: bool = False
+    """A setting's parser and help, kept in its field's metadata."""
+
+    __slots__ = ("convert", "help", "secret", "section", "shown")
+
+    def __init__(
+        self,
+        convert: Converter[Any],
+        help: str,
+        section: str = "",  # the TOML section, when not the section the field belongs to
+        shown: str = "",  # the default as shown, when it is computed or None
+        secret: bool = False,
+    ) -> None:
+        self.convert = convert
+        self.help = help
+        self.section = section
+        self.shown = shown
+        self.secret = secret
 
 
 def setting(
@@ -255,149 +268,24 @@ class LoggingSection:
     format: LogFormat = setting("text", values.choice(_LOG_FORMATS), "log line format")
 
 
-@dataclass(frozen=True)
-class ServiceSection:
-    """``[service]``: the local Device Defender service (``defender-agent service``)."""
-
-    broker: str = setting("localhost", values.text, "the MQTT broker's host")
-    port: Optional[int] = setting(
-        None, values.integer(1, 65535), "broker port", shown="8883 with TLS, 1883 without"
-    )
-    tls: bool = setting(True, values.boolean, "mutual TLS; false for a plain local listener")
-    ca_file: Optional[Path] = setting(
-        None, values.optional_path, "CA to verify the broker", shown="the system store"
-    )
-    cert_file: Optional[Path] = setting(None, values.optional_path, "client certificate")
-    key_file: Optional[Path] = setting(None, values.optional_path, "its private key")
-    client_id: Optional[str] = setting(
-        None,
-        values.optional_text,
-        "MQTT client id",
-        shown="defender-agent-service-<hostname>-<pid>",
-    )
-    mqtt5: bool = setting(False, values.boolean, "MQTT 5 instead of 3.1.1")
-    keep_alive: int = setting(60, values.integer(1, 65535), "MQTT keep-alive in seconds")
-    session: SessionMode = setting(
-        "auto",
-        values.choice(_SESSIONS),
-        "at stop, end the broker's MQTT session (discard) or leave it to be resumed by the "
-        "same client id (keep); auto: discard with the generated client id",
-    )
-    shared_group: Optional[str] = setting(
-        None,
-        values.optional_text,
-        "subscribe as a member of this MQTT shared-subscription group ($share/NAME/...): "
-        "processes of one group split the reports",
-    )
-    topic_prefix: str = setting(
-        "",
-        values.text,
-        "reports arrive as PREFIX$aws/things/... (a bridge's remapping; needed for a shared "
-        "group on mosquitto 2.0); replies still go to $aws/...",
-    )
-    db: Optional[str] = setting(
-        None,
-        values.optional_text,
-        "a file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
-        shown="service.sqlite3 in the state directory",
-    )
-    state_dir: Optional[Path] = setting(
-        None, values.optional_path, "the state directory", shown="as for run"
-    )
-    batch_max: int = setting(500, values.integer(1, 1_000_000), "reports per transaction")
-    queue_max: int = setting(
-        20_000,
-        values.integer(1, 10_000_000),
-        "accepted reports waiting for storage; beyond, answered but not stored",
-    )
-    drain_timeout: float = setting(
-        10.0, values.seconds(0, 3600), "at stop, how long to store what is queued (seconds)"
-    )
-    min_delay: float = setting(
-        300.0,
-        values.seconds(0, 86400),
-        "Throttled when a thing reports again within this many seconds (0: never)",
-    )
-    strict_report_ids: bool = setting(
-        False,
-        values.boolean,
-        "reject (InvalidPayload) a report id not above the thing's last accepted one",
-    )
-    report_id_in_rejections: bool = setting(
-        True, values.boolean, "put reportId in REJECTED replies"
-    )
-    throttle_message: str = setting("Throttled", values.text, "ErrorMessage of Throttled")
-    invalid_message: str = setting(
-        "Malformed metrics report", values.text, "ErrorMessage of InvalidPayload"
-    )
-    thing_name_code: str = setting("InvalidPayload", values.text, "ErrorCode for a bad thing name")
-    thing_name_message: str = setting(
-        "Malformed metrics report", values.text, "ErrorMessage for a bad thing name"
-    )
-    max_tracked_things: int = setting(
-        10_000,
-        values.integer(1, 10_000_000),
-        "thing names kept for the throttle (bounded memory)",
-    )
-    allow_mixed_names: bool = setting(
-        False, values.boolean, "accept long and short standard key names in one report"
-    )
-    min_report_id: int = setting(1, values.integer(0, _MAX_INT), "the lowest report id")
-    versions: Optional[frozenset[str]] = setting(
-        None,
-        values.versions,
-        "the only header versions accepted, each <int>.<int>",
-        shown="any <int>.<int>",
-    )
-    accept_unknown_keys: bool = setting(
-        False, values.boolean, "unknown keys are warnings, not rejections"
-    )
-    reject_null_metrics: bool = setting(
-        False, values.boolean, "reject 'metrics': null beside custom_metrics"
-    )
-    custom_name_check: bool = setting(
-        True, values.boolean, "check custom metric names against [a-zA-Z0-9:_-]{1,128}"
-    )
-
-
-@dataclass(frozen=True)
-class SandboxSection:
-    """``[sandbox]``: ``defender-agent sandbox`` (it also reads ``[agent]`` and ``[logging]``)."""
-
-    broker: Optional[str] = setting(
-        None,
-        values.optional_text,
-        "an existing broker: mqtt://HOST:PORT (plain) or mqtts://HOST:PORT (mutual TLS with "
-        "the sandbox's PKI)",
-        shown="the embedded broker",
-    )
-    interval: int = setting(10, values.integer(1, 86400), "seconds between reports")
-    reports: int = setting(
-        0,
-        values.integer(0, _MAX_INT),
-        "stop after this many replies (exit 1 if one was a rejection); 0: until Ctrl-C",
-    )
-    state_dir: Optional[Path] = setting(
-        None,
-        values.optional_path,
-        "where the PKI, the agent's state and the service's database go",
-        shown="'sandbox' in the default state directory",
-    )
-
-
 # --------------------------------------------------------------------------- the table
 #: (attribute of Config, section class, TOML section, prefix of the flat names)
-SECTIONS: tuple[tuple[str, type[Any], str, str], ...] = (
+SectionSpec = tuple[str, type[Any], str, str]
+
+#: The sections every command reads. The service's and the sandbox's are in
+#: :mod:`.extra_sections`, imported only when they are used (the collect and run
+#: start-up does not pay for creating them).
+SECTIONS: tuple[SectionSpec, ...] = (
     ("mqtt", MqttSection, "mqtt", ""),
     ("agent", AgentSection, "agent", ""),
     ("collector", CollectorConfig, "collector", ""),
     ("logging", LoggingSection, "logging", "log_"),
-    ("service", ServiceSection, "service", "service_"),
-    ("sandbox", SandboxSection, "sandbox", "sandbox_"),
 )
 
+#: (section, prefix of the flat names) of the sections in :mod:`.extra_sections`.
+EXTRA_SECTIONS: tuple[tuple[str, str], ...] = (("service", "service_"), ("sandbox", "sandbox_"))
 
-@dataclass(frozen=True)
+
 class Setting:
     """One setting as the file, the environment and the command line see it.
 
@@ -415,16 +303,46 @@ class Setting:
         secret: masked in descriptions.
     """
 
-    name: str
-    section: str
-    key: str
-    owner: str
-    attribute: str
-    convert: Converter[Any]
-    default: Any
-    help: str
-    shown: str = ""
-    secret: bool = False
+    __slots__ = (
+        "attribute",
+        "convert",
+        "default",
+        "help",
+        "key",
+        "name",
+        "owner",
+        "secret",
+        "section",
+        "shown",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        section: str,
+        key: str,
+        owner: str,
+        attribute: str,
+        convert: Converter[Any],
+        default: Any,  # noqa: ANN401 - any setting's default
+        help: str,
+        shown: str = "",
+        secret: bool = False,
+    ) -> None:
+        self.name = name
+        self.section = section
+        self.key = key
+        self.owner = owner
+        self.attribute = attribute
+        self.convert = convert
+        self.default = default
+        self.help = help
+        self.shown = shown
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r}, {self.where!r})"
 
     @property
     def env(self) -> str:
@@ -435,11 +353,6 @@ class Setting:
     def where(self) -> str:
         """``section.key`` in the TOML file."""
         return f"{self.section}.{self.key}"
-
-    @property
-    def toml_key(self) -> str:
-        """The key inside its TOML section."""
-        return self.key
 
     @property
     def default_text(self) -> str:
@@ -475,15 +388,16 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def _table() -> tuple[Setting, ...]:
-    table: list[Setting] = []
-    for owner, cls, section, prefix in SECTIONS:
+def table(sections: tuple[SectionSpec, ...]) -> tuple[Setting, ...]:
+    """The settings of some sections, from their fields' metadata."""
+    found: list[Setting] = []
+    for owner, cls, section, prefix in sections:
         for f in dataclasses.fields(cls):
             meta = f.metadata.get(_META)
             if meta is None:
                 continue
             default = None if f.default is dataclasses.MISSING else f.default
-            table.append(
+            found.append(
                 Setting(
                     name=prefix + f.name,
                     section=meta.section or section,
@@ -497,8 +411,30 @@ def _table() -> tuple[Setting, ...]:
                     secret=meta.secret,
                 )
             )
-    return tuple(table)
+    return tuple(found)
 
 
-#: Every setting, in section order.
-SETTINGS: tuple[Setting, ...] = _table()
+#: The settings of :data:`SECTIONS`.
+CORE_SETTINGS: tuple[Setting, ...] = table(SECTIONS)
+
+
+def all_settings() -> tuple[Setting, ...]:
+    """Every setting, in section order (imports the service's and the sandbox's sections)."""
+    from defender_agent.config.extra_sections import EXTRA_SETTINGS  # noqa: PLC0415
+
+    return CORE_SETTINGS + EXTRA_SETTINGS
+
+
+def setting_named(name: str) -> Setting:
+    """The setting with this flat name (KeyError if there is none).
+
+    >>> setting_named("service_min_delay").where
+    'service.min_delay'
+    """
+    for setting in CORE_SETTINGS:
+        if setting.name == name:
+            return setting
+    for setting in all_settings():
+        if setting.name == name:
+            return setting
+    raise KeyError(name)
