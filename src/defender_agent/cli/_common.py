@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Callable, NoReturn, Optional
 
@@ -22,7 +21,6 @@ __all__ = [
     "EXIT_USAGE",
     "Parser",
     "count",
-    "directory",
     "positive",
     "seconds",
     "setup_logging",
@@ -162,23 +160,3 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
-
-
-def directory(text: str) -> Path:
-    """An existing directory."""
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
-    return path
-
-
-def optional_bool(text: Optional[str]) -> bool:
-    """``true``/``false`` and friends (the sample passed ``-w True``)."""
-    if text is None:
-        return True
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")

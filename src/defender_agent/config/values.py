@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Optional, Protocol, TypeVar
+from typing import Callable, Optional, Protocol, TypeVar
 
 from defender_agent.rules import validate_thing_name
 
@@ -150,6 +150,21 @@ def optional_boolean(value: object, *, text: bool) -> Optional[bool]:
     return boolean(value, text=text)
 
 
+def _parsed(value: object, text: bool, parse: Callable[[str], object], what: str) -> object:
+    """``value`` itself, or what ``parse`` makes of it when it came as text.
+
+    A string from the TOML file, where a number is expected, is refused.
+    """
+    if not isinstance(value, str):
+        return value
+    if not text:
+        raise TypeError(f"expected {what}, got the string {value!r}")
+    try:
+        return parse(value.strip())
+    except ValueError:
+        raise ValueError(f"expected {what}, got {value!r}") from None
+
+
 def integer(low: int, high: int) -> Converter[int]:
     """A whole number from ``low`` to ``high``.
 
@@ -160,18 +175,12 @@ def integer(low: int, high: int) -> Converter[int]:
     """
 
     def convert(value: object, *, text: bool) -> int:
-        if isinstance(value, str) and text:
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"expected a whole number, got {value!r}") from None
-        elif isinstance(value, str):
-            raise TypeError(f"expected a whole number, got the string {value!r}")
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _parsed(value, text, int, "a whole number")
+        if isinstance(number, bool) or not isinstance(number, int):
             raise TypeError(f"expected a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
-        return value
+        if not low <= number <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {number}")
+        return number
 
     return convert
 
@@ -188,20 +197,12 @@ def seconds(low: float, high: float) -> Converter[float]:
     """
 
     def convert(value: object, *, text: bool) -> float:
-        if isinstance(value, str) and text:
-            try:
-                number = float(value.strip())
-            except ValueError:
-                raise ValueError(f"expected a number of seconds, got {value!r}") from None
-        elif isinstance(value, str):
-            raise TypeError(f"expected a number of seconds, got the string {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _parsed(value, text, float, "a number of seconds")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise TypeError(f"expected a number of seconds, got {value!r}")
-        else:
-            number = float(value)
         if not math.isfinite(number) or not low <= number <= high:
             raise ValueError(f"expected {low:g} to {high:g} seconds, got {value!r}")
-        return number
+        return float(number)
 
     return convert
 
