@@ -64,7 +64,6 @@ _CORE_NAMES = {s.name: s for s in CORE_SETTINGS}
 _CORE_WHERE = {(s.section, s.key): s for s in CORE_SETTINGS}
 _CORE_ENV = {s.env: s for s in CORE_SETTINGS}
 _EXTRA_NAMES = {section for section, _ in EXTRA_SECTIONS}
-_EXTRA_ENV = tuple(ENV_PREFIX + prefix.upper() for _, prefix in EXTRA_SECTIONS)
 _FILE_SECTIONS = sorted({s.section for s in CORE_SETTINGS} | _EXTRA_NAMES | {"custom_metrics"})
 
 
