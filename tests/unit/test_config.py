@@ -269,6 +269,8 @@ def test_bad_environment_values_name_the_variable() -> None:
         load_config(BASE, environ={"DEFENDER_AGENT_ENDPIONT": "x"})
     with pytest.raises(ConfigError, match="DEFENDER_AGENT_SERVICE_VERSIONS: expected versions"):
         load_config(BASE, environ={"DEFENDER_AGENT_SERVICE_VERSIONS": "abc"})
+    with pytest.raises(ConfigError, match="did you mean 'DEFENDER_AGENT_SERVICE_MIN_DELAY'"):
+        load_config(BASE, environ={"DEFENDER_AGENT_SERVICE_MIN_DELY": "1"})
 
 
 def test_bad_flag_values_name_the_option() -> None:
