@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-import cbor2
-
 __all__ = ["Counters", "Reply", "ReplyLedger", "parse_reply", "rejection_text"]
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,14 @@ def parse_reply(topic: str, payload: bytes) -> Reply:
     if len(parts) < 2 or parts[-1] not in ("accepted", "rejected"):
         raise ValueError(f"not a reply topic: {topic!r}")
     try:
-        doc = cbor2.loads(payload) if parts[-2] == "cbor" else json.loads(payload)
+        if parts[-2] == "cbor":
+            # the validator's CBOR module: cbor2 5's C decoder (Python 3.9) can crash the
+            # process on a truncated text string, so there it is the pure-Python one
+            from defender_agent.report.validate import CBOR_MODULE  # noqa: PLC0415
+
+            doc = CBOR_MODULE.loads(payload)
+        else:
+            doc = json.loads(payload)
     except Exception as exc:  # any decoder failure means the same thing here
         raise ValueError(f"undecodable reply ({type(exc).__name__})") from None
     if not isinstance(doc, Mapping):
