@@ -10,6 +10,9 @@ The public API, for embedding the collector, reports, validator and transports::
     encoded = encode_fitted(report, "cbor", short_names=True)   # within IoT Core's 128 KB
     encoded.payload                        # the bytes to publish
 
+and back: :func:`validate_payload` checks received bytes against the service's
+rules, :func:`decode_report` turns the accepted document into a :class:`Report`.
+
 To send it, any :class:`Transport` will do: :class:`MqttTransport` reaches AWS IoT
 Core with the :class:`MqttSettings` given; :class:`MemoryTransport` (and a shared
 :class:`MemoryBroker`) keeps everything in the process, for tests and embedding.
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
         PortList,
         Report,
     )
+    from defender_agent.report.decode import decode_report
     from defender_agent.report.document import to_document
     from defender_agent.report.fit import EncodedReport, encode_fitted
     from defender_agent.report.names import NameStyle
@@ -94,6 +98,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "PortList",
         "Report",
     ),
+    "defender_agent.report.decode": ("decode_report",),
     "defender_agent.report.document": ("to_document",),
     "defender_agent.report.fit": ("EncodedReport", "encode_fitted"),
     "defender_agent.report.names": ("NameStyle",),
@@ -147,6 +152,7 @@ __all__ = [
     "ValidationPolicy",
     "ValidationResult",
     "__version__",
+    "decode_report",
     "encode_fitted",
     "encode_report",
     "to_document",
