@@ -30,6 +30,8 @@ PROTOCOL_EXAMPLE_METRICS: dict[str, Any] = {
         }
     },
 }
+#: The test plugin is a distribution the plugin tests lay out themselves, not a test module.
+collect_ignore = ["plugins"]
 SCENARIOS = sorted(p.name for p in PROC_FIXTURES.iterdir() if p.is_dir())
 
 

@@ -62,6 +62,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory holding the test plugin's distribution, on sys.path for this module only."""
     directory = tmp_path_factory.mktemp("plugin-site")
     lay_out_distribution(PLUGIN, directory)
+    sys.modules.pop(MODULE, None)  # the doctest collection may have imported the source copy
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(directory))  # also invalidates the import caches
         yield directory
