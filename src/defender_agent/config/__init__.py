@@ -46,9 +46,8 @@ from defender_agent.config.sections import (
     LoggingSection,
     MqttSection,
     Setting,
-    all_settings,
-    setting_named,
 )
+from defender_agent.config.table import all_settings, setting_named
 from defender_agent.rules import validate_thing_name
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from defender_agent.config.sections import (
     LogLevel,
     MqttSection,
     Setting,
-    all_settings,
 )
+from defender_agent.config.table import all_settings
 from defender_agent.custom.settings import CustomMetricsConfig
 from defender_agent.errors import ConfigError
 from defender_agent.rules import validate_thing_name

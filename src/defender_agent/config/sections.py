@@ -3,18 +3,11 @@
 
 Each setting is a dataclass field whose default is THE default, and whose metadata
 (:func:`setting`) carries its parser and help text. The settings table
-(:func:`all_settings`) is derived from the fields: the TOML keys, the
+(:func:`.table.all_settings`) is derived from the fields: the TOML keys, the
 ``DEFENDER_AGENT_*`` variables, the ``--help`` text and the checks of
 ``examples/*.toml`` all come from it. The sections of ``service`` and ``sandbox``
 live in :mod:`.extra_sections`, imported when they are used.
 
->>> by_name = {s.name: s for s in all_settings()}
->>> by_name["interval"].env, by_name["interval"].where, by_name["interval"].default_text
-('DEFENDER_AGENT_INTERVAL', 'agent.interval', '300')
->>> by_name["log_level"].where, by_name["service_port"].env
-('logging.level', 'DEFENDER_AGENT_SERVICE_PORT')
->>> by_name["include_custom_metrics"].where, by_name["include_custom_metrics"].owner
-('agent.include_custom_metrics', 'collector')
 """
 
 from __future__ import annotations
@@ -44,10 +37,8 @@ __all__ = [
     "LoggingSection",
     "MqttSection",
     "Setting",
-    "all_settings",
     "format_value",
     "setting",
-    "setting_named",
     "table",
 ]
 
@@ -416,25 +407,3 @@ def table(sections: tuple[SectionSpec, ...]) -> tuple[Setting, ...]:
 
 #: The settings of :data:`SECTIONS`.
 CORE_SETTINGS: tuple[Setting, ...] = table(SECTIONS)
-
-
-def all_settings() -> tuple[Setting, ...]:
-    """Every setting, in section order (imports the service's and the sandbox's sections)."""
-    from defender_agent.config.extra_sections import EXTRA_SETTINGS  # noqa: PLC0415
-
-    return CORE_SETTINGS + EXTRA_SETTINGS
-
-
-def setting_named(name: str) -> Setting:
-    """The setting with this flat name (KeyError if there is none).
-
-    >>> setting_named("service_min_delay").where
-    'service.min_delay'
-    """
-    for setting in CORE_SETTINGS:
-        if setting.name == name:
-            return setting
-    for setting in all_settings():
-        if setting.name == name:
-            return setting
-    raise KeyError(name)
