@@ -212,6 +212,8 @@ _CBOR6: Final = _cbor2_checks_duplicates()
 #: string (over its 64 KiB read chunk) ends early, which a hostile payload under the size
 #: limit can do, so with cbor2 5 the pure-Python decoder (memory safe, ~10x slower) is used.
 CBOR_MODULE: Final = cbor2 if _CBOR6 else importlib.import_module("cbor2._decoder")
+#: The "break" stop code as a decoded value (cbor2 5's pure-Python decoder), or a sentinel.
+_CBOR_BREAK: Final[object] = getattr(CBOR_MODULE, "break_marker", object())
 #: What decoding a payload may raise besides RecursionError: cbor2's C decoder wraps the errors
 #: of its tag decoders (a bad date, decimal, regexp, ...) in CBORDecodeError; the pure-Python
 #: one lets them through as they are.
@@ -552,6 +554,8 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
         stream = io.BytesIO(data)
         decoder = CBOR_MODULE.CBORDecoder(stream, **_CBOR_OPTIONS)
         doc: object = decoder.decode()
+        if doc is _CBOR_BREAK:  # cbor2 5's pure-Python decoder returns a lone "break" (0xff)
+            raise ReportDecodeError("invalid CBOR: a break code (0xff) outside a container")
     except UnicodeDecodeError as exc:
         raise ReportDecodeError(
             f"payload is not UTF-8: invalid byte at offset {exc.start}"
