@@ -377,6 +377,7 @@ class Client:
         ca: Path,
         cert: Optional[Path] = None,
         key: Optional[Path] = None,
+        clean_session: bool = True,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -389,7 +390,7 @@ class Client:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            clean_session=clean_session,
         )
         context = ssl.create_default_context(cafile=str(ca))
         if cert is not None and key is not None:
@@ -470,14 +471,21 @@ def clients(embedded: Any, sandbox_pki: Any, tmp_path: Path) -> Iterator[Any]:
 
     made: list[Client] = []
 
-    def make(name: str, client_id: Optional[str] = None) -> Client:
+    def make(name: str, client_id: Optional[str] = None, clean_session: bool = True) -> Client:
         if name == "thing1":
             pair = sandbox_pki.thing
         elif name == "defender-service":
             pair = sandbox_pki.service
         else:
             pair = issue_client(sandbox_pki, name, tmp_path / "clients")
-        client = Client(embedded.port, client_id or name, sandbox_pki.ca_cert, pair.cert, pair.key)
+        client = Client(
+            embedded.port,
+            client_id or name,
+            sandbox_pki.ca_cert,
+            pair.cert,
+            pair.key,
+            clean_session,
+        )
         made.append(client)
         return client
 
@@ -515,6 +523,27 @@ def test_a_client_from_another_ca_is_refused(embedded: Any, sandbox_pki: Any, pk
 def test_the_client_id_must_be_the_certificates_cn(clients: Any) -> None:
     assert clients("thing1", client_id="thing2").connect() == "Not authorized"
     assert clients("thing1").connect() == "Success"
+
+
+@pytest.mark.parametrize("clean_session", [False, True], ids=["kept-session", "clean-session"])
+def test_a_refused_impostor_does_not_end_the_real_clients_session(
+    clients: Any, clean_session: bool
+) -> None:
+    """Issue 9 item 6: another thing's certificate claiming thing1's client id is refused
+    before thing1's session is touched: thing1 stays connected and keeps its replies."""
+    service = clients("defender-service")
+    agent = clients("thing1", clean_session=clean_session)
+    assert service.connect() == agent.connect() == "Success"
+    assert agent.subscribe(f"{REPORT_TOPIC}/accepted") == [1]
+    for impostor_clean in (True, False):
+        impostor = clients("thing2", client_id="thing1", clean_session=impostor_clean)
+        assert impostor.connect() == "Not authorized"
+        impostor.close()
+    for number in range(3):
+        payload = json.dumps({"status": "ACCEPTED", "n": number}).encode()
+        service.publish(f"{REPORT_TOPIC}/accepted", payload)
+        assert agent.next_message() == (f"{REPORT_TOPIC}/accepted", payload)
+    assert agent.disconnected.empty()
 
 
 def test_aws_topics_are_delivered_both_ways(clients: Any) -> None:

@@ -16,11 +16,15 @@ methods, so ``amqtt==0.12.1`` is pinned):
   stop serving the client and leave its socket open (a wildcard in a topic name), or
   drop a refused publish silently, the client is disconnected instead, as AWS IoT
   does on a policy violation.
-* ``_initialize_client_session``: a client resuming a kept session
-  (``clean_session=False``, as awscrt connects) has its session object reused by
-  amqtt, with the TLS details of its *previous* connection; the override puts the
-  current connection's TLS object on it, so the identity below is always this
-  connection's certificate.
+* ``_initialize_client_session``: amqtt 0.12.1 deletes (clean session) or takes
+  over (kept session) the existing session of the client id a CONNECT names
+  *before* it authenticates the connection, so a refused login (another thing's
+  certificate claiming this client id) used to end the real client's session and
+  subscriptions. The override authenticates the new connection first (its own TLS
+  details) and answers a refused one with CONNACK "not authorized" without touching
+  any session; only then does it take amqtt's steps (delete or resume). A resumed
+  session object gets the current connection's TLS details, so the identity below
+  is always this connection's certificate.
 
 Two plugins, and nothing else (naming plugins replaces amqtt's defaults, so there
 is no anonymous login and no ``$SYS`` tree):
@@ -41,10 +45,6 @@ is no anonymous login and no ``$SYS`` tree):
 (a free port by default), on its own asyncio loop in a daemon thread; ``start`` and
 ``stop`` are called from the caller's thread.
 
-Known limit: amqtt looks up (and, for a clean session, deletes) the session of a
-client id before it authenticates the connection, so a client with *another valid
-sandbox certificate* can end the session of the client id it claims before it is
-refused. Only the sandbox CA's certificates get that far.
 """
 
 from __future__ import annotations
@@ -68,7 +68,10 @@ if TYPE_CHECKING:
 try:
     from amqtt.broker import Broker
     from amqtt.contexts import Action
+    from amqtt.errors import MQTTError
     from amqtt.events import BrokerEvents
+    from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
     from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 except ImportError as exc:  # no 'sandbox' extra (Python 3.9: amqtt 0.12.1 needs 3.10)
     # The module still imports (documentation, doctest collection); EmbeddedBroker says why
@@ -271,13 +274,52 @@ class StrictBroker(Broker):  # type: ignore[misc]
         remote_address: str,
         remote_port: int,
     ) -> tuple[Any, Session]:
-        handler, session = await super()._initialize_client_session(
-            reader, writer, remote_address, remote_port
-        )
+        # amqtt 0.12.1's steps, with the authentication moved before any session is touched
+        try:
+            handler, incoming = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except MQTTError:
+            await writer.close()
+            raise
+        if not await self._authenticate(incoming, None):
+            connack = ConnackPacket.build(0, NOT_AUTHORIZED)
+            await connack.to_stream(writer)
+            await writer.close()
+            raise MQTTError(
+                f"refused {remote_address}:{remote_port} (client id {_shown(incoming.client_id)});"
+                " existing sessions untouched"
+            )
+        session: Session = incoming
+        if incoming.clean_session:
+            if incoming.client_id:
+                await self._delete_session(incoming.client_id)
+            else:  # pragma: no cover - amqtt gives every client an id
+                raise MQTTError("a client without a client id")
+            session.parent = 0
+        elif incoming.client_id in self._sessions:
+            session = self._sessions[incoming.client_id][0]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive"):
+                setattr(session, name, getattr(incoming, name))
+            session.username, session.password = incoming.username, incoming.password
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
         # a resumed session is the old object: give it this connection's TLS details
         session.ssl_object = writer.get_ssl_info()
         session.remote_address, session.remote_port = remote_address, remote_port
+        session.authenticated_here = True  # read (once) by _authenticate below
         return handler, session
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:  # noqa: ANN401
+        if getattr(session, "authenticated_here", False):
+            session.authenticated_here = False  # checked in _initialize_client_session
+            return True
+        result: bool = await super()._authenticate(session, listener)
+        return result
 
     async def _handle_message_delivery(
         self,
