@@ -1,17 +1,19 @@
-"""What every subcommand shares: the parser class, exit codes, option types, logging setup."""
+"""What every subcommand shares: the parser class, exit codes, option types, logging setup.
+
+The log formatters are :mod:`defender_agent.logs`; ``setup_logging`` is re-exported here.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import signal
-import sys
 import threading
-import time
 from types import FrameType
 from typing import Callable, NoReturn, Optional
+
+from defender_agent.logs import setup_logging
 
 __all__ = [
     "COMMANDS",
@@ -69,53 +71,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _TextFormatter(logging.Formatter):
-    """``defender-agent: warning: message`` — one line per record, as the errors are."""
-
-    def __init__(self, timestamps: bool) -> None:
-        super().__init__()
-        self.timestamps = timestamps
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = ""
-        if self.timestamps:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z "
-        line = f"{stamp}defender-agent: {record.levelname.lower()}: {record.getMessage()}"
-        if record.exc_info and record.levelno <= logging.DEBUG:
-            line += "\n" + self.formatException(record.exc_info)
-        elif record.exc_info and record.exc_info[1] is not None:
-            line += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
-        return line
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (for log shippers)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info and record.exc_info[1] is not None:
-            doc["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
-        return json.dumps(doc, ensure_ascii=False)
-
-
-def setup_logging(level: str, fmt: str = "text", *, timestamps: bool = False) -> None:
-    """Send log records to stderr, one line each, replacing earlier handlers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter(timestamps))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper()))
-    # awscrt's own logging is off unless asked for; keep third-party chatter at warning
-    logging.getLogger("awscrt").setLevel(logging.WARNING)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

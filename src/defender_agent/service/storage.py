@@ -45,8 +45,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Optional, Protocol, Union
-from urllib.parse import urlsplit
 
+from defender_agent.dburl import is_keyword_string, mask_db_url, mask_secrets_in
 from defender_agent.errors import ConfigError, StateError
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.state import default_state_dir
@@ -285,6 +285,10 @@ class Store(ABC):
     def _after_error(self) -> None:  # noqa: B027 - an optional hook
         """Forget a broken connection (the next call reconnects), where the driver can."""
 
+    def _scrub(self, text: str) -> str:
+        """A driver's error message without the connection's secrets."""
+        return text
+
     @abstractmethod
     def _close(self) -> None: ...
 
@@ -295,7 +299,8 @@ class Store(ABC):
             yield
         except self._db_errors() as exc:
             self._after_error()
-            raise StateError(f"service database {self.name}: {_one_line(exc)}") from exc
+            why = self._scrub(_one_line(exc))
+            raise StateError(f"service database {self.name}: {why}") from exc
 
     def _migrate(self, migrations: Sequence[Migration]) -> None:
         """Apply the migrations newer than the database, in one locked transaction."""
@@ -679,6 +684,9 @@ class PostgresStore(Store):
     def _db_errors(self) -> tuple[type[Exception], ...]:
         return (self._psycopg.Error,)
 
+    def _scrub(self, text: str) -> str:
+        return mask_secrets_in(text, self._url)
+
     def _after_error(self) -> None:
         with self._lock:
             conn = self._conn
@@ -723,11 +731,7 @@ def _redact(url: str) -> str:
     >>> _redact("postgresql://svc:s3cret@db:5432/defender")
     'postgresql://svc:***@db:5432/defender'
     """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+    return mask_db_url(url)  # every form libpq takes a password in: dburl.mask_db_url
 
 
 DEFAULT_FILE: Final = "service.sqlite3"
@@ -747,7 +751,7 @@ def open_store(url: str, *, create: bool = True) -> Store:
 
     Args:
         url: A file path or ``sqlite:///path`` (SQLite), or ``postgresql://…`` /
-            ``postgres://…`` (PostgreSQL).
+            ``postgres://…`` or a libpq keyword/value string ``host=… dbname=…`` (PostgreSQL).
         create: For SQLite, create a missing file; False raises StateError instead (for
             queries).
 
@@ -758,7 +762,7 @@ def open_store(url: str, *, create: bool = True) -> Store:
         ConfigError: The URL names another database, or PostgreSQL without psycopg.
         StateError: The database cannot be opened or has a newer schema.
     """
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(("postgresql://", "postgres://")) or is_keyword_string(url):
         return PostgresStore(url)
     if url.startswith("sqlite://"):
         path = url[len("sqlite://") :]
