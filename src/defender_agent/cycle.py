@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from defender_agent.config.sections import CollectorConfig
 from defender_agent.custom._base import CycleReadings
-from defender_agent.delta import network_delta
+from defender_agent.delta import WRAP_WINDOW, network_delta
 from defender_agent.errors import ConfigError
 from defender_agent.model import (
     ConnectionList,
@@ -41,7 +41,7 @@ from defender_agent.readers.network_stats import (
     select_interfaces,
 )
 from defender_agent.readers.sockets import resolve_source, summarize_sockets
-from defender_agent.state import ReportIdSequence, StateDir
+from defender_agent.state import OutOfRange, ReportIdSequence, StateDir
 
 if TYPE_CHECKING:
     from defender_agent.custom.registry import CustomMetrics
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 __all__ = ["Collector", "CollectorConfig", "Snapshot"]
 
 log = logging.getLogger(__name__)
+
+#: The largest value a saved counter may have (the kernel's counters are 64-bit).
+MAX_COUNTER = 2**64 - 1
+_WRAP32 = 1 << 32
 
 
 class Snapshot:
@@ -308,34 +312,93 @@ class Collector:
             "cpu": self._custom.export_state().get("cpu_usage") if self._custom else None,
         }
 
+    def baseline_problem(self, data: object) -> Optional[OutOfRange]:
+        """Why a saved baseline's counters are not to be trusted, or ``None``.
+
+        A counter beyond 64 bits, or above the same interface's counter read now
+        (other than a 32-bit wrap), would make the first delta after the restart a
+        spike: the file was corrupted or tampered with, or the counters were reset.
+        A malformed baseline is :meth:`import_baseline`'s to refuse.
+        """
+        parsed = _parse_baseline(data)
+        if parsed is None:
+            return None
+        interfaces, cpu = parsed
+        for name, counters in (interfaces or {}).items():
+            for field, value in zip(InterfaceCounters._fields, counters):
+                if value > MAX_COUNTER:
+                    return OutOfRange(f"interface {name} {field} {value} is beyond 64 bits")
+        for field, value in zip(CpuTimes._fields, cpu or ()):
+            if value > MAX_COUNTER:
+                return OutOfRange(f"cpu {field} {value} is beyond 64 bits")
+        if not interfaces:
+            return None
+        now = self._read_snapshot().interfaces or {}
+        for name, counters in interfaces.items():
+            current = now.get(name)
+            if current is None:
+                continue
+            for field, saved, read in zip(InterfaceCounters._fields, counters, current):
+                if saved > read and not _wrapped32(saved, read):
+                    return OutOfRange(
+                        f"interface {name} {field} {saved} is above the current reading {read}"
+                    )
+        return None
+
     def import_baseline(self, data: object) -> bool:
         """Take a baseline saved by :meth:`export_baseline` (after a restart on the same boot).
 
         Returns:
             Whether it was usable; a malformed one is ignored (the next cycle
-            then takes a fresh baseline).
+            then takes a fresh baseline). Check :meth:`baseline_problem` first.
         """
-        if not isinstance(data, dict):
+        parsed = _parse_baseline(data)
+        if parsed is None:
             return False
-        try:
-            raw_ifaces = data.get("interfaces")
-            interfaces = (
-                None
-                if raw_ifaces is None
-                else {
-                    str(k): InterfaceCounters(*(int(x) for x in v)) for k, v in raw_ifaces.items()
-                }
-            )
-            raw_cpu = data.get("cpu")
-            cpu = None if raw_cpu is None else CpuTimes(*(int(x) for x in raw_cpu))
-        except (TypeError, ValueError, AttributeError):
-            return False
-        if interfaces is not None and any(min(c) < 0 for c in interfaces.values()):
-            return False
+        interfaces, cpu = parsed
         if cpu is not None and self._custom is not None:
             self._custom.import_state({"cpu_usage": list(cpu)})
         self._previous = Snapshot(interfaces=interfaces, monotonic=time.monotonic())
         return True
+
+
+def _parse_baseline(
+    data: object,
+) -> Optional[tuple[Optional[dict[str, InterfaceCounters]], Optional[CpuTimes]]]:
+    """The interface counters and CPU times of a saved baseline; ``None`` when malformed.
+
+    >>> _parse_baseline({"interfaces": {"eth0": [1, 2, 3, 4]}, "cpu": None})
+    ({'eth0': InterfaceCounters(bytes_in=1, packets_in=2, bytes_out=3, packets_out=4)}, None)
+    >>> _parse_baseline({"interfaces": {"eth0": [1, -2, 3, 4]}}) is None
+    True
+    """
+    if not isinstance(data, dict):
+        return None
+    try:
+        raw_ifaces = data.get("interfaces")
+        interfaces = (
+            None
+            if raw_ifaces is None
+            else {str(k): InterfaceCounters(*(int(x) for x in v)) for k, v in raw_ifaces.items()}
+        )
+        raw_cpu = data.get("cpu")
+        cpu = None if raw_cpu is None else CpuTimes(*(int(x) for x in raw_cpu))
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    if interfaces is not None and any(min(c) < 0 for c in interfaces.values()):
+        return None
+    if cpu is not None and min(cpu) < 0:
+        return None
+    return interfaces, cpu
+
+
+def _wrapped32(previous: int, current: int) -> bool:
+    """Whether a decrease is a 32-bit counter wrap (as :func:`~defender_agent.delta.counter_delta`).
+
+    >>> _wrapped32(2**32 - 10, 5), _wrapped32(5_000_000, 1_200)
+    (True, False)
+    """
+    return _WRAP32 - WRAP_WINDOW <= previous < _WRAP32 and current < WRAP_WINDOW
 
 
 def _port_list(ports: list[ListeningPort], limit: int) -> PortList:

@@ -3,7 +3,10 @@
 State files are written to a temporary file in the same directory, fsynced
 and renamed over the old one, so a crash or power loss leaves either the old
 or the new file, never a torn one. They are read tolerantly: a missing,
-corrupt or foreign file is treated as absent (and logged), never a crash.
+corrupt or foreign file is treated as absent (and logged), never a crash; a
+value out of range (:class:`OutOfRange`: a report id beyond the ms-epoch range,
+a time in the future, a counter beyond 64 bits) discards the file with one
+warning naming it and the value.
 
 Report ids are epoch milliseconds, raised to one more than the last id ever
 handed out when the clock is behind (NTP stepped it back, a board without an
@@ -33,7 +36,15 @@ from typing import Any, Callable, Optional
 
 from defender_agent.errors import StateError
 
-__all__ = ["ReportIdSequence", "StateDir", "StateLock", "default_state_dir"]
+__all__ = [
+    "MAX_SAVED_REPORT_ID",
+    "OutOfRange",
+    "ReportIdSequence",
+    "StateDir",
+    "StateLock",
+    "default_state_dir",
+    "saved_report_id_problem",
+]
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +252,51 @@ class StateDir:
             os.close(fd)
 
 
+class OutOfRange(str):
+    """Why a saved value is not to be trusted: a reason that is logged as a warning.
+
+    Values read back from the state directory are bounded (report ids, times,
+    counters); one out of range means the file was corrupted or tampered with,
+    so it is discarded with one warning and the agent starts fresh.
+
+    >>> isinstance(OutOfRange("last_published 1e+30 is in the future"), str)
+    True
+    """
+
+    __slots__ = ()
+
+
+#: The largest saved report id taken on trust: the last millisecond of the year 9999 (ids are
+#: epoch milliseconds). A saved id above it (2**63, from a corrupted or forged file) would make
+#: every later id too large for the validator's 1 to 2**63-1 range, for good.
+MAX_SAVED_REPORT_ID = 253_402_300_799_999
+
+
+def saved_report_id_problem(value: object) -> Optional[OutOfRange]:
+    """Why a saved ``last_report_id`` cannot be trusted, or ``None`` when it can.
+
+    >>> saved_report_id_problem(1700000000000) is None
+    True
+    >>> saved_report_id_problem(2**63)
+    'last_report_id 9223372036854775808 is out of range (1 to 253402300799999, epoch ms)'
+    >>> saved_report_id_problem("12")
+    "last_report_id '12' is not a whole number"
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return OutOfRange(f"last_report_id {value!r} is not a whole number")
+    if not 1 <= value <= MAX_SAVED_REPORT_ID:
+        return OutOfRange(
+            f"last_report_id {value} is out of range (1 to {MAX_SAVED_REPORT_ID}, epoch ms)"
+        )
+    return None
+
+
 class ReportIdSequence:
     """Strictly increasing report ids, persisted when a state directory is given.
+
+    A saved id that is not a whole number from 1 to :data:`MAX_SAVED_REPORT_ID` is
+    discarded with one warning naming the file and the value, and the sequence starts
+    again from the clock.
 
     >>> seq = ReportIdSequence(None, clock=lambda: 1700000000.0)
     >>> seq.next(), seq.next()
@@ -254,6 +308,23 @@ class ReportIdSequence:
         self._clock = clock
         self._last = 0
 
+    def _persisted(self, state: StateDir) -> int:
+        """The saved last id, or 0 when there is none or it is not to be trusted."""
+        saved = state.load("report-id") or {}
+        if "last_report_id" not in saved:
+            return 0
+        last = saved["last_report_id"]
+        problem = saved_report_id_problem(last)
+        if problem is None:
+            assert isinstance(last, int)
+            return last
+        log.warning(
+            "ignoring state file %s: %s; report ids start again from the clock",
+            state.path / "report-id.json",
+            problem,
+        )
+        return 0
+
     def next(self) -> int:
         """Return the next id: ``max(now in ms, last + 1, last persisted + 1)``.
 
@@ -264,9 +335,7 @@ class ReportIdSequence:
         if self._state is not None:
             try:
                 with self._state.locked():
-                    saved = self._state.load("report-id") or {}
-                    last = saved.get("last_report_id")
-                    persisted = last if isinstance(last, int) and not isinstance(last, bool) else 0
+                    persisted = self._persisted(self._state)
                     candidate = max(now_ms, self._last + 1, persisted + 1)
                     self._state.save("report-id", {"last_report_id": candidate})
             except StateError as exc:

@@ -6,17 +6,28 @@ they were read from: the boot (id and boot-time clock), the thing, and the
 resumes only from a baseline of the same boot, saved within the resume window,
 for the same thing and from the same source; otherwise the delta would mix two
 machines' (or two selections') counters into one spike.
+
+A baseline is also checked, not trusted: a boot-time stamp or a
+``last_published`` ahead of the boot-time clock (beyond :data:`FUTURE_SKEW_S`)
+is an :class:`~defender_agent.state.OutOfRange` reason, which the agent logs
+as a warning before it starts fresh (a ``last_published`` far in the future
+would otherwise put the next report off for as long, silently).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 from defender_agent.cycle import CollectorConfig
+from defender_agent.state import OutOfRange
 
-__all__ = ["baseline_source", "why_not_resume"]
+__all__ = ["FUTURE_SKEW_S", "baseline_source", "why_not_resume"]
+
+#: How far (seconds) a saved boot-time value may be ahead of the boot-time clock now.
+FUTURE_SKEW_S = 5.0
 
 
 def baseline_source(config: CollectorConfig) -> dict[str, Any]:
@@ -75,15 +86,45 @@ def why_not_resume(
     >>> why_not_resume(doc, boot_id="b1", now=160.0, window=450, thing_name="gw",
     ...                source={"proc_root": "/tmp/fixture"})
     "it was read with proc_root '/proc', now '/tmp/fixture'"
+    >>> reason = why_not_resume({**doc, "last_published": 1e12}, boot_id="b1", now=160.0,
+    ...                         window=450, thing_name="gw", source=src)
+    >>> reason, isinstance(reason, OutOfRange)
+    ('last_published 1000000000000.0 is ahead of the boot-time clock (160 s)', True)
     """
     if boot_id is None or saved.get("boot_id") != boot_id:
         return "the machine rebooted since it was saved"
     stamp = saved.get("boottime")
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
         return "it has no boot-time stamp"
+    problem = _time_problem("boottime", stamp, now)
+    if problem is not None:
+        return problem
     age = now - float(stamp)
-    if not 0 <= age <= window:
+    if age > window:
         return f"it is {age:.0f} s old (resume window {window:.0f} s)"
     if saved.get("thing_name") != thing_name:
         return f"it was saved for thing {saved.get('thing_name')!r}"
-    return _source_change(saved.get("source"), source)
+    change = _source_change(saved.get("source"), source)
+    if change is not None:
+        return change
+    last = saved.get("last_published")
+    if last is None:
+        return None
+    if not isinstance(last, (int, float)) or isinstance(last, bool):
+        return OutOfRange(f"last_published {last!r} is not a number")
+    return _time_problem("last_published", last, now)
+
+
+def _time_problem(key: str, value: float, now: float) -> Optional[OutOfRange]:
+    """A saved boot-time value that is not finite, negative or ahead of the clock.
+
+    >>> _time_problem("boottime", 100.0, now=102.0) is None   # within the skew
+    True
+    >>> _time_problem("boottime", float("nan"), now=102.0)
+    'boottime nan is not a time on the boot-time clock'
+    """
+    if not math.isfinite(value) or value < 0:
+        return OutOfRange(f"{key} {value!r} is not a time on the boot-time clock")
+    if value > now + FUTURE_SKEW_S:
+        return OutOfRange(f"{key} {value!r} is ahead of the boot-time clock ({now:.0f} s)")
+    return None

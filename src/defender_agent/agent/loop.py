@@ -25,7 +25,7 @@ from defender_agent.replies import ReplyLedger
 from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import validate_document
 from defender_agent.schedule import backoff_delay, boot_id
-from defender_agent.state import StateDir, StateLock
+from defender_agent.state import OutOfRange, StateDir, StateLock
 from defender_agent.transport.base import Transport
 
 __all__ = ["Agent"]
@@ -156,8 +156,17 @@ class Agent:
             thing_name=self.thing,
             source=self._source,
         )
+        if reason is None:
+            reason = self.collector.baseline_problem(saved.get("collector"))
         if reason is None and not self.collector.import_baseline(saved.get("collector")):
             reason = "its readings are unusable"
+        if isinstance(reason, OutOfRange):  # corrupted or tampered with: say so, once
+            log.warning(
+                "ignoring state file %s: %s; starting fresh",
+                self.state.path / "baseline.json",
+                reason,
+            )
+            return None
         if reason is not None:
             log.info("not resuming the saved baseline: %s; starting fresh", reason)
             return None
