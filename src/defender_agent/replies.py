@@ -110,6 +110,7 @@ class Counters:
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     unanswered: int = 0
+    unanswered_in_a_row: int = 0
     dropped: int = 0
     held: int = 0
     invalid: int = 0
@@ -196,9 +197,26 @@ class ReplyLedger:
             for rid in late:
                 del self._pending[rid]
             self.counters.unanswered += len(late)
+            self.counters.unanswered_in_a_row += len(late)
         for rid in late:
             log.warning("report %d got no reply within %.0f s", rid, self.answer_timeout)
         return len(late)
+
+    def unanswered_in_a_row(self) -> int:
+        """How many reports in a row expired without a reply (0 once one is answered).
+
+        >>> now = [0.0]
+        >>> ledger = ReplyLedger(10, clock=lambda: now[0])
+        >>> ledger.expect(1); ledger.expect(2); now[0] = 11.0
+        >>> ledger.expire(), ledger.unanswered_in_a_row()
+        (2, 2)
+        >>> ledger.expect(3)
+        >>> ledger.on_message("t/json/accepted", b'{"reportId": 3, "status": "ACCEPTED"}')
+        >>> ledger.unanswered_in_a_row()
+        0
+        """
+        with self._lock:
+            return self.counters.unanswered_in_a_row
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Handle a message on the accepted/rejected topics (called on a client thread)."""
@@ -213,6 +231,7 @@ class ReplyLedger:
             if known:
                 assert reply.report_id is not None
                 del self._pending[reply.report_id]
+                self.counters.unanswered_in_a_row = 0  # the replies reach us
             if reply.accepted:
                 if known:
                     self.counters.accepted += 1

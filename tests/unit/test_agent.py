@@ -566,3 +566,95 @@ def test_a_second_agent_on_the_same_state_dir_refuses(proc_copy, tmp_path: Path)
         held.release()
     assert run.state.load("status") is None  # it wrote nothing into the other's directory
     assert run.run(1.5) == 0
+
+
+# --------------------------------------------------------------------------- going deaf (#9)
+class DeafTransport(FakeTransport):
+    """The broker drops the agent's subscriptions behind its back while the link stays up.
+
+    ``stubborn``: subscribing again does not help either, only a new connection does.
+    """
+
+    def __init__(self, stubborn: bool = False) -> None:
+        super().__init__()
+        self.stubborn = stubborn
+        self.deaf = False
+        self.subscribe_calls = 0
+        self.on_subscribe: Callable[[], None] = lambda: None
+
+    def go_deaf(self) -> None:
+        self.deaf = True
+        with self._lock:
+            self._subscriptions.clear()
+
+    def subscribe(self, topic_filter: str, handler: Any) -> None:
+        self.subscribe_calls += 1
+        self.on_subscribe()
+        if self.deaf and self.stubborn:
+            return  # SUBACKed, and still nothing arrives
+        self.deaf = False
+        super().subscribe(topic_filter, handler)
+
+    def connect(self) -> None:
+        if self.deaf:  # a new connection: the broker restores the session's subscriptions
+            self.deaf = False
+            with self._lock:
+                self._subscriptions.clear()
+        super().connect()
+
+
+def _accepted_after(run: Run, since: float) -> int:
+    return sum(1 for t in run.times if t > since)
+
+
+def test_unanswered_reports_in_a_row_resubscribe_and_replies_return(
+    proc_copy: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = DeafTransport()
+    run = Run(make_config(proc_copy("gateway_dualstack"), tmp_path / "s"), transport)
+    run.clock.at(START + 3.5, transport.go_deaf)
+    statuses: list[bool] = []  # at each subscribe: the first, then the remedy's
+    transport.on_subscribe = lambda: statuses.append(run.agent.status()["replies_missing"])
+    with caplog.at_level(logging.INFO, "defender_agent"):
+        assert run.run(14.5) == 0
+    counters = run.counters()
+    assert counters["unanswered"] >= 3
+    assert counters["unanswered_in_a_row"] == 0  # replies came back
+    assert transport.disconnects == 1  # only the final one: re-subscribing was enough
+    text = caplog.text
+    assert "reports in a row got no reply: subscribing to the replies again" in text
+    assert "reconnecting" not in text
+    assert "replies arrive again (after the resubscribe)" in text
+    assert statuses == [False, False, True, True], statuses
+    assert run.status()["replies_missing"] is False
+
+
+def test_still_unanswered_after_resubscribing_reconnects(
+    proc_copy: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = DeafTransport(stubborn=True)
+    run = Run(make_config(proc_copy("gateway_dualstack"), tmp_path / "s"), transport)
+    run.clock.at(START + 3.5, transport.go_deaf)
+    with caplog.at_level(logging.INFO, "defender_agent"):
+        assert run.run(16.5) == 0
+    text = caplog.text
+    resubscribed = text.index("subscribing to the replies again")
+    assert text.index("got no reply: reconnecting", resubscribed) > resubscribed
+    assert "replies arrive again (after the reconnect)" in text
+    assert transport.connect_attempts == 2 and transport.disconnects == 2  # + the final one
+    assert run.counters()["unanswered_in_a_row"] == 0
+    assert run.counters()["accepted"] >= 5
+
+
+def test_never_answered_reports_show_replies_missing_and_keep_trying(
+    proc_copy: Callable[[str], Path], tmp_path: Path
+) -> None:
+    transport = FakeTransport(reply=None)  # Device Defender never answers
+    run = Run(make_config(proc_copy("gateway_dualstack"), tmp_path / "s"), transport)
+    assert run.run(20.5) == 0
+    status = run.status()
+    assert status["replies_missing"] is True
+    assert status["counters"]["unanswered_in_a_row"] >= 10
+    # resubscribe, reconnect, then again after resubscribe_after more: not on every report
+    assert 2 <= transport.connect_attempts <= 5, transport.connect_attempts
+    assert len(run.times) >= 17  # the schedule went on throughout

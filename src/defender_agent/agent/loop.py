@@ -93,6 +93,10 @@ class Agent:
         self._lock: Optional[StateLock] = None
         self._state_error: Optional[str] = None  # why the last state write failed
         self._stage = "collect"
+        # going deaf: the streak of unanswered reports at which the next remedy is tried,
+        # and the last one tried ("resubscribe", then "reconnect", in turn)
+        self._remedy_at = config.agent.resubscribe_after
+        self._last_remedy: Optional[str] = None
 
     # ------------------------------------------------------------------ connection
     def _connect_loop(self) -> None:
@@ -103,8 +107,7 @@ class Agent:
         while not self.stop_event.is_set():
             try:
                 transport.connect()
-                for suffix in ("accepted", "rejected"):
-                    transport.subscribe(f"{self.topic}/{suffix}", self.ledger.on_message)
+                self._subscribe_replies()
             except TlsSetupError as exc:
                 self.fatal = str(exc)
                 log.error("cannot connect to %s: %s", where, exc)  # noqa: TRY400 - one line
@@ -130,6 +133,43 @@ class Agent:
             transport.set_connection_listener(self._on_link)
             self.ready.set()
             return
+
+    def _subscribe_replies(self) -> None:
+        assert self.transport is not None
+        for suffix in ("accepted", "rejected"):
+            self.transport.subscribe(f"{self.topic}/{suffix}", self.ledger.on_message)
+
+    def _check_replies(self) -> None:
+        """Reports go unanswered in a row: subscribe again, then reconnect, in turn.
+
+        After ``agent.resubscribe_after`` unanswered reports in a row the reply
+        topics are subscribed again (a broker may have dropped the subscription
+        while the link stayed up); if the next report is unanswered too, the agent
+        disconnects and connects afresh; then again after as many more. A reply
+        ends the streak.
+        """
+        streak = self.ledger.unanswered_in_a_row()
+        limit = self.config.agent.resubscribe_after
+        if streak == 0:
+            if self._last_remedy is not None:
+                log.info("replies arrive again (after the %s)", self._last_remedy)
+            self._remedy_at, self._last_remedy = limit, None
+            return
+        if streak < self._remedy_at or self.transport is None or not self.ready.is_set():
+            return
+        if self._last_remedy != "resubscribe":
+            self._last_remedy, self._remedy_at = "resubscribe", streak + 1
+            log.warning(
+                "%d reports in a row got no reply: subscribing to the replies again", streak
+            )
+            self._subscribe_replies()
+            return
+        self._last_remedy, self._remedy_at = "reconnect", streak + limit
+        log.warning("%d reports in a row got no reply: reconnecting", streak)
+        self.ready.clear()
+        self.transport.set_connection_listener(None)
+        self.transport.disconnect()
+        self._connector = self.clock.start_thread(self._connect_loop, "defender-agent-connect")
 
     def _on_link(self, connected: bool, reason: str) -> None:
         # debug: the transport logs each drop and return of the link in one line already
@@ -233,6 +273,8 @@ class Agent:
             "dry_run": self.config.agent.dry_run,
             "connected": bool(self.transport is not None and self.transport.connected),
             "counters": self.ledger.snapshot(),
+            "replies_missing": self.ledger.unanswered_in_a_row()
+            >= self.config.agent.resubscribe_after,
             "collector": self.collector.health(),
             "state_error": self._state_error,
         }
@@ -264,6 +306,7 @@ class Agent:
     def _tick(self) -> None:
         """One cycle: collect, encode, check, publish or drop (stages in ``self._stage``)."""
         self.ledger.expire()
+        self._guarded("replies", self._check_replies)  # a failed remedy must not skip a report
         self._stage = "collect"
         report = self.collector.cycle()
         if report is None:

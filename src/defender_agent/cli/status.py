@@ -91,10 +91,13 @@ def render(status: dict[str, Any], now: float) -> str:
     collector: last cycle 2.5 ms, sockets from proc
     collector: net/dev: unreadable (Permission denied)
     state NOT saved: cannot write status.json: disk full
+    >>> print(render({"replies_missing": True, "counters": {"unanswered_in_a_row": 4}},
+    ...              0).splitlines()[-1])
+    problem: replies missing: 4 reports in a row unanswered (subscribing again, then reconnecting)
     """
     c = status.get("counters") or {}
     rejected = c.get("rejected") or {}
-    by_code = ", ".join(f"{code} {n}" for code, n in sorted(rejected.items()))
+    by_code = ", ".join(f"{rejection_text(code, None)} {n}" for code, n in sorted(rejected.items()))
     running = "running" if _alive(status.get("pid")) else "not running"
     if status.get("dry_run"):
         link = "dry run: reports printed, nothing sent"
@@ -142,6 +145,11 @@ def render(status: dict[str, Any], now: float) -> str:
             f"collector: last cycle {took_text}" + (f", sockets from {source}" if source else "")
         )
     lines += _collector_lines(health)
+    if status.get("replies_missing"):
+        lines.append(
+            f"problem: replies missing: {c.get('unanswered_in_a_row', '?')} reports in a row "
+            "unanswered (subscribing again, then reconnecting)"
+        )
     if status.get("state_error"):
         lines.append(f"state NOT saved: {status['state_error']}")
     return "\n".join(lines)

@@ -186,6 +186,12 @@ class AgentSection:
         values.seconds(0, 86400),
         "reuse a saved baseline this recent (seconds) after a restart; 0: 1.5 x interval",
     )
+    resubscribe_after: int = setting(
+        3,
+        values.integer(1, 1000),
+        "after this many unanswered reports in a row, subscribe to the replies again;"
+        " one more unanswered: reconnect",
+    )
 
 
 @dataclass(frozen=True)
