@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
+from defender_agent.logs import MAX_SHOWN, one_line, shown
+
 __all__ = ["Counters", "Reply", "ReplyLedger", "parse_reply", "rejection_text"]
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def parse_reply(topic: str, payload: bytes) -> Reply:
     """
     parts = topic.split("/")
     if len(parts) < 2 or parts[-1] not in ("accepted", "rejected"):
-        raise ValueError(f"not a reply topic: {topic!r}")
+        raise ValueError(f"not a reply topic: {shown(topic)}")
     try:
         if parts[-2] == "cbor":
             # the validator's CBOR module: cbor2 5's C decoder (Python 3.9) can crash the
@@ -68,7 +70,7 @@ def parse_reply(topic: str, payload: bytes) -> Reply:
     status = doc.get("status")
     accepted = parts[-1] == "accepted"
     if status not in (None, "ACCEPTED" if accepted else "REJECTED"):
-        raise ValueError(f"status {status!r} on the {parts[-1]} topic")
+        raise ValueError(f"status {shown(status)} on the {parts[-1]} topic")
     details = doc.get("statusDetails")
     code = message = None
     if isinstance(details, Mapping):
@@ -82,7 +84,7 @@ def parse_reply(topic: str, payload: bytes) -> Reply:
 
 
 def rejection_text(code: Optional[str], message: Optional[str]) -> str:
-    """A rejection's code, and its message when that adds something to the code.
+    r"""A rejection's code, and its message when that adds something to the code.
 
     >>> rejection_text("Throttled", "Throttled")
     'Throttled'
@@ -90,11 +92,17 @@ def rejection_text(code: Optional[str], message: Optional[str]) -> str:
     'InvalidPayload: Malformed metric value: bytes_in'
     >>> rejection_text("Unknown", None), rejection_text("Throttled", " throttled. ")
     ('Unknown', 'Throttled')
+
+    Both come from the network: escaped and cut for a log line.
+
+    >>> print(rejection_text("Throttled\n2026-01-01T00:00:00Z defender-agent: info: ok", None))
+    Throttled\n2026-01-01T00:00:00Z defender-agent: info: ok
     """
     code = code or "Unknown"
+    text = one_line(code, MAX_SHOWN)
     if not message or _letters(message) in ("", _letters(code)):
-        return code
-    return f"{code}: {' '.join(message.split())}"
+        return text
+    return f"{text}: {one_line(' '.join(message.split()), MAX_SHOWN)}"
 
 
 def _letters(text: str) -> str:
@@ -224,7 +232,7 @@ class ReplyLedger:
             reply = parse_reply(topic, payload)
         except ValueError as exc:
             self.count("bad_replies")
-            log.warning("ignoring a malformed reply on %s: %s", topic, exc)
+            log.warning("ignoring a malformed reply on %s: %s", shown(topic), exc)
             return
         with self._lock:
             known = reply.report_id is not None and reply.report_id in self._pending
@@ -272,7 +280,7 @@ class ReplyLedger:
             log.warning(
                 "rejection for unknown report id %s (%s); ignored",
                 reply.report_id,
-                reply.error_code,
+                shown(reply.error_code),
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Optional
 
 from defender_agent.errors import TransportError
+from defender_agent.logs import shown as _shown
 
 if TYPE_CHECKING:
     from amqtt.contexts import ListenerConfig
@@ -97,12 +98,6 @@ _LISTENER: Final = "default"
 _HOST: Final = "127.0.0.1"
 _FORMATS: Final = ("json", "cbor")
 _REPLIES: Final = ("accepted", "rejected")
-_SHOWN: Final = 160  # characters of a client's topic shown in a log line
-
-
-def _shown(text: object) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
 
 
 # --------------------------------------------------------------------------- identity
