@@ -36,6 +36,7 @@ from defender_agent.config.sections import (
 )
 from defender_agent.config.table import all_settings
 from defender_agent.custom.settings import CustomMetricsConfig
+from defender_agent.dburl import mask_db_url
 from defender_agent.errors import ConfigError
 from defender_agent.rules import validate_thing_name
 
@@ -130,6 +131,8 @@ class Config:
         for s in all_settings():
             value = self.value(s)
             out[s.name] = "***" if s.secret and value else value
+            if s.name == "service_db" and value:  # a URL that may hold a password
+                out[s.name] = mask_db_url(value)
         return out
 
     def effective_log_level(self, command: str) -> LogLevel:

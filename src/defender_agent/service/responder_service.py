@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError
+from defender_agent.logs import shown as _shown
 from defender_agent.service.responder import Outcome, Reply, Responder
 from defender_agent.transport.base import Transport
 
@@ -86,7 +87,6 @@ def report_filter(shared_group: Optional[str] = None, topic_prefix: str = "") ->
 
 
 _log = logging.getLogger(__name__)
-_SHOWN: Final = 160  # characters of a hostile topic or thing name shown in a log line
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,6 @@ class ServiceStats:
     publish_failures: int
     handler_errors: int
     ignored: int
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted and escaped for a one-line log, and cut if long."""
-    shown = repr(text)
-    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
 
 
 class ResponderService:
