@@ -389,3 +389,21 @@ def test_on_outcome_errors_are_contained(
     ]  # the reply went out before the hook failed
     assert service.stats().handler_errors == 2
     assert "responder failed on a message" in caplog.text
+
+
+def test_on_accepted_takes_over_the_accepted_replies_only(transport: MemoryTransport) -> None:
+    held: list[Outcome] = []
+    service = ResponderService(
+        transport,
+        Responder(clock=lambda: 1_700_000_000.0),
+        on_accepted=lambda _topic, outcome: held.append(outcome),
+    )
+    service.start()
+    transport.deliver(JSON_TOPIC, REPORT)
+    transport.deliver(JSON_TOPIC, b"not json")  # a rejection goes out at once
+    assert [t.rsplit("/", 1)[1] for t, _ in transport.published] == ["rejected"]
+    (outcome,) = held
+    assert outcome.report is not None and outcome.reply is not None
+    service.publish(outcome.reply)  # the hook's owner publishes it (once stored)
+    assert [t.rsplit("/", 1)[1] for t, _ in transport.published] == ["rejected", "accepted"]
+    assert service.stats().replies == 2

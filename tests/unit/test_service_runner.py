@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -67,25 +68,49 @@ class GatedStore(SQLiteStore):
             yield cur
 
 
+def caused(error: StateError, cause: Exception) -> StateError:
+    """``error`` as the store raises it: ``raise error from cause``."""
+    error.__cause__ = cause
+    return error
+
+
+def down_error() -> StateError:
+    """What the store raises when the database is unreachable (the driver's OperationalError)."""
+    text = "service database: connection refused"
+    return caused(StateError(text), sqlite3.OperationalError("connection refused"))
+
+
+def data_error(text: str) -> StateError:
+    """What the store raises when the database refuses a report (not an OperationalError)."""
+    return caused(StateError(text), sqlite3.IntegrityError(text))
+
+
 class BrokenStore(SQLiteStore):
-    """Every write fails like a database that went away; ``bad`` things fail only alone."""
+    """Every write fails like a database that went away (while ``down`` is set); ``bad``
+    things fail only alone, as a report the database refuses."""
 
     def __init__(self, path: Path, bad: Optional[set[str]] = None) -> None:
         self.armed = False
         super().__init__(path)
         self.bad = bad
+        self.down = threading.Event()
+        if bad is None:
+            self.down.set()
+        self.attempts = 0
         self.armed = True
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        if self.armed and self.bad is None:
-            raise StateError("service database: connection refused")
+        if self.armed:
+            self.attempts += 1
+        if self.armed and self.down.is_set():
+            raise down_error()
         with super()._write() as cur:
             yield cur
 
     def record_many(self, reports: Sequence[StoredReport]) -> None:
         if self.bad is not None and len(reports) == 1 and reports[0].thing in self.bad:
-            raise StateError(f"cannot store {reports[0].thing}")
+            raise data_error(f"cannot store {reports[0].thing}")
         super().record_many(reports)
 
 
@@ -123,13 +148,14 @@ def db(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- replies and storage
-def test_accepted_reports_are_answered_then_stored(db: Path) -> None:
+def test_accepted_reports_are_stored_then_answered(db: Path) -> None:
     service, transport = make(open_store(str(db)))
     transport.deliver(topic("thing1"), report(1, bytes_in=10))
     transport.deliver(topic("thing2", "cbor"), cbor2.dumps(json.loads(report(2, bytes_in=20))))
     transport.deliver(topic("thing1"), b"not json")  # rejected: never stored
-    assert reply_topics(transport) == ["accepted", "accepted", "rejected"]
-    wait_for(lambda: service.stats().stored == 2)
+    wait_for(lambda: len(transport.published) == 3)
+    assert sorted(reply_topics(transport)) == ["accepted", "accepted", "rejected"]
+    assert service.stats().stored == 2
     service.stop()
     with open_store(str(db)) as store:
         values = store.metric_values("thing2", "aws:all-bytes-in")
@@ -144,6 +170,7 @@ def test_accepted_reports_are_answered_then_stored(db: Path) -> None:
         {"InvalidPayload": 1},
     )
     assert (stats.store_errors, stats.store_overflow, stats.queue_depth) == (0, 0, 0)
+    assert (stats.acknowledged, stats.store_down) == (2, False)
     assert transport.disconnects == 1
 
 
@@ -154,10 +181,11 @@ def test_writer_commits_what_piled_up_as_one_batch(db: Path) -> None:
     assert store.entered.wait(5)  # the writer holds "first" and waits at the gate
     for n in range(120):
         transport.deliver(topic(f"t{n}"), report())
-    assert reply_topics(transport).count("accepted") == 121  # replies did not wait for it
+    assert transport.published == []  # ACCEPTED only once stored
     assert service.stats().queue_depth == 120
     store.gate.set()
     wait_for(lambda: service.stats().stored == 121)
+    wait_for(lambda: reply_topics(transport).count("accepted") == 121)
     stats = service.stats()
     assert stats.batches == 1 + 3  # 1, then 50 + 50 + 20
     assert stats.largest_batch == 50
@@ -191,22 +219,62 @@ def test_drain_is_bounded_and_reports_what_was_lost(
     store.gate.set()
 
 
-def test_storage_failure_is_counted_and_replies_still_go(
+def test_a_store_that_is_down_stops_the_acknowledgements_until_it_is_back(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service, transport = make(BrokenStore(db))
+    store = BrokenStore(db)
+    service, transport = make(store)
+    transport.deliver(topic("thing1"), b"not json")  # a rejection needs no storage
     for n in range(10):
         transport.deliver(topic(f"t{n}"), report())
-    assert reply_topics(transport) == ["accepted"] * 10
-    wait_for(lambda: service.stats().store_errors == 10)
+    wait_for(lambda: store.attempts >= 3)  # retried with backoff
+    assert reply_topics(transport) == ["rejected"]
+    stats = service.stats()
+    assert (stats.stored, stats.store_errors, stats.acknowledged, stats.store_down) == (
+        0,
+        0,
+        0,
+        True,
+    )
+    store.down.clear()
+    wait_for(lambda: service.stats().acknowledged == 10)
+    assert reply_topics(transport) == ["rejected"] + ["accepted"] * 10
+    stats = service.stats()
+    assert (stats.stored, stats.store_errors, stats.store_down) == (10, 0, False)
+    service.stop()
+    assert caplog.text.count("is down (service database: connection refused)") == 1
+    assert caplog.text.count("is back after") == 1
+
+
+def test_stop_while_the_store_is_down_acknowledges_nothing(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenStore(db)
+    service, transport = make(store, drain_timeout_s=0.3)
+    for n in range(7):
+        transport.deliver(topic(f"t{n}"), report())
+    service.stop()
+    assert transport.published == []
+    assert "7 accepted reports were not stored and not acknowledged" in caplog.text
+
+
+def test_reply_before_store_answers_while_the_store_is_down(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service, transport = make(BrokenStore(db), reply_before_store=True, drain_timeout_s=0.2)
+    for n in range(10):
+        transport.deliver(topic(f"t{n}"), report())
+    assert reply_topics(transport) == ["accepted"] * 10  # the old order: a lie when down
+    wait_for(lambda: service.stats().store_down)
     assert service.stats().stored == 0
     assert service.stats().handler_errors == 0
     service.stop()
     assert "connection refused" in caplog.text
+    assert "10 accepted reports were not stored:" in caplog.text
 
 
 class FlakyStore(BrokenStore):
-    """The first transaction fails (a deadlock, say); ``bad`` things always fail."""
+    """The first transaction fails (a refused value, say); ``bad`` things always fail."""
 
     def __init__(self, path: Path, bad: set[str]) -> None:
         self.failed = False
@@ -216,7 +284,7 @@ class FlakyStore(BrokenStore):
     def _write(self) -> Iterator[Any]:
         if self.armed and not self.failed:
             self.failed = True
-            raise StateError("deadlock detected")
+            raise data_error("value out of range")
         with super()._write() as cur:
             yield cur
 
@@ -241,9 +309,11 @@ def test_a_failed_batch_is_retried_report_by_report(
         assert [t.name for t in store.things()] == ["t0", "t1", "t2", "t4", "t5"]
 
 
-def test_queue_overflow_still_answers(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_queue_overflow_still_answers_with_reply_before_store(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = GatedStore(db)
-    service, transport = make(store, queue_max=3)
+    service, transport = make(store, queue_max=3, reply_before_store=True)
     transport.deliver(topic("first"), report())
     assert store.entered.wait(5)
     for n in range(10):
@@ -254,6 +324,35 @@ def test_queue_overflow_still_answers(db: Path, caplog: pytest.LogCaptureFixture
     store.gate.set()
     service.stop()
     assert service.stats().stored == 4
+
+
+def test_a_full_queue_holds_the_callback_and_never_acknowledges_an_unstored_report(
+    db: Path,
+) -> None:
+    store = GatedStore(db)
+    service, transport = make(store, queue_max=3)
+    transport.deliver(topic("first"), report())
+    assert store.entered.wait(5)  # the writer holds "first" at the gate
+    sender = threading.Thread(
+        target=lambda: [transport.deliver(topic(f"t{n}"), report()) for n in range(10)]
+    )
+    sender.start()
+    wait_for(lambda: service.stats().backpressure_waits == 1)
+    assert sender.is_alive()  # the callback waits for room: the broker holds the rest
+    assert service.stats().queue_depth == 3
+    assert transport.published == []
+    store.gate.set()
+    deadline = time.monotonic() + 10
+    while sender.is_alive() or service.stats().acknowledged < 11:
+        assert time.monotonic() < deadline
+        accepted = reply_topics(transport).count("accepted")  # read before stored
+        assert accepted <= service.stats().stored
+        time.sleep(0.001)
+    sender.join()
+    service.stop()
+    stats = service.stats()
+    assert (stats.stored, stats.acknowledged, stats.store_overflow) == (11, 11, 0)
+    assert reply_topics(transport) == ["accepted"] * 11
 
 
 # --------------------------------------------------------------------------- hooks, config, lifecycle
@@ -288,6 +387,7 @@ def test_shared_group_and_prefix(db: Path) -> None:
     service, transport = make(open_store(str(db)), shared_group="dd", topic_prefix="bridged/")
     assert list(transport.subscriptions) == ["$share/dd/bridged/$aws/things/+/defender/metrics/+"]
     transport.deliver("bridged/" + topic("thing7"), report())
+    wait_for(lambda: len(transport.published) == 1)
     assert transport.published[0][0] == topic("thing7") + "/accepted"
     service.stop()
     assert service.stats().stored == 1

@@ -4,7 +4,9 @@ Connects to a broker (mutual TLS, or plain TCP with ``--no-tls``), subscribes to
 ``$aws/things/+/defender/metrics/+``, answers every report on its ``/accepted`` or
 ``/rejected`` topic as docs/protocol.md §4 and §7 describe, and stores the metric values of
 every accepted report (SQLite in the state directory by default, or ``--db
-postgresql://…``; query them with ``defender-agent data``). One INFO line per report.
+postgresql://…``; query them with ``defender-agent data``). An ACCEPTED reply goes out
+once its report is committed (``--reply-before-store``: before, losing acknowledged
+reports on a crash). One INFO line per report.
 SIGTERM/SIGINT stop it cleanly (exit 0); bad options are one line and exit 2.
 
 Several processes split the reports with ``--shared-group NAME`` (MQTT shared
@@ -84,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     o.add("service_batch_max", "--batch-max", metavar="N", group=store)
     o.add("service_queue_max", "--queue-max", metavar="N", group=store)
     o.add("service_drain_timeout", "--drain-timeout", metavar="SECONDS", group=store)
+    o.switch("service_reply_before_store", "--reply-before-store", group=store)
     policy = p.add_argument_group("responder policy (docs/protocol.md §7)")
     o.add("service_min_delay", "--min-delay", metavar="SECONDS", group=policy)
     o.switch("service_strict_report_ids", "--strict-report-ids", group=policy)
@@ -163,6 +166,7 @@ def build_config(config: Config) -> ServiceConfig:
         batch_max=s.batch_max,
         queue_max=s.queue_max,
         drain_timeout_s=s.drain_timeout,
+        reply_before_store=s.reply_before_store,
     )
 
 

@@ -80,10 +80,20 @@ class ServiceSection:
     queue_max: int = setting(
         20_000,
         values.integer(1, 10_000_000),
-        "accepted reports waiting for storage; beyond, answered but not stored",
+        "accepted reports waiting for storage; beyond, no more messages are taken from the "
+        "broker until there is room (with reply_before_store: answered but not stored)",
     )
     drain_timeout: float = setting(
-        10.0, values.seconds(0, 3600), "at stop, how long to store what is queued (seconds)"
+        10.0,
+        values.seconds(0, 3600),
+        "at stop, how long to store what is queued (seconds); what is not stored by then "
+        "is not acknowledged",
+    )
+    reply_before_store: bool = setting(
+        False,
+        values.boolean,
+        "publish ACCEPTED before the report is stored (faster replies, but a crash, a full "
+        "queue or a database that is down LOSES acknowledged reports)",
     )
     min_delay: float = setting(
         300.0,

@@ -27,6 +27,14 @@ An optional ``on_outcome(topic, outcome)`` hook runs after the reply was handed 
 the transport (the storage of the local service, a caller's printout); it gets the
 topic as the responder saw it, and the outcome carries the decoded report of an
 ACCEPTED one. Its exceptions are logged and counted like the handler's.
+
+An optional ``on_accepted(topic, outcome)`` hook takes over the ACCEPTED replies: the
+service hands it each accepted outcome instead of publishing its reply, and the hook's
+owner publishes the reply later with :meth:`~ResponderService.publish` (the local service
+does so once the report is committed: "ACCEPTED" means stored). That hook may block
+the transport's callback thread (back-pressure: the broker holds the next messages);
+it must then never wait for something only that thread can do. REJECTED replies are
+published at once.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from defender_agent.transport.base import Transport
 
 __all__ = [
     "REPORT_TOPIC_FILTER",
+    "AcceptedHook",
     "OutcomeHook",
     "ResponderService",
     "ServiceStats",
@@ -56,6 +65,10 @@ REPORT_TOPIC_FILTER: Final = "$aws/things/+/defender/metrics/+"
 #: ``hook(topic, outcome)``: called after each handled message's reply was fired (or after
 #: a drop); ``outcome.report`` is the decoded report of an ACCEPTED one.
 OutcomeHook = Callable[[str, Outcome], None]
+
+#: ``hook(topic, outcome)``: given each ACCEPTED outcome (with its decoded report) instead of
+#: publishing its reply; the hook's owner publishes it with :meth:`ResponderService.publish`.
+AcceptedHook = Callable[[str, Outcome], None]
 
 
 def report_filter(shared_group: Optional[str] = None, topic_prefix: str = "") -> str:
@@ -125,6 +138,8 @@ class ResponderService:
         on_outcome: Called with ``(topic, outcome)`` after each reply was fired
             (or after a drop); ``topic`` without ``topic_prefix``. It runs on the
             transport's thread: it must be quick and must not block.
+        on_accepted: Called with ``(topic, outcome)`` for each ACCEPTED outcome instead of
+            publishing its reply (see the module notes); None: publish at once.
     """
 
     def __init__(
@@ -135,8 +150,10 @@ class ResponderService:
         topic_filter: str = REPORT_TOPIC_FILTER,
         topic_prefix: str = "",
         on_outcome: Optional[OutcomeHook] = None,
+        on_accepted: Optional[AcceptedHook] = None,
     ) -> None:
         self._transport = transport
+        self._on_accepted = on_accepted
         self._responder = responder if responder is not None else Responder()
         self._filter = topic_filter
         self._prefix = topic_prefix
@@ -211,7 +228,7 @@ class ResponderService:
             )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """The transport's message callback: answer, never raise, never wait."""
+        """The transport's message callback: answer, never raise (waits only in on_accepted)."""
         with self._lock:
             if not self._running:
                 self._ignored += 1
@@ -223,8 +240,12 @@ class ResponderService:
             payload = bytes(payload)
             outcome = self._responder.handle(topic, payload)
             self._log_outcome(topic, outcome)
-            if outcome.reply is not None:
-                self._publish(outcome.reply)
+            reply = outcome.reply
+            if reply is not None:
+                if reply.accepted and outcome.report is not None and self._on_accepted:
+                    self._on_accepted(topic, outcome)  # it publishes the reply, or not
+                else:
+                    self.publish(reply)
             if self._on_outcome is not None:
                 self._on_outcome(topic, outcome)
         except Exception:
@@ -247,8 +268,11 @@ class ResponderService:
             outcome.reason,
         )
 
-    def _publish(self, reply: Reply) -> None:
-        """Fire the publish; a failure now or later is logged at WARNING and counted."""
+    def publish(self, reply: Reply) -> None:
+        """Fire the publish of a reply; a failure now or later is logged at WARNING and counted.
+
+        Thread-safe; never raises and never waits for the PUBACK.
+        """
         try:
             future = self._transport.publish(reply.topic, reply.payload)
         except Exception as exc:

@@ -9,24 +9,30 @@ docs/protocol.md §4, §7) and stores the metric values of every ACCEPTED report
 
 Choices, each one a setting of :class:`ServiceConfig`:
 
-* **Reply first, store after.** The reply is handed to the MQTT client before the report
-  is queued for storage, so a slow database never delays a reply. The price: a report can
-  be ACCEPTED and then not stored (the database failed, or the process died before the
-  batch was committed). The service is a test double and a metrics sink, not a ledger, so
-  latency wins; ``stats().store_errors`` and the logs say when it happened.
-* **Storage never stalls MQTT.** The transport's callback only puts the accepted report
-  (as the validator decoded it: the payload is never decoded twice) on a bounded queue
-  (``queue_max``). One writer thread maps it to metric values and commits whole batches
-  (up to ``batch_max`` reports, one transaction per batch: group commit). When the queue
-  is full the report is still answered but not stored, and counted in ``store_overflow``:
-  blocking the callback would stall every device's replies behind the database.
-* **A storage failure is logged and counted, never fatal.** A batch that fails is retried
-  one report at a time, so one bad report cannot lose its batch; each report that still
-  fails is counted in ``store_errors``. Log lines about storage are rate-limited.
-* **A clean stop loses no accepted report.** :meth:`DeviceDefenderService.stop` stops
-  answering, waits (bounded) for the replies in flight, disconnects, then lets the writer
-  drain the queue for at most ``drain_timeout_s``; whatever is still queued after that is
-  logged at ERROR with its count.
+* **Stored, then ACCEPTED.** An accepted report is committed before its ACCEPTED reply
+  is published, so a device that got ACCEPTED knows its report is kept, even if the
+  process is killed the next moment. The transport's callback only puts the accepted
+  report (as the validator decoded it: the payload is never decoded twice) and its reply
+  on a bounded queue (``queue_max``); one writer thread takes whatever arrived meanwhile
+  (up to ``batch_max`` reports), commits it in one transaction (group commit) and then
+  publishes those replies. REJECTED replies (invalid, Throttled) need no storage and go
+  out at once. ``reply_before_store`` restores the old order (reply, then queue): faster
+  replies, but a crash loses the reports acknowledged since the last commit, and a full
+  queue drops reports that were answered ACCEPTED (``store_overflow``).
+* **Back-pressure, not loss.** When the queue is full the callback waits for room, so
+  the MQTT client stops taking messages and the broker holds the rest (QoS 1). The
+  writer thread, not the callback's thread, publishes the ACCEPTED replies.
+* **A store that is down stops the acknowledgements, not the service.** A batch that
+  fails because the database is unreachable or locked (the driver's
+  ``OperationalError``/``InterfaceError``) is retried, with backoff, until it is stored
+  (one log line when the store goes down, one when it is back); meanwhile no ACCEPTED
+  reply goes out. A batch the database refuses for its content is retried one report at
+  a time, so one bad report cannot cost its batch; a report that still fails is counted
+  in ``store_errors`` and never acknowledged.
+* **A clean stop acknowledges only what it stored.** :meth:`DeviceDefenderService.stop`
+  stops answering, lets the writer store (and acknowledge) what is queued for at most
+  ``drain_timeout_s``, waits (bounded) for the replies in flight, then disconnects; the
+  reports still not stored are not acknowledged, and their count is one line at ERROR.
 * **Several processes** (issue #4): ``shared_group`` subscribes to
   ``$share/<group>/…``; the broker gives each report to one process, and every process
   writes to the same PostgreSQL database (batches take the thing rows in name order, so
@@ -54,13 +60,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Final, Optional
 
-from defender_agent.errors import ConfigError
+from defender_agent.errors import ConfigError, StateError
 from defender_agent.model import Report
 from defender_agent.report.validate import PayloadFormat
 from defender_agent.service.metrics_map import metric_values
 from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
     Outcome,
+    Reply,
     Responder,
     ResponderPolicy,
     parse_topic,
@@ -80,6 +87,8 @@ log = logging.getLogger(__name__)
 
 _REPLY_WAIT_S: Final = 2.0  # how long stop() waits for replies in flight
 _LOG_EVERY_S: Final = 5.0  # storage warnings: at most one line per this many seconds
+_RETRY_FIRST_S: Final = 0.05  # a store that is down: first retry after this, then doubling
+_RETRY_MAX_S: Final = 2.0  # ... up to this
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,13 @@ class ServiceConfig:
         topic_prefix: The prefix a broker bridge puts before ``$aws/...`` (mosquitto 2.0
             with a shared group); "" when reports arrive on their own topics.
         batch_max: The most reports committed in one transaction.
-        queue_max: The most accepted reports waiting for the writer; more are answered but
-            not stored (``store_overflow``).
+        queue_max: The most accepted reports waiting for the writer; beyond, the MQTT
+            callback waits for room (back-pressure), or, with ``reply_before_store``, the
+            report is answered but not stored (``store_overflow``).
         drain_timeout_s: How long :meth:`~DeviceDefenderService.stop` lets the writer store
             what is queued.
+        reply_before_store: Publish ACCEPTED before the report is stored (the old order):
+            a crash, a full queue or a database that is down loses acknowledged reports.
     """
 
     broker: MqttSettings
@@ -110,6 +122,7 @@ class ServiceConfig:
     batch_max: int = 500
     queue_max: int = 20_000
     drain_timeout_s: float = 10.0
+    reply_before_store: bool = False
 
     def __post_init__(self) -> None:
         report_filter(self.shared_group, self.topic_prefix)  # raises ConfigError
@@ -138,11 +151,16 @@ class RunnerStats:
         publish_failures: Replies the MQTT client failed to publish.
         handler_errors: Messages whose handling raised (a bug; logged with the traceback).
         stored: Accepted reports committed to the store.
-        store_errors: Accepted reports the store failed to keep.
-        store_overflow: Accepted reports not queued for storage: the queue was full.
+        store_errors: Accepted reports the store refused (never acknowledged, unless
+            ``reply_before_store``).
+        store_overflow: Accepted reports not queued for storage: the queue was full
+            (``reply_before_store`` only) or the service was stopping.
         queue_depth: Accepted reports waiting for the writer now.
         batches: Transactions committed.
         largest_batch: The most reports committed in one transaction.
+        acknowledged: ACCEPTED replies published after their report was stored.
+        backpressure_waits: Times the MQTT callback waited for room in the queue.
+        store_down: Whether the store is failing now (no ACCEPTED replies meanwhile).
     """
 
     messages: int
@@ -159,6 +177,9 @@ class RunnerStats:
     queue_depth: int
     batches: int
     largest_batch: int
+    acknowledged: int = 0
+    backpressure_waits: int = 0
+    store_down: bool = False
 
     def to_json(self) -> dict[str, object]:
         """The counters as a JSON object."""
@@ -176,11 +197,40 @@ class _Accepted:
     received_at: float
     fmt: PayloadFormat
     report: Report
+    reply: Optional[Reply] = None  # published once stored (None: it went out already)
 
 
 def _replies(count: int) -> str:
     """``1 reply``, ``2 replies``."""
     return f"{count} {'reply' if count == 1 else 'replies'}"
+
+
+def store_is_down(exc: BaseException) -> bool:
+    """Whether a store error means the database is unreachable or busy, not the data.
+
+    A driver's ``OperationalError`` or ``InterfaceError`` (sqlite3 and psycopg alike:
+    connection lost, server shutting down, ``database is locked``, a deadlock) says
+    "retry later"; anything else (``ValueError``, an ``IntegrityError``, a ``DataError``)
+    is about the reports themselves.
+
+    >>> import sqlite3
+    >>> from defender_agent.errors import StateError
+    >>> def wrapped(cause: Exception) -> StateError:
+    ...     try:
+    ...         raise StateError("service database x") from cause
+    ...     except StateError as exc:
+    ...         return exc
+    >>> store_is_down(wrapped(sqlite3.OperationalError("database is locked")))
+    True
+    >>> store_is_down(wrapped(sqlite3.IntegrityError("NOT NULL constraint failed")))
+    False
+    >>> store_is_down(ValueError("bad time"))
+    False
+    """
+    cause = exc.__cause__ if isinstance(exc, StateError) else exc
+    if cause is None:  # a StateError of the store itself (closed): not the data either
+        return isinstance(exc, StateError)
+    return any(k.__name__ in ("OperationalError", "InterfaceError") for k in type(cause).__mro__)
 
 
 class _Throttled:
@@ -207,12 +257,24 @@ class _Throttled:
 
 
 class _Writer:
-    """The storage thread: a bounded queue of accepted reports, committed in batches."""
+    """The storage thread: a bounded queue of accepted reports, committed in batches.
 
-    def __init__(self, store: Store, batch_max: int, queue_max: int) -> None:
+    With ``publish``, each report's ACCEPTED reply is handed to it after its batch was
+    committed, and :meth:`offer` waits while the queue is full; without, the replies went
+    out already and a full queue refuses the report.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        batch_max: int,
+        queue_max: int,
+        publish: Optional[Callable[[Reply], None]] = None,
+    ) -> None:
         self._store = store
         self._batch_max = batch_max
         self._queue_max = queue_max
+        self._publish = publish
         self._queue: deque[_Accepted] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -220,11 +282,14 @@ class _Writer:
         self._in_batch = 0
         self._thread = threading.Thread(target=self._run, name="dd-service-writer", daemon=True)
         self._warn = _Throttled()
+        self._down_since: Optional[float] = None
         self.stored = 0
         self.errors = 0
         self.overflow = 0
         self.batches = 0
         self.largest = 0
+        self.acknowledged = 0
+        self.waits = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -238,16 +303,27 @@ class _Writer:
         with self._cond:
             return len(self._queue)
 
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
     def offer(self, item: _Accepted) -> bool:
-        """Queue a report; False (and counted) when the queue is full or closed."""
+        """Queue a report; False (and counted) when it was refused: full or closing.
+
+        With ``publish`` (store first) a full queue makes the caller wait for room.
+        """
         with self._cond:
+            if self._publish is not None and len(self._queue) >= self._queue_max:
+                self.waits += 1
+                while len(self._queue) >= self._queue_max and not self._closing:
+                    self._cond.wait()
             if len(self._queue) >= self._queue_max or self._closing:
                 self.overflow += 1
-                full = True
+                full = not self._closing
             else:
                 self._queue.append(item)
-                self._cond.notify()
-                full = False
+                self._cond.notify_all()
+                return True
         if full:
             self._warn.log(
                 logging.WARNING,
@@ -255,7 +331,7 @@ class _Writer:
                 self._queue_max,
                 item.thing,
             )
-        return not full
+        return False
 
     def close(self, timeout: float) -> int:
         """Store what is queued (at most ``timeout`` s) and stop; returns how many were not."""
@@ -266,7 +342,7 @@ class _Writer:
             return len(self._queue)
         self._thread.join(timeout)
         with self._cond:
-            self._abandon = True  # after the batch in progress, if any, take no more
+            self._abandon = True  # after the attempt in progress, if any, take no more
             left = len(self._queue) + self._in_batch
             self._cond.notify_all()
         return left
@@ -281,74 +357,130 @@ class _Writer:
                 count = min(len(self._queue), self._batch_max)
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._in_batch = count
+                self._cond.notify_all()  # room for a waiting callback
             try:
                 self._write(batch)
             except Exception:  # the writer's top level: a bug must not end storage
                 with self._cond:
-                    self.errors += len(batch)
+                    self.errors += self._in_batch
                 log.exception("storing a batch of %d reports failed", len(batch))
             with self._cond:
                 self._in_batch = 0
 
-    def _prepare(self, batch: Sequence[_Accepted]) -> list[StoredReport]:
-        reports = []
+    def _prepare(self, batch: Sequence[_Accepted]) -> list[tuple[_Accepted, StoredReport]]:
+        pairs = []
         for item in batch:
             try:
                 values = metric_values(item.report)
             except Exception as exc:  # validated before: a bug, but only this report's
                 with self._cond:
                     self.errors += 1
+                    self._in_batch -= 1
                 self._warn.log(
                     logging.ERROR, "cannot map the report of %s to values: %s", item.thing, exc
                 )
                 continue
-            reports.append(
-                StoredReport(item.thing, item.report_id, item.received_at, item.fmt.value, values)
+            stored = StoredReport(
+                item.thing, item.report_id, item.received_at, item.fmt.value, values
             )
-        return reports
+            pairs.append((item, stored))
+        return pairs
 
     def _write(self, batch: Sequence[_Accepted]) -> None:
-        reports = self._prepare(batch)
-        try:
-            self._store.record_many(reports)
-        except Exception as exc:  # StateError, or a value the database refuses
-            self._warn.log(
-                logging.WARNING,
-                "storing a batch of %d reports failed (%s); storing them one by one",
-                len(reports),
-                exc,
-            )
-        else:
-            with self._cond:
-                self.stored += len(reports)
-                self.batches += 1
-                self.largest = max(self.largest, len(reports))
-            return
-        failures = 0
-        for report in reports:
-            if failures >= 2:  # the database is down: do not wait on it once per report
-                with self._cond:
-                    self.errors += 1
-                continue
+        """Store the batch (retrying while the store is down), acknowledging what was stored."""
+        pending = self._prepare(batch)
+        delay = _RETRY_FIRST_S
+        while pending:
             try:
-                self._store.record_many([report])
+                self._store.record_many([stored for _item, stored in pending])
+            except Exception as exc:  # StateError, or a value the database refuses
+                if store_is_down(exc):
+                    self._went_down(exc)
+                    with self._cond:
+                        if self._cond.wait_for(lambda: self._abandon, delay):
+                            return  # stopping: the rest is counted by close()
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    continue
+                self._warn.log(
+                    logging.WARNING,
+                    "storing a batch of %d reports failed (%s); storing them one by one",
+                    len(pending),
+                    exc,
+                )
+                done, pending = self._one_by_one(pending)
+            else:
+                done, pending = pending, []
+                with self._cond:
+                    self.batches += 1
+                    self.largest = max(self.largest, len(done))
+            if done:
+                self._came_back(len(done))
+                self._acknowledge(done)
+
+    def _one_by_one(
+        self, pairs: list[tuple[_Accepted, StoredReport]]
+    ) -> tuple[list[tuple[_Accepted, StoredReport]], list[tuple[_Accepted, StoredReport]]]:
+        """Store each report alone: (stored, still to store if the store went down)."""
+        done: list[tuple[_Accepted, StoredReport]] = []
+        for index, (item, stored) in enumerate(pairs):
+            try:
+                self._store.record_many([stored])
             except Exception as exc:
-                failures += 1
+                if store_is_down(exc):
+                    return done, pairs[index:]
                 with self._cond:
                     self.errors += 1
+                    self._in_batch -= 1
                 self._warn.log(
                     logging.ERROR,
-                    "an accepted report of %s (report id %s) was not stored: %s",
-                    report.thing,
-                    report.report_id,
+                    "an accepted report of %s (report id %s) was not stored%s: %s",
+                    stored.thing,
+                    stored.report_id,
+                    "" if self._publish is None else " (not acknowledged)",
                     exc,
                 )
             else:
-                failures = 0
+                done.append((item, stored))
                 with self._cond:
-                    self.stored += 1
                     self.batches += 1
                     self.largest = max(self.largest, 1)
+        return done, []
+
+    def _acknowledge(self, done: Sequence[tuple[_Accepted, StoredReport]]) -> None:
+        with self._cond:
+            self.stored += len(done)
+            self._in_batch -= len(done)
+            abandoned = self._abandon
+        if self._publish is None or abandoned:  # stopped: the connection may be gone
+            return
+        for item, _stored in done:
+            if item.reply is not None:
+                self._publish(item.reply)
+        with self._cond:
+            self.acknowledged += len(done)
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        log.error(
+            "service database %s is down (%s): %s until it is back; retrying",
+            self._store.name,
+            " ".join(str(exc).split()),
+            "no report is acknowledged" if self._publish is not None else "reports wait",
+        )
+
+    def _came_back(self, count: int) -> None:
+        if self._down_since is None:
+            return
+        down_for = time.monotonic() - self._down_since
+        self._down_since = None
+        log.warning(
+            "service database %s is back after %.1f s: %d reports stored",
+            self._store.name,
+            down_for,
+            count,
+        )
 
 
 class _TrackedTransport(TransportWrapper):
@@ -390,7 +522,8 @@ class DeviceDefenderService:
     Args:
         config: Broker, database, policy, scaling and batching settings.
         on_outcome: Called with ``(topic, outcome)`` for every message after its reply was
-            fired, on the MQTT client's thread (keep it quick; its exceptions are logged).
+            fired (an ACCEPTED one: queued, to be published once stored), on the MQTT
+            client's thread (keep it quick; its exceptions are logged).
         transport: The MQTT connection; an :class:`~defender_agent.transport.mqtt.MqttTransport`
             for ``config.broker`` if None.
         store: The store; :func:`~.storage.open_store` of ``config.db_url`` if None
@@ -427,6 +560,7 @@ class DeviceDefenderService:
             topic_filter=config.topic_filter,
             topic_prefix=config.topic_prefix,
             on_outcome=self._after_reply,
+            on_accepted=None if config.reply_before_store else self._take,
         )
 
     @property
@@ -456,7 +590,12 @@ class DeviceDefenderService:
                 self._store = open_store(self.config.db_url)
                 log.info("storing accepted reports in %s", self._store.name)
             if self._writer is None:
-                self._writer = _Writer(self._store, self.config.batch_max, self.config.queue_max)
+                self._writer = _Writer(
+                    self._store,
+                    self.config.batch_max,
+                    self.config.queue_max,
+                    None if self.config.reply_before_store else self._service.publish,
+                )
                 self._writer.start()
         if not self._connected:
             self._transport.connect()
@@ -471,31 +610,35 @@ class DeviceDefenderService:
                 return
             self._stopped = True
         self._service.stop()
+        lost = 0
+        if self._writer is not None:  # store (and acknowledge) what is queued, bounded
+            lost = self._writer.close(self.config.drain_timeout_s)
+            if lost:
+                log.error(
+                    "%d accepted reports were not stored%s: the writer did not finish within %g s",
+                    lost,
+                    "" if self.config.reply_before_store else " and not acknowledged",
+                    self.config.drain_timeout_s,
+                )
         if self._connected:
             if (left := self._transport.wait_idle(_REPLY_WAIT_S)) > 0:
                 log.warning("%s still unacknowledged at stop", _replies(left))
             self._transport.disconnect()  # (ends the MQTT session if broker.discard_session)
-        lost = 0
-        if self._writer is not None:
-            lost = self._writer.close(self.config.drain_timeout_s)
-            if lost:
-                log.error(
-                    "%d accepted reports were not stored: the writer did not finish within %g s",
-                    lost,
-                    self.config.drain_timeout_s,
-                )
         if self._store is not None and not lost:
             self._store.close()  # (with a writer still busy, the store is left to the exit)
         stats = self.stats()
         log.info(
             "service stopped: %d messages, %d accepted, %d rejected, %d stored, "
-            "%d store errors, %d not queued (full), %d ignored while stopping",
+            "%d acknowledged once stored, %d store errors, %d not queued, "
+            "%d waits for room in the queue, %d ignored while stopping",
             stats.messages,
             stats.accepted,
             sum(stats.rejected.values()),
             stats.stored,
+            stats.acknowledged,
             stats.store_errors,
             stats.store_overflow,
+            stats.backpressure_waits,
             stats.ignored,
         )
 
@@ -519,16 +662,33 @@ class DeviceDefenderService:
             queue_depth=writer.depth if writer else 0,
             batches=writer.batches if writer else 0,
             largest_batch=writer.largest if writer else 0,
+            acknowledged=writer.acknowledged if writer else 0,
+            backpressure_waits=writer.waits if writer else 0,
+            store_down=writer.down if writer else False,
         )
 
-    def _after_reply(self, topic: str, outcome: Outcome) -> None:
-        """After the reply was fired: queue an accepted report, then tell the callback."""
+    def _queue(self, topic: str, outcome: Outcome, *, with_reply: bool) -> None:
+        """Queue an accepted report for the writer (waits for room when storing first)."""
         reply, report, writer = outcome.reply, outcome.report, self._writer
-        if reply is not None and report is not None and writer is not None:
-            parsed = parse_topic(topic)
-            if parsed is not None:  # always: the responder accepted it
-                at = self._clock()
-                writer.offer(_Accepted(reply.thing_name, reply.report_id, at, parsed[1], report))
+        if reply is None or report is None or writer is None:
+            return
+        parsed = parse_topic(topic)
+        if parsed is None:  # never: the responder accepted it
+            return
+        at = self._clock()
+        item = _Accepted(
+            reply.thing_name, reply.report_id, at, parsed[1], report, reply if with_reply else None
+        )
+        writer.offer(item)
+
+    def _take(self, topic: str, outcome: Outcome) -> None:
+        """An ACCEPTED outcome, reply not yet published: the writer publishes it once stored."""
+        self._queue(topic, outcome, with_reply=True)
+
+    def _after_reply(self, topic: str, outcome: Outcome) -> None:
+        """After the reply was fired: queue an accepted report (reply first), then the hook."""
+        if self.config.reply_before_store:
+            self._queue(topic, outcome, with_reply=False)
         if self._on_outcome is not None:
             try:
                 self._on_outcome(topic, outcome)
