@@ -58,6 +58,7 @@ from defender_agent.transport._link import (
 from defender_agent.transport._mqtt3 import Mqtt3Link, ping_timeout_ms
 from defender_agent.transport._mqtt5 import Mqtt5Link
 from defender_agent.transport.base import ConnectionListener, MessageHandler, MqttSettings
+from defender_agent.transport.diagnose import diagnose, looks_like_tls_failure
 from defender_agent.transport.tls import check_tls_files
 
 __all__ = ["MqttTransport"]
@@ -125,6 +126,7 @@ class MqttTransport:
         self._subscriptions: dict[str, MessageHandler] = {}
         self._pending: set[Future[None]] = set()
         self._warned: set[str] = set()
+        self._diagnosed: dict[str, Optional[str]] = {}  # awscrt's TLS failure -> its cause
 
     # -- Transport ----------------------------------------------------------------------------
 
@@ -176,6 +178,9 @@ class MqttTransport:
                     self._link = None
             # debug: the caller logs the failed attempt, with its retry delay, in one line
             log.debug("connection to %s:%s failed: %s", settings.endpoint, settings.port, exc)
+            cause = self._tls_cause(str(exc))
+            if cause is not None:
+                raise ConnectError(f"{exc}: {cause}") from exc
             raise
         with self._lock:
             superseded = self._link is not link  # disconnect() ran meanwhile
@@ -309,6 +314,26 @@ class MqttTransport:
             proxy=build_proxy_options(settings),
             ws_transform=transform,
         )
+
+    def _tls_cause(self, reason: str) -> Optional[str]:
+        """Why awscrt's TLS handshake failed, from one diagnostic handshake per distinct failure.
+
+        awscrt says only "TLS (SSL) negotiation failed"; the cause (the CA, the server's
+        name, our client certificate) is logged once, and remembered for the next attempts.
+        """
+        if not looks_like_tls_failure(reason):
+            return None
+        if reason not in self._diagnosed:
+            cause = diagnose(self._settings)
+            self._diagnosed[reason] = cause
+            if cause is not None:
+                log.error(
+                    "TLS handshake with %s:%s failed: %s",
+                    self._settings.endpoint,
+                    self._settings.port,
+                    cause,
+                )
+        return self._diagnosed[reason]
 
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
