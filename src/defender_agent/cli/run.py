@@ -13,7 +13,7 @@ import sys
 from defender_agent.agent import Agent
 from defender_agent.cli._common import COMMANDS, Parser, setup_logging, stop_on_signals
 from defender_agent.cli._settings import SettingOptions, load_for
-from defender_agent.config import MIN_INTERVAL_S
+from defender_agent.config import MIN_INTERVAL_S, plaintext_warning
 from defender_agent.cycle import Collector
 from defender_agent.state import StateDir, default_state_dir
 
@@ -64,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     o.add("proxy_username", "--proxy-username", metavar="USER")
     o.add("proxy_password", "--proxy-password", metavar="PASSWORD")
     o.add("port", "--port", metavar="PORT")
+    o.switch("insecure_plaintext", "--insecure-plaintext")
     o.switch("mqtt5", "--mqtt5")
     o.add("keep_alive", "--keep-alive", metavar="SECONDS")
     o.switch("allow_short_interval", "--allow-short-interval")
@@ -91,6 +92,8 @@ def command(args: argparse.Namespace) -> int:
         from defender_agent.transport.tls import check_tls_files  # noqa: PLC0415
 
         settings = config.mqtt_settings()
+        if not settings.use_tls:  # only to a loopback endpoint, the loader checked
+            log.warning(plaintext_warning(settings.endpoint, settings.port))
         # unusable TLS files fail here, before the agent starts (TlsSetupError, one line);
         # the warnings (a key others can read) are the transport's to log, once
         check_tls_files(settings)

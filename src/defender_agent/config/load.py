@@ -13,6 +13,7 @@ naming the key and where it came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -48,9 +49,12 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "MIN_INTERVAL_S",
     "Config",
+    "check_plaintext",
     "config_file_path",
     "custom_metrics_table",
+    "is_loopback",
     "load_config",
+    "plaintext_warning",
     "read_toml",
 ]
 
@@ -156,9 +160,11 @@ class Config:
 
     @property
     def effective_port(self) -> int:
-        """The port, defaulting to 443 for WebSocket and 8883 otherwise."""
+        """The port, defaulting to 443 for WebSocket, 1883 for plain TCP and 8883 otherwise."""
         if self.mqtt.port:
             return self.mqtt.port
+        if self.mqtt.insecure_plaintext:
+            return 1883
         return 443 if self.mqtt.websocket else 8883
 
     def mqtt_settings(self) -> MqttSettings:
@@ -176,7 +182,7 @@ class Config:
             websocket=m.websocket,
             signing_region=m.signing_region,
             alpn=m.alpn,
-            use_tls=m.tls,
+            use_tls=not m.insecure_plaintext,
             proxy_host=m.proxy_host,
             proxy_port=m.proxy_port,
             proxy_username=m.proxy_username,
@@ -188,6 +194,65 @@ class Config:
     def collector_config(self) -> CollectorConfig:
         """The collector's settings (the same as :attr:`collector`)."""
         return self.collector
+
+
+# --------------------------------------------------------------------------- plain TCP
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine by its spelling: 127.0.0.0/8, ::1 or ``localhost``.
+
+    No name is resolved (a resolver could be told anything): only these spellings count.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "127.8.9.1", "[::1]", "LOCALHOST.")]
+    [True, True, True, True]
+    >>> is_loopback("::ffff:127.0.0.1")
+    True
+    >>> [is_loopback(h) for h in ("10.0.0.1", "localhost.example.com", "0.0.0.0", "", "::")]
+    [False, False, False, False, False]
+    """
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_plaintext(host: str, where: str) -> None:
+    """Refuse plain TCP (no TLS) to anything but a loopback endpoint.
+
+    Args:
+        host: the broker's host, as configured.
+        where: the setting that asked for plain TCP and its source, for the message.
+
+    Raises:
+        ConfigError: ``host`` is not 127.0.0.0/8, ::1 or localhost.
+
+    >>> check_plaintext("127.0.0.1", "option --insecure-plaintext")
+    >>> check_plaintext("iot.example.com", "option --insecure-plaintext")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    defender_agent.errors.ConfigError: option --insecure-plaintext: plain TCP (no TLS) to ...
+    """
+    if not is_loopback(host):
+        raise ConfigError(
+            f"{where}: plain TCP (no TLS) to {host!r} refused: only a loopback endpoint "
+            "(127.0.0.0/8, ::1, localhost) may be reached without TLS"
+        )
+
+
+def plaintext_warning(host: str, port: int) -> str:
+    """The warning logged at every start over plain TCP.
+
+    >>> plaintext_warning("127.0.0.1", 1883)
+    'plain TCP to 127.0.0.1:1883: no TLS, no server verification'
+    """
+    return f"plain TCP to {host}:{port}: no TLS, no server verification"
 
 
 # --------------------------------------------------------------------------- sources
@@ -373,7 +438,9 @@ def _check_agent(config: Config) -> None:
         return
     if not mqtt.endpoint:
         raise ConfigError("no endpoint: give --endpoint, DEFENDER_AGENT_ENDPOINT or mqtt.endpoint")
-    if mqtt.tls and not mqtt.websocket:
+    if mqtt.insecure_plaintext:
+        _check_plaintext_agent(config)
+    elif not mqtt.websocket:
         for name, flag in (("cert_file", "--cert"), ("key_file", "--key")):
             if getattr(mqtt, name) is None:
                 raise ConfigError(f"no {name}: mutual TLS needs {flag} (or mqtt.{name})")
@@ -381,8 +448,23 @@ def _check_agent(config: Config) -> None:
         raise ConfigError("proxy_username and proxy_password go together")
 
 
+def _check_plaintext_agent(config: Config) -> None:
+    mqtt, where = config.mqtt, config.sources["insecure_plaintext"]
+    check_plaintext(mqtt.endpoint or "", where)
+    if mqtt.websocket:
+        raise ConfigError(f"{where}: WebSocket (SigV4) needs TLS; drop one of the two")
+    for name in ("ca_file", "cert_file", "key_file"):
+        if getattr(mqtt, name) is not None:
+            raise ConfigError(
+                f"{where}: {config.sources[name]} is not used over plain TCP (no TLS); "
+                f"remove mqtt.{name} or insecure_plaintext"
+            )
+
+
 def _check_service(config: Config) -> None:
     service = config.service
+    if not service.tls:
+        check_plaintext(service.broker, config.sources.get("service_tls", "service.tls"))
     if service.tls and (service.cert_file is None or service.key_file is None):
         raise ConfigError(
             "mutual TLS needs --cert-file and --key-file (service.cert_file and "

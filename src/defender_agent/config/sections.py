@@ -116,7 +116,10 @@ class MqttSection:
         None, values.optional_text, "AWS IoT data endpoint (or broker host)"
     )
     port: Optional[int] = setting(
-        None, values.integer(1, 65535), "broker port", shown="8883; 443 with websocket"
+        None,
+        values.integer(1, 65535),
+        "broker port",
+        shown="8883; 443 with websocket; 1883 with insecure_plaintext",
     )
     ca_file: Optional[Path] = setting(
         None,
@@ -139,7 +142,17 @@ class MqttSection:
         "offer ALPN x-amzn-mqtt-ca with mutual TLS",
         shown="auto: on port 443",
     )
-    tls: bool = setting(True, values.boolean, "TLS; false only for a local plain broker")
+    tls: bool = setting(
+        True,
+        values.tls_required,
+        "TLS, always on: false is refused (see insecure_plaintext for a broker on this host)",
+    )
+    insecure_plaintext: bool = setting(
+        False,
+        values.boolean,
+        "plain TCP: no TLS, no server verification; only to a loopback endpoint "
+        "(127.0.0.0/8, ::1, localhost), with a warning at every start",
+    )
     mqtt5: bool = setting(False, values.boolean, "MQTT 5 instead of MQTT 3.1.1")
     keep_alive: int = setting(1200, values.integer(30, 1200), "MQTT keep-alive in seconds")
     proxy_host: Optional[str] = setting(None, values.optional_text, "HTTP proxy host (CONNECT)")

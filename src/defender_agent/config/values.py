@@ -41,6 +41,7 @@ __all__ = [
     "seconds",
     "text",
     "thing_name",
+    "tls_required",
     "versions",
 ]
 
@@ -137,6 +138,25 @@ def boolean(value: object, *, text: bool) -> bool:
     if isinstance(value, str):
         raise TypeError(f"expected true or false, got the string {value!r}")
     raise TypeError(f"expected true or false, got {value!r}")
+
+
+def tls_required(value: object, *, text: bool) -> bool:
+    """``mqtt.tls``: ``true`` only; ``false`` is refused, naming the setting for plain TCP.
+
+    >>> tls_required(True, text=False)
+    True
+    >>> tls_required("false", text=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: TLS cannot be switched off with tls = false: ... mqtt.insecure_plaintext = true ...
+    """
+    if boolean(value, text=text):
+        return True
+    raise ValueError(
+        "TLS cannot be switched off with tls = false: for plain TCP to a broker on this host "
+        "set mqtt.insecure_plaintext = true (DEFENDER_AGENT_INSECURE_PLAINTEXT, "
+        "--insecure-plaintext)"
+    )
 
 
 def optional_boolean(value: object, *, text: bool) -> Optional[bool]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Final, Optional, Protocol
 from urllib.parse import urlsplit
 
+from defender_agent.config.load import check_plaintext, plaintext_warning
 from defender_agent.errors import ConfigError, ConnectError, ReportError, StateError
 from defender_agent.replies import parse_reply, rejection_text
 from defender_agent.report.decode import decode_report
@@ -488,6 +489,9 @@ class Sandbox:
         if target is None:
             self.endpoint = self._start_broker()
         else:
+            if not target.tls:
+                check_plaintext(target.host, f"--broker {target.url}")
+                log.warning(plaintext_warning(target.host, target.port))
             self.endpoint = _Endpoint(target.host, target.port, target.tls, target.url)
         self._start_service()
         self._start_agent()
@@ -578,8 +582,9 @@ class Sandbox:
             "endpoint": endpoint.host,
             "port": endpoint.port,
             "client_id": self.thing,
-            "tls": endpoint.tls,
         }
+        if not endpoint.tls:  # a loopback broker only (checked at start); the agent warns
+            mqtt["insecure_plaintext"] = True
         if endpoint.tls:
             assert self.pki is not None
             mqtt.update(
