@@ -30,6 +30,7 @@ from defender_agent.service.responder import (
     ResponderPolicy,
     ThingCounts,
     parse_topic,
+    peek_report_id,
 )
 from tests.conftest import PROTOCOL_EXAMPLE_METRICS
 
@@ -404,17 +405,74 @@ def test_rejected_reports_do_not_move_the_window(clock: Clock, responder: Respon
     for offset in (100.0, 200.0, 299.0):
         clock.now = T0 + offset
         assert answer(responder, report).error_code == THROTTLED
-        assert answer(responder, b"garbage").error_code == INVALID_PAYLOAD
+        assert answer(responder, b"garbage").error_code == THROTTLED  # throttled first
+        assert answer(responder, b"garbage", thing="other").error_code == INVALID_PAYLOAD
     clock.now = T0 + 300
     assert answer(responder, report).accepted
 
 
-def test_invalid_report_within_the_window_is_invalid_not_throttled(
-    responder: Responder,
+@pytest.mark.parametrize("fmt", [JSON, CBOR])
+def test_invalid_report_within_the_window_is_throttled_not_invalid(
+    responder: Responder, fmt: PayloadFormat
 ) -> None:
-    assert answer(responder, encode(MINIMAL, JSON)).accepted
-    reply = answer(responder, encode({"header": MINIMAL["header"]}, JSON))
-    assert_rejected(reply, JSON, MALFORMED, 7)
+    # issue #9: the throttle is decided before decoding, so Throttled is the cheap answer
+    assert answer(responder, encode(MINIMAL, fmt), fmt).accepted
+    reply = answer(responder, encode({"header": MINIMAL["header"]}, fmt), fmt)
+    assert_rejected(reply, fmt, THROTTLED_DETAILS, 7)  # the id is found without decoding
+    assert_rejected(answer(responder, b"\xff{garbage", fmt), fmt, THROTTLED_DETAILS, None)
+
+
+class _NoDecoding:
+    """Stands in for validate_payload and counts the calls."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def decodings(monkeypatch: pytest.MonkeyPatch) -> _NoDecoding:
+    from defender_agent.report.validate import validate_payload
+
+    counter = _NoDecoding(validate_payload)
+    monkeypatch.setattr("defender_agent.service.responder.validate_payload", counter)
+    return counter
+
+
+@pytest.mark.parametrize("fmt", [JSON, CBOR])
+def test_a_throttled_report_is_not_decoded(
+    responder: Responder, decodings: _NoDecoding, fmt: PayloadFormat
+) -> None:
+    # issue #9: a flood of one thing costs a table lookup per report, not a validation
+    report = encode(LONG, fmt)
+    assert answer(responder, report, fmt).accepted
+    assert decodings.calls == 1
+    for _ in range(100):
+        assert_rejected(answer(responder, report, fmt), fmt, THROTTLED_DETAILS, 1700000000)
+    assert decodings.calls == 1
+    assert answer(responder, report, fmt, thing="other").accepted  # others are decoded
+    assert decodings.calls == 2
+
+
+def test_a_bad_thing_name_is_rejected_without_decoding(
+    responder: Responder, decodings: _NoDecoding
+) -> None:
+    reply = answer(responder, encode(LONG, JSON), thing="x" * 129)
+    assert_rejected(reply, JSON, MALFORMED, 1700000000, thing="x" * 129)
+    reply = answer(responder, encode(SHORT, CBOR), CBOR, thing="bad\x07")
+    assert_rejected(reply, CBOR, MALFORMED, 1700000001, thing="bad\x07")
+    assert decodings.calls == 0
+
+
+def test_strict_mode_inside_the_window_is_throttled(clock: Clock) -> None:
+    responder = Responder(ResponderPolicy(strict_report_ids=True), clock)
+    assert answer(responder, encode(with_header(report_id=500, version="1.0"), JSON)).accepted
+    reply = answer(responder, encode(with_header(report_id=3, version="1.0"), JSON))
+    assert_rejected(reply, JSON, THROTTLED_DETAILS, 3)
 
 
 def test_invalid_reports_do_not_start_a_window(responder: Responder) -> None:
@@ -457,7 +515,7 @@ def test_strict_report_ids(clock: Clock) -> None:
         assert outcome.reply is not None
         assert_rejected(outcome.reply, JSON, MALFORMED, report_id, timestamp=int(clock.now * 1000))
         assert "not above the last accepted 500" in outcome.reason
-    clock.now += 1  # the id is checked before the throttle, and does not depend on time
+    clock.now += 1  # after the window, the id does not depend on time
     assert answer(responder, encode(with_header(report_id=501, version="1.0"), JSON)).accepted
     assert answer(
         responder, encode(with_header(report_id=502, version="1.0"), JSON)
@@ -648,16 +706,18 @@ def test_snapshot_counts_per_thing_and_in_total(clock: Clock, responder: Respond
     report = encode(MINIMAL, JSON)
     answer(responder, report, thing="a")
     answer(responder, report, thing="a")  # throttled
-    answer(responder, b"x", thing="a")
+    answer(responder, b"x", thing="a")  # throttled too: decided before decoding
+    answer(responder, b"x", thing="e")
     answer(responder, report, thing="b")
     answer(responder, report, thing="c\x01")
     responder.handle("not/a/report", report)
     snap = responder.snapshot()
     assert snap.accepted == 2
-    assert dict(snap.rejected) == {"Throttled": 1, "InvalidPayload": 2}
+    assert dict(snap.rejected) == {"Throttled": 2, "InvalidPayload": 2}
     assert snap.dropped == 1
     assert dict(snap.things) == {
-        "a": ThingCounts(1, {"Throttled": 1, "InvalidPayload": 1}),
+        "a": ThingCounts(1, {"Throttled": 2}),
+        "e": ThingCounts(0, {"InvalidPayload": 1}),
         "b": ThingCounts(1, {}),
         "c\x01": ThingCounts(0, {"InvalidPayload": 1}),
     }
@@ -734,6 +794,93 @@ def test_concurrent_reports_of_one_thing_accept_exactly_one(responder: Responder
         thread.join()
     assert sum(reply.accepted for reply in replies) == 1
     assert responder.snapshot().rejected == {"Throttled": 399}
+
+
+# ---------------------------------------------------------------- peek_report_id (issue #9)
+
+ID_EDGES = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
+ID_EDGES += [-1, -24, -25, -(2**32), -(2**63)]
+
+
+@pytest.mark.parametrize("fmt", [JSON, CBOR])
+@pytest.mark.parametrize("report_id", ID_EDGES)
+def test_peek_finds_the_id_of_every_integer_size(fmt: PayloadFormat, report_id: int) -> None:
+    for doc in (with_header(report_id=report_id, version="1.0"), {"hed": {"rid": report_id}}):
+        assert peek_report_id(encode(doc, fmt), fmt) == report_id
+
+
+@pytest.mark.parametrize("fmt", [JSON, CBOR])
+@pytest.mark.parametrize("report_id", [2**64, -(2**63) - 1, 10**30, 1.5, "7", True, None])
+def test_peek_finds_no_id_beyond_64_bits_or_not_an_integer(
+    fmt: PayloadFormat, report_id: object
+) -> None:
+    assert peek_report_id(encode(with_header(report_id=report_id), fmt), fmt) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"garbage",
+        b'{"header": {"report_id": 1e3}}',
+        b'{"header": {"report_id": 12.0}}',
+        b'{"header": {"report_id": 007}}',
+        b'{"header": {"x": "\\"report_id\\": 5"}}',  # inside a string, escaped
+        b'{"header": {"report_id" 5}}',
+    ],
+)
+def test_peek_json_without_an_id(payload: bytes) -> None:
+    assert peek_report_id(payload, JSON) is None
+
+
+def test_peek_json_allows_whitespace_and_takes_the_first_key() -> None:
+    assert peek_report_id(b'{"header":{\n "report_id" :\t42 ,"version":"1.0"}}', JSON) == 42
+    assert peek_report_id(b'{"hed":{"rid":-3}, "header":{"report_id":9}}', JSON) == -3
+
+
+def test_peek_cbor_truncated_or_indefinite() -> None:
+    whole = cbor2.dumps({"hed": {"rid": 2**40}})
+    assert peek_report_id(whole, CBOR) == 2**40
+    assert peek_report_id(whole[:-1], CBOR) is None  # the 8-byte integer is cut short
+    assert peek_report_id(cbor2.dumps({"hed": {"rid": 1.0}}), CBOR) is None
+    assert peek_report_id(b"\x7freport_id", CBOR) is None
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    report_id=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    fmt=st.sampled_from([JSON, CBOR]),
+    short=st.booleans(),
+)
+def test_peek_agrees_with_decoding_on_valid_reports(
+    report_id: int, fmt: PayloadFormat, short: bool
+) -> None:
+    doc = copy.deepcopy(SHORT if short else LONG)
+    doc["hed" if short else "header"]["rid" if short else "report_id"] = report_id
+    assert peek_report_id(encode(doc, fmt), fmt) == report_id
+
+
+def test_tracked_things_cost_little_memory(clock: Clock) -> None:
+    # issue #9: 50 000 hostile thing names must not grow the service; the tables are
+    # bounded (max_tracked_things) and each entry is small (slots, no table for Throttled):
+    # about 370 bytes a thing in both tables here, 650 before
+    import tracemalloc
+
+    responder = Responder(ResponderPolicy(max_tracked_things=5_000), clock)
+    report = encode(MINIMAL, JSON)
+    names = [f"bench-{n:05d}" for n in range(20_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name in names:
+            responder.handle(topic(name), report)
+            responder.handle(topic(name), report)  # throttled: a rejection count too
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    snap = responder.snapshot()
+    assert snap.throttle_entries == len(snap.things) == 5_000
+    assert grown / 5_000 < 500, f"{grown / 5_000:.0f} bytes per tracked thing"
 
 
 # ---------------------------------------------------------------- policy

@@ -11,14 +11,27 @@ would do with it, following the emulator policy of docs/protocol.md §7 and the 
    128 KB never reaches Device Defender: no reply.
 3. **Thing name** (§1.2, §7.1). Over 128 bytes of UTF-8 or with a control character:
    REJECTED ``InvalidPayload`` [policy].
-4. **Report** (§2, §7.3-§7.7). Decoded in the topic's format and checked by the project's
+4. **Throttle** (§3, §7.8). Per thing name, less than ``min_delay_s`` after the thing's
+   last ACCEPTED report: REJECTED ``Throttled``. Rejected reports do not move the window.
+5. **Report** (§2, §7.3-§7.7). Decoded in the topic's format and checked by the project's
    validator (:func:`~defender_agent.report.validate.validate_payload`); any ERROR:
    REJECTED ``InvalidPayload`` / ``"Malformed metrics report"``.
-5. **Report ids** (§2.3, §7.5). Only in the optional strict mode: an id not above the
+6. **Report ids** (§2.3, §7.5). Only in the optional strict mode: an id not above the
    thing's last accepted one is REJECTED ``InvalidPayload`` [policy].
-6. **Throttle** (§3, §7.8). Per thing name, less than ``min_delay_s`` after the thing's
-   last ACCEPTED report: REJECTED ``Throttled``. Rejected reports do not move the window.
 7. Otherwise ACCEPTED, and the time is remembered (§4.1, §7.9).
+
+**Cheap rejection first.** Steps 1-4 read only the topic, the sizes and the per-thing
+table: they never decode the payload. A thing that floods reports inside its window is
+answered ``Throttled`` for the price of a dictionary lookup and a small reply, so it cannot
+make other things wait behind the decoding and validation of reports that would be
+thrown away anyway (issue #9). The consequence, a choice of this service [policy]: a report
+that is both throttled and malformed gets ``Throttled`` (the cheap answer), not
+``InvalidPayload``; and in strict mode a report inside the window is ``Throttled`` whatever
+its id. The ``reportId`` of these early rejections is read by a scan of the raw payload
+for the header's ``report_id``/``rid`` key and its integer (:func:`peek_report_id`), not by
+decoding: the same id for any ordinary report, none when the scan finds no such key with
+a 64-bit integer. The throttle is checked again, under the same lock, when an accepted
+report is recorded, so two concurrent reports of one thing still get one ACCEPTED.
 
 Replies are encoded in the topic's format (compact JSON, or CBOR) and go to the format's
 ``accepted`` or ``rejected`` topic (§1.1). Rejections carry ``reportId`` whenever the
@@ -78,6 +91,7 @@ __all__ = [
     "ResponderStats",
     "ThingCounts",
     "parse_topic",
+    "peek_report_id",
 ]
 
 #: The documented schema-failure code (§4.3 [DOC S2]).
@@ -97,6 +111,13 @@ _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _ID_MIN: Final = -(2**63)
 _ID_MAX: Final = 2**64 - 1
 _REASON_LIMIT: Final = 300  # characters of an Outcome reason
+# peek_report_id. JSON: the key with both quotes unescaped can only be a key (inside a
+# string the quote would end the string), then an integer that is not a float's start.
+_JSON_ID: Final = re.compile(
+    rb'"(?:report_id|rid)"[ \t\r\n]*:[ \t\r\n]*(-?(?:0|[1-9][0-9]{0,19}))(?![0-9.eE])'
+)
+# CBOR: the definite-length text key, then the head of an unsigned or negative integer.
+_CBOR_ID: Final = re.compile(rb"(?:\x69report_id|\x63rid)([\x00-\x1b\x20-\x3b])", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -235,12 +256,14 @@ class ResponderStats:
     throttle_entries: int
 
 
-@dataclass
 class _Throttle:
-    """The last accepted report of one thing."""
+    """The last accepted report of one thing (slots: one per tracked thing)."""
 
-    at: float  # clock time
-    report_id: int
+    __slots__ = ("at", "report_id")
+
+    def __init__(self, at: float, report_id: int) -> None:
+        self.at = at  # clock time
+        self.report_id = report_id
 
 
 @dataclass(frozen=True)
@@ -252,10 +275,30 @@ class _Rejection:
     reason: str
 
 
-@dataclass
 class _Counts:
-    accepted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    """The replies of one thing, small: slots, and a table only for rare rejection codes."""
+
+    __slots__ = ("accepted", "others", "throttled")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.throttled = 0  # the common rejection, kept out of the table
+        self.others: Optional[dict[str, int]] = None
+
+    def reject(self, code: str) -> None:
+        if code == THROTTLED:
+            self.throttled += 1
+            return
+        if self.others is None:
+            self.others = {}
+        self.others[code] = self.others.get(code, 0) + 1
+
+    def rejected(self) -> dict[str, int]:
+        """REJECTED replies by ``ErrorCode``."""
+        table = dict(self.others) if self.others else {}
+        if self.throttled:
+            table[THROTTLED] = self.throttled
+        return table
 
 
 def parse_topic(topic: str) -> Optional[tuple[str, PayloadFormat]]:
@@ -284,6 +327,50 @@ def parse_topic(topic: str) -> Optional[tuple[str, PayloadFormat]]:
     if fmt is None or not thing or "+" in thing or "#" in thing:
         return None
     return thing, fmt
+
+
+def peek_report_id(payload: bytes, fmt: PayloadFormat) -> Optional[int]:
+    r"""The header's report id, found by scanning the raw payload; None if not found.
+
+    No decoding: the first ``report_id`` (or ``rid``) key followed by an integer of 64
+    bits, in the topic's format. For the ``reportId`` of a rejection decided before the
+    payload is decoded (a throttled report); best effort on a payload that would not
+    decode.
+
+    >>> peek_report_id(b'{"header": {"report_id": 42, "version": "1.0"}}', PayloadFormat.JSON)
+    42
+    >>> print(peek_report_id(b'{"header": {"report_id": 4.2}}', PayloadFormat.JSON))
+    None
+    >>> peek_report_id(bytes.fromhex("a163686564a1637269641903e8"), PayloadFormat.CBOR)
+    1000
+
+    Args:
+        payload: The report as received.
+        fmt: The format of its topic.
+
+    Returns:
+        The id, or None.
+    """
+    if fmt is PayloadFormat.JSON:
+        match = _JSON_ID.search(payload)
+        value = int(match.group(1)) if match else None
+    else:
+        match = _CBOR_ID.search(payload)
+        if match is None:
+            return None
+        head = match.group(1)[0]
+        info, start = head & 0x1F, match.end()
+        if info < 24:
+            value = info
+        else:
+            size = 1 << (info - 24)  # 24..27: 1, 2, 4 or 8 bytes follow
+            raw = payload[start : start + size]
+            if len(raw) < size:
+                return None
+            value = int.from_bytes(raw, "big")
+        if head >= 0x20:  # major type 1: -1 - n
+            value = -1 - value
+    return value if value is not None and _ID_MIN <= value <= _ID_MAX else None
 
 
 def _thing_name_problem(thing: str, max_bytes: int) -> Optional[str]:
@@ -377,29 +464,44 @@ class Responder:
         if len(payload) > limit:
             return self._drop(f"payload is {len(payload)} bytes, over the {limit}-byte limit")
 
+        early = self._early(thing, fmt, payload)
+        if early is not None:
+            return early
         result = validate_payload(payload, fmt, policy.validation)
         report_id = _echo_id(result)
-        rejection = self._screen(thing, result, report_id)
+        rejection = self._screen(result, report_id)
         with self._lock:
             now = self._clock()
             if rejection is None:
                 assert report_id is not None  # _screen rejects a report without a readable id
                 rejection = self._admit(thing, report_id, now)
-            counts = self._counts(thing)
-            if rejection is None:
-                self._accepted += 1
-                counts.accepted += 1
-            else:
-                self._rejected[rejection.code] += 1
-                counts.rejected[rejection.code] += 1
+            self._count(thing, rejection)
         accepted = result.report if rejection is None else None
         return self._outcome(thing, fmt, report_id, rejection, now, report=accepted)
+
+    def _early(self, thing: str, fmt: PayloadFormat, payload: bytes) -> Optional[Outcome]:
+        """The rejections decided without decoding: the thing name, then the throttle.
+
+        None when the report must be decoded; see "Cheap rejection first" above.
+        """
+        policy = self._policy
+        problem = _thing_name_problem(thing, policy.max_thing_name_bytes)
+        rejection: Optional[_Rejection] = None
+        if problem is not None:
+            rejection = _Rejection(policy.thing_name_code, policy.thing_name_message, problem)
+        with self._lock:
+            now = self._clock()
+            if rejection is None and (rejection := self._throttled(thing, now)) is None:
+                return None
+            self._count(thing, rejection)
+        report_id = peek_report_id(payload, fmt)
+        return self._outcome(thing, fmt, report_id, rejection, now, report=None)
 
     def snapshot(self) -> ResponderStats:
         """A consistent, read-only copy of the counters."""
         with self._lock:
             things = {
-                name: ThingCounts(counts.accepted, MappingProxyType(dict(counts.rejected)))
+                name: ThingCounts(counts.accepted, MappingProxyType(counts.rejected()))
                 for name, counts in self._things.items()
             }
             return ResponderStats(
@@ -411,35 +513,40 @@ class Responder:
                 throttle_entries=len(self._throttle),
             )
 
-    def _screen(
-        self, thing: str, result: ValidationResult, report_id: Optional[int]
-    ) -> Optional[_Rejection]:
-        """The thing name and the report itself (§1.2, §7.1, §7.3-§7.7); no state."""
-        policy = self._policy
-        if (problem := _thing_name_problem(thing, policy.max_thing_name_bytes)) is not None:
-            return _Rejection(policy.thing_name_code, policy.thing_name_message, problem)
+    def _screen(self, result: ValidationResult, report_id: Optional[int]) -> Optional[_Rejection]:
+        """The report itself (§7.3-§7.7); no state."""
         if result.ok and result.report is not None and report_id is not None:
             return None
         errors = result.errors
         # report_id is None here only under a ValidationPolicy that allows ids beyond 64 bits
         first = str(errors[0]) if errors else "header.report_id: not a 64-bit integer"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return _Rejection(INVALID_PAYLOAD, policy.invalid_message, f"invalid report: {first}{more}")
+        reason = f"invalid report: {first}{more}"
+        return _Rejection(INVALID_PAYLOAD, self._policy.invalid_message, reason)
+
+    def _throttled(self, thing: str, now: float) -> Optional[_Rejection]:
+        """The throttle (§7.8): a rejection if ``thing`` is inside its window. Holds the lock."""
+        self._expire(now)
+        last = self._throttle.get(thing)
+        window = self._policy.min_delay_s
+        if last is None or (elapsed := now - last.at) >= window:
+            return None
+        reason = f"throttled: {elapsed:.1f} s since the last accepted report, under {window:g} s"
+        return _Rejection(THROTTLED, self._policy.throttle_message, reason)
 
     def _admit(self, thing: str, report_id: int, now: float) -> Optional[_Rejection]:
-        """Strict ids, then the throttle; records an admission (§7.5, §7.8). Holds the lock."""
+        """The throttle again, then strict ids; records an admission (§7.5, §7.8). Holds the lock.
+
+        The throttle was checked before decoding; it is checked again here because another
+        report of the same thing may have been accepted meanwhile on another thread.
+        """
         policy = self._policy
-        self._expire(now)
+        if (throttled := self._throttled(thing, now)) is not None:
+            return throttled
         last = self._throttle.get(thing)
         if last is not None and policy.strict_report_ids and report_id <= last.report_id:
             reason = f"report id {report_id} is not above the last accepted {last.report_id}"
             return _Rejection(INVALID_PAYLOAD, policy.invalid_message, reason)
-        if last is not None and (elapsed := now - last.at) < policy.min_delay_s:
-            reason = (
-                f"throttled: {elapsed:.1f} s since the last accepted report, "
-                f"under {policy.min_delay_s:g} s"
-            )
-            return _Rejection(THROTTLED, policy.throttle_message, reason)
         if last is None and len(self._throttle) >= policy.max_tracked_things:
             self._throttle.popitem(last=False)
         self._throttle[thing] = _Throttle(now, report_id)
@@ -457,8 +564,8 @@ class Responder:
                 return
             del table[oldest]
 
-    def _counts(self, thing: str) -> _Counts:
-        """The counters of ``thing``, made most recent; evicts the oldest when full."""
+    def _count(self, thing: str, rejection: Optional[_Rejection]) -> None:
+        """Count one reply, in total and for ``thing`` (made most recent). Holds the lock."""
         counts = self._things.get(thing)
         if counts is None:
             if len(self._things) >= self._policy.max_tracked_things:
@@ -467,7 +574,12 @@ class Responder:
             counts = self._things[thing] = _Counts()
         else:
             self._things.move_to_end(thing)
-        return counts
+        if rejection is None:
+            self._accepted += 1
+            counts.accepted += 1
+        else:
+            self._rejected[rejection.code] += 1
+            counts.reject(rejection.code)
 
     def _drop(self, reason: str) -> Outcome:
         with self._lock:
