@@ -247,6 +247,32 @@ def test_bad_options_are_one_line_and_exit_2(db: Path, args: list[str]) -> None:
     one_line_error(run(*args))
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://svc:Hunter2-pw@127.0.0.1:1/defender",
+        "postgresql://svc@127.0.0.1:1/defender?password=Hunter2-pw",
+        "postgresql://svc@127.0.0.1:1/defender?sslmode=disable&PASSWORD=Hunter2-pw",
+        "postgresql://svc@127.0.0.1:1/defender?%70assword=Hunter2-pw",
+        "postgresql://svc@127.0.0.1:1/defender?password=Hunter2-pw%zz",  # libpq quotes it
+        "postgresql://svc@127.0.0.1:1/defender?password=Hunter2-pw&bogus=1",
+        "host=127.0.0.1 port=1 dbname=defender password=Hunter2-pw",
+        "host=127.0.0.1 port=1 password='Hunter2-pw with spaces'",
+        "host=127.0.0.1 port=1 password='Hunter2-pw",  # unterminated: libpq's own error
+        "host=127.0.0.1 password=Hunter2-pw junk",  # libpq quotes the text after it
+    ],
+)
+@pytest.mark.parametrize("query", [["things"], ["export"], ["list-metric-values"]])
+def test_a_database_password_is_never_printed(url: str, query: list[str]) -> None:
+    """Issue 9 item 4: every form libpq takes a password in is masked, errors included."""
+    if query == ["list-metric-values"]:
+        query = [*query, "--thing", "gw-1", "--metric", "m"]
+    result = run(*query, "--db", url)
+    err = one_line_error(result)
+    assert "Hunter2" not in result.stdout + err
+    assert "service database" in err and "***" in err
+
+
 def test_help() -> None:
     result = run("list-metric-values", "--help")
     assert result.returncode == 0
