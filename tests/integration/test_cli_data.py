@@ -273,6 +273,12 @@ def test_a_database_password_is_never_printed(url: str, query: list[str]) -> Non
     assert "service database" in err and "***" in err
 
 
+def test_an_error_naming_a_hostile_path_is_one_escaped_line(tmp_path: Path) -> None:
+    forged = "defender-agent: info: all good"
+    err = one_line_error(run("things", "--db", f"{tmp_path}/x\n{forged}\x1b[2J"))
+    assert f"x\\n{forged}\\x1b[2J" in err and "\x1b" not in err
+
+
 def test_help() -> None:
     result = run("list-metric-values", "--help")
     assert result.returncode == 0

@@ -8,8 +8,9 @@
 * ``aws-setup`` — the AWS calls that create the configured custom metrics and a security profile.
 * ``data`` — query the local service's stored metric values (things, list-metric-values, export).
 
-Errors are one line on stderr; bad options exit 2, never a traceback. ``--log-level``,
-``--log-format`` and ``--config`` go before or after the subcommand.
+Errors are one line on stderr (escaped and cut as log lines are, :mod:`defender_agent.logs`);
+bad options exit 2, never a traceback. ``--log-level``, ``--log-format`` and ``--config`` go
+before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from defender_agent.cli._common import (
     setup_logging,
 )
 from defender_agent.errors import AgentError
+from defender_agent.logs import one_line
 
 __all__ = ["build_parser", "main"]
 
@@ -156,14 +158,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args))
     except AgentError as exc:
-        print(f"defender-agent: error: {exc}", file=sys.stderr)
+        print(f"defender-agent: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug: one line for the user, the traceback at debug level
         log.debug("internal error", exc_info=True)
         print(
-            f"defender-agent: internal error: {type(exc).__name__}: {exc} "
+            f"defender-agent: internal error: {type(exc).__name__}: {one_line(str(exc))} "
             "(run with --log-level debug for details)",
             file=sys.stderr,
         )
