@@ -290,6 +290,7 @@ class _Writer:
         self.largest = 0
         self.acknowledged = 0
         self.waits = 0
+        self.refused = 0  # offered while closing: not queued, not stored
 
     def start(self) -> None:
         self._thread.start()
@@ -319,6 +320,8 @@ class _Writer:
                     self._cond.wait()
             if len(self._queue) >= self._queue_max or self._closing:
                 self.overflow += 1
+                if self._closing:
+                    self.refused += 1
                 full = not self._closing
             else:
                 self._queue.append(item)
@@ -334,16 +337,19 @@ class _Writer:
         return False
 
     def close(self, timeout: float) -> int:
-        """Store what is queued (at most ``timeout`` s) and stop; returns how many were not."""
+        """Store what is queued (at most ``timeout`` s) and stop; returns how many were not.
+
+        The count includes the reports offered while closing (refused).
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         if not self.started:
-            return len(self._queue)
+            return len(self._queue) + self.refused
         self._thread.join(timeout)
         with self._cond:
             self._abandon = True  # after the attempt in progress, if any, take no more
-            left = len(self._queue) + self._in_batch
+            left = len(self._queue) + self._in_batch + self.refused
             self._cond.notify_all()
         return left
 
@@ -627,7 +633,9 @@ class DeviceDefenderService:
         if self._store is not None and not lost:
             self._store.close()  # (with a writer still busy, the store is left to the exit)
         stats = self.stats()
-        log.info(
+        # never opened its database (that error follows): no "service stopped" line before it
+        log.log(
+            logging.INFO if self._store is not None else logging.DEBUG,
             "service stopped: %d messages, %d accepted, %d rejected, %d stored, "
             "%d acknowledged once stored, %d store errors, %d not queued, "
             "%d waits for room in the queue, %d ignored while stopping",
