@@ -27,7 +27,7 @@ from typing import Final
 
 from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser, setup_logging, stop_on_signals
 from defender_agent.cli._settings import SettingOptions, load_for
-from defender_agent.config import Config
+from defender_agent.config import Config, plaintext_warning
 from defender_agent.errors import ConnectError
 from defender_agent.report.validate import ValidationPolicy
 from defender_agent.schedule import backoff_delay
@@ -175,6 +175,8 @@ def command(args: argparse.Namespace) -> int:
     loaded = load_for(args, "service")
     setup_logging(loaded.effective_log_level("service"), loaded.logging.format, timestamps=True)
     config = build_config(loaded)
+    if not config.broker.use_tls:  # to a loopback broker only: the loader refuses the rest
+        log.warning(plaintext_warning(config.broker.endpoint, config.broker.port))
     if config.broker.use_tls:
         from defender_agent.transport.tls import check_tls_files  # noqa: PLC0415 - awscrt
 
