@@ -26,7 +26,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -204,19 +204,31 @@ def kill_while_publishing(
     rows: Callable[[], set[tuple[str, int]]],
     work: Path,
     contend: Optional[Path] = None,
+    *,
+    kills: int = KILLS,
+    extra: Sequence[str] = (),
 ) -> tuple[int, int, int]:
-    """KILLS times: start the service, flood it, kill -9 it at a random moment.
+    """``kills`` times: start the service, flood it, kill -9 it at a random moment.
+
+    (bench/bench_service_load.py ``--kill`` runs this too.)
 
     Args:
+        broker: A mosquitto with a plain listener (``broker.plain``).
+        db: The service's ``--db``.
+        rows: ``(thing, report id)`` of every stored report.
+        work: Where the service logs go.
         contend: A SQLite file to take the write lock of now and then (:class:`Contender`).
+        kills: How many times.
+        extra: More service options (``--reply-before-store``).
 
     Returns (acknowledged, stored, acknowledged but missing).
     """
     rng = random.Random()
     devices = Devices(broker, DEVICES)
     try:
-        for kill in range(KILLS):
-            proc = ServiceProcess(service_args(broker, db), work / f"service-{kill}.log")
+        for kill in range(kills):
+            args = [*service_args(broker, db), *extra]
+            proc = ServiceProcess(args, work / f"service-{kill}.log")
             proc.wait_ready()
             before = devices.acknowledged()
             with contextlib.ExitStack() as stack:

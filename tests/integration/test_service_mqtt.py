@@ -505,7 +505,10 @@ def test_restart_loses_no_stored_data(mosquitto: Mosquitto, pki: Pki, tmp_path: 
                 device.publish(f"{BASE}/json", encoded(report(rid)))
                 assert device.reply()[0] == f"{BASE}/json/accepted"
             assert proc.stop(signal.SIGTERM if run == 0 else signal.SIGINT) == 0
-            assert f"{len(ids)} stored, 0 store errors" in proc.summary()
+            summary = proc.summary()
+            assert f"{len(ids)} stored, {len(ids)} acknowledged once stored, 0 store errors" in (
+                summary
+            )
     finally:
         device.close()
     with open_store(str(db), create=False) as store:
