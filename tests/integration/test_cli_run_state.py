@@ -9,7 +9,7 @@ from pathlib import Path
 
 from defender_agent.report.validate import validate_document
 from tests.conftest import proc_fixture
-from tests.integration.test_cli_run import spawn
+from tests.integration.test_cli_run import run, spawn
 
 
 def test_a_poisoned_report_id_does_not_make_every_report_invalid(tmp_path: Path) -> None:
@@ -49,3 +49,32 @@ def test_a_poisoned_report_id_does_not_make_every_report_invalid(tmp_path: Path)
     assert len(warnings) == 1, err  # once: the file is overwritten with a valid id
     assert f"{ids}: last_report_id 9223372036854775808 is out of range" in warnings[0], err
     assert json.loads(ids.read_text())["last_report_id"] == docs[-1]["header"]["report_id"]
+
+
+def test_a_failed_state_write_is_said_in_the_log_and_by_status(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "baseline.json").mkdir(parents=True)  # the baseline cannot be written over it
+    proc = spawn(
+        "run", "-d", "-i", "1", "--allow-short-interval", "--splay", "0",
+        "--state-dir", str(state), "--proc-root", str(proc_fixture("gateway_dualstack")),
+        "-id", "unsaved",
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 20
+        status = state / "status.json"
+        while time.monotonic() < end:
+            if status.exists() and json.loads(status.read_text())["counters"]["built"] >= 1:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _out, err_bytes = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    err = err_bytes.decode()
+    assert proc.returncode == 0, err
+    reason = f"cannot write state file {state / 'baseline'}.json"
+    failed = [line for line in err.splitlines() if "warning: state not saved: " in line]
+    assert len(failed) == 1 and reason in failed[0], err  # once, not at every cycle
+    assert err.splitlines()[-1].endswith(f"stopped; state NOT saved: {failed[0].split(': ', 3)[3]}")
+    shown = run("status", "--state-dir", str(state))
+    assert f"state NOT saved: {reason}" in shown.stdout.decode()
