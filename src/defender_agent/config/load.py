@@ -39,7 +39,7 @@ from defender_agent.config.table import all_settings
 from defender_agent.custom.settings import CustomMetricsConfig
 from defender_agent.dburl import mask_db_url
 from defender_agent.errors import ConfigError
-from defender_agent.rules import validate_thing_name
+from defender_agent.rules import plain_ip, validate_thing_name
 
 if TYPE_CHECKING:
     from defender_agent.config.extra_sections import SandboxSection, ServiceSection
@@ -218,9 +218,7 @@ def is_loopback(host: str) -> bool:
         address = ipaddress.ip_address(name)
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    return plain_ip(address).is_loopback
 
 
 def check_plaintext(host: str, where: str) -> None:
