@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import advance
+from defender_agent.config import CollectorConfig
+from defender_agent.cycle import Collector
+from tests.conftest import advance, proc_fixture
 from tests.fakes import FakeTransport
 from tests.unit.test_agent import Run, make_config
 
@@ -103,3 +105,21 @@ def test_a_future_boottime_is_out_of_range(
     second, warnings = _restart_with(proc_copy("gateway_dualstack"), tmp_path, caplog, poison)
     assert len(warnings) == 1 and "boottime inf is not a time" in warnings[0], warnings
     assert second.times == [4.5, 6.5]
+
+
+def _collector() -> Collector:
+    config = CollectorConfig(proc_root=proc_fixture("gateway_dualstack"), socket_source="proc")
+    return Collector(config)
+
+
+def test_baseline_problem_bounds_cpu_times_and_allows_a_32_bit_wrap() -> None:
+    collector = _collector()
+    current = {"eth0": [1654, 21, 2090, 27]}  # the fixture's net/dev
+    assert collector.baseline_problem({"interfaces": current, "cpu": [10, 5]}) is None
+    wrapped = {"eth0": [2**32 - 10, 21, 2090, 27]}  # a 32-bit driver wrapped since the save
+    assert collector.baseline_problem({"interfaces": wrapped}) is None
+    assert collector.baseline_problem({"interfaces": None, "cpu": [2**65, 1]}) == (
+        f"cpu total {2**65} is beyond 64 bits"
+    )
+    assert collector.baseline_problem("not a baseline") is None  # import_baseline refuses it
+    assert not collector.import_baseline({"interfaces": None, "cpu": [-1, 0]})
