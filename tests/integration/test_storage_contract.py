@@ -183,6 +183,11 @@ def test_record_many_is_one_transaction(store: Store) -> None:
         ("b", T0 + 1, T0 + 2, 2),
     ]
     assert [v.value.number for v in store.metric_values("b", "n")] == [0.5]
+    # each value with its own report (PostgreSQL inserts a batch's rows in one statement)
+    assert [(v.report_id, v.timestamp) for v in store.metric_values("b", "aws:all-bytes-in")] == [
+        (2, T0 + 1)
+    ]
+    assert [v.report_id for v in store.metric_values("b", BYTES.metric)] == [3]
     assert next(iter(store.export()))["format"] == "cbor"
     bad = [
         StoredReport("c", 3, T0, "json", [BYTES]),

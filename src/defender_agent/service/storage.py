@@ -278,6 +278,18 @@ class Store(ABC):
     def _insert_report(self, cur: _Cursor, params: Sequence[object]) -> int:
         """Insert a ``reports`` row; returns its id."""
 
+    def _insert_reports(self, cur: _Cursor, headers: Sequence[Sequence[object]]) -> list[int]:
+        """Insert ``reports`` rows, in order; returns their ids (one statement each here)."""
+        return [self._insert_report(cur, header) for header in headers]
+
+    def _upsert_things(self, cur: _Cursor, seen: Sequence[tuple[str, float]]) -> None:
+        """Add or update the thing of each ``(name, time)``, in the order given (by name)."""
+        cur.executemany(self._UPSERT_THING, [(name, at, at) for name, at in seen])
+
+    def _insert_values(self, cur: _Cursor, rows: Sequence[Sequence[object]]) -> None:
+        """Insert ``metric_values`` rows (the columns of ``_INSERT_VALUE``)."""
+        cur.executemany(_INSERT_VALUE, rows)
+
     @abstractmethod
     def _db_errors(self) -> tuple[type[Exception], ...]:
         """The driver's error classes, turned into StateError."""
@@ -373,16 +385,15 @@ class Store(ABC):
         if not rows:
             return
         with self._guard(), self._write() as cur:
-            for report in sorted(reports, key=lambda r: r.thing):
-                at = report.received_at
-                cur.execute(self._UPSERT_THING, (report.thing, at, at))
+            ordered = sorted(reports, key=lambda r: r.thing)
+            self._upsert_things(cur, [(r.thing, r.received_at) for r in ordered])
+            headers = [(r.thing, r.report_id, r.received_at, r.fmt) for r, _ in rows]
+            row_ids = self._insert_reports(cur, headers)
             value_rows: list[tuple[object, ...]] = []
-            for report, values in rows:
-                header = (report.thing, report.report_id, report.received_at, report.fmt)
-                row_id = self._insert_report(cur, header)
+            for (report, values), row_id in zip(rows, row_ids):
                 value_rows.extend((row_id, report.thing, *value) for value in values)
             if value_rows:
-                cur.executemany(_INSERT_VALUE, value_rows)
+                self._insert_values(cur, value_rows)
 
     def things(self) -> list[ThingSummary]:
         """Every thing that has sent a stored report, by name."""
@@ -680,6 +691,56 @@ class PostgresStore(Store):
             params,
         )
         return int(cur.fetchone()[0])
+
+    def _insert_reports(self, cur: _Cursor, headers: Sequence[Sequence[object]]) -> list[int]:
+        """The ids from the identity's sequence in one round trip, then one pipelined batch."""
+        if len(headers) <= 1:
+            return [self._insert_report(cur, header) for header in headers]
+        cur.execute(
+            "SELECT nextval(pg_get_serial_sequence('reports', 'id'))"
+            " FROM generate_series(1, ?::integer)",
+            (len(headers),),
+        )
+        ids = [int(row[0]) for row in cur.fetchall()]
+        cur.execute(
+            "INSERT INTO reports (id, thing, report_id, received_at, format) SELECT * FROM"
+            " unnest(?::bigint[], ?::text[], ?::bigint[], ?::double precision[], ?::text[])",
+            [ids, *(list(column) for column in zip(*headers))],
+        )
+        return ids
+
+    def _upsert_things(self, cur: _Cursor, seen: Sequence[tuple[str, float]]) -> None:
+        """One statement: each thing once (its first and last time, its count), in name order."""
+        things: dict[str, list[Any]] = {}
+        for name, at in seen:
+            row = things.get(name)
+            if row is None:
+                things[name] = [at, at, 1]
+            else:
+                row[0], row[1], row[2] = min(row[0], at), max(row[1], at), row[2] + 1
+        cur.execute(
+            "INSERT INTO things (name, first_seen, last_seen, reports) SELECT * FROM"
+            " unnest(?::text[], ?::double precision[], ?::double precision[], ?::bigint[])"
+            " ON CONFLICT (name) DO UPDATE SET"
+            " first_seen = LEAST(things.first_seen, excluded.first_seen),"
+            " last_seen = GREATEST(things.last_seen, excluded.last_seen),"
+            " reports = things.reports + excluded.reports",
+            [
+                list(things),
+                [row[0] for row in things.values()],
+                [row[1] for row in things.values()],
+                [row[2] for row in things.values()],
+            ],
+        )
+
+    def _insert_values(self, cur: _Cursor, rows: Sequence[Sequence[object]]) -> None:
+        """One statement for the whole batch: a column array per parameter (``unnest``)."""
+        cur.execute(
+            "INSERT INTO metric_values (report, thing, metric, received_at, count, number, value)"
+            " SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[], ?::double precision[],"
+            " ?::bigint[], ?::double precision[], ?::text[])",
+            [list(column) for column in zip(*rows)],
+        )
 
     def _db_errors(self) -> tuple[type[Exception], ...]:
         return (self._psycopg.Error,)
