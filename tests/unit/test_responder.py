@@ -422,6 +422,39 @@ def test_invalid_report_within_the_window_is_throttled_not_invalid(
     assert_rejected(answer(responder, b"\xff{garbage", fmt), fmt, THROTTLED_DETAILS, None)
 
 
+def test_a_flood_gets_at_most_max_throttled_replies(
+    clock: Clock, responder: Responder, decodings: _NoDecoding
+) -> None:
+    # issue #9: past the budget a flood costs no reply (no publish) and few log lines
+    report = encode(LONG, JSON)
+    assert answer(responder, report).accepted
+    outcomes = [responder.handle(topic(), report) for _ in range(1_500)]
+    answered = [o for o in outcomes if o.reply is not None]
+    assert len(answered) == DEFAULT_RESPONDER_POLICY.max_throttled_replies == 100
+    assert all(o.reply is not None and o.reply.error_code == THROTTLED for o in answered)
+    assert outcomes[100].reason.startswith("dropped: throttled: ")
+    assert outcomes[100].reason.endswith(
+        "(Throttled 101 times in this window); no reply after 100 Throttled replies in one window"
+    )
+    loud = [n + 1 for n, o in enumerate(outcomes) if not o.quiet]
+    assert loud == [1, 10, 100, 1000]  # one log line per power of ten
+    snap = responder.snapshot()
+    assert (snap.accepted, dict(snap.rejected), snap.dropped) == (1, {"Throttled": 100}, 1_400)
+    assert snap.things["thing1"] == ThingCounts(1, {"Throttled": 100})
+    assert decodings.calls == 1
+    assert answer(responder, report, thing="other").accepted  # others are not affected
+    clock.now = T0 + 300  # a new window: a new budget
+    assert answer(responder, report).accepted
+    assert answer(responder, report).error_code == THROTTLED
+
+
+def test_max_throttled_replies_zero_answers_every_report(clock: Clock) -> None:
+    responder = Responder(ResponderPolicy(max_throttled_replies=0), clock)
+    assert answer(responder, encode(MINIMAL, JSON)).accepted
+    for _ in range(300):
+        assert answer(responder, encode(MINIMAL, JSON)).error_code == THROTTLED
+
+
 class _NoDecoding:
     """Stands in for validate_payload and counts the calls."""
 
@@ -776,7 +809,8 @@ def test_expired_entries_are_forgotten(clock: Clock, responder: Responder) -> No
     assert responder.snapshot().throttle_entries == 1
 
 
-def test_concurrent_reports_of_one_thing_accept_exactly_one(responder: Responder) -> None:
+def test_concurrent_reports_of_one_thing_accept_exactly_one(clock: Clock) -> None:
+    responder = Responder(ResponderPolicy(max_throttled_replies=0), clock)  # every one answered
     report = encode(MINIMAL, JSON)
     replies: list[Reply] = []
     lock = threading.Lock()
@@ -895,6 +929,7 @@ def test_tracked_things_cost_little_memory(clock: Clock) -> None:
         ("max_thing_name_bytes", 0),
         ("max_topic_bytes", 0),
         ("max_tracked_things", 0),
+        ("max_throttled_replies", -1),
     ],
 )
 def test_policy_rejects_bad_values(field: str, value: float) -> None:

@@ -102,6 +102,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     o.add("service_thing_name_code", "--thing-name-code", metavar="CODE", group=policy)
     o.add("service_thing_name_message", "--thing-name-message", metavar="TEXT", group=policy)
     o.add("service_max_tracked_things", "--max-tracked-things", metavar="N", group=policy)
+    o.add("service_max_throttled_replies", "--max-throttled-replies", metavar="N", group=policy)
     validation = p.add_argument_group("validation policy (docs/protocol.md §7)")
     o.switch("service_allow_mixed_names", "--allow-mixed-names", group=validation)
     o.add("service_min_report_id", "--min-report-id", metavar="N", group=validation)
@@ -155,6 +156,7 @@ def build_config(config: Config) -> ServiceConfig:
         validation=validation,
         strict_report_ids=s.strict_report_ids,
         max_tracked_things=s.max_tracked_things,
+        max_throttled_replies=s.max_throttled_replies,
     )
     state_dir = s.state_dir or default_state_dir()
     return ServiceConfig(

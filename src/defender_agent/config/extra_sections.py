@@ -121,6 +121,11 @@ class ServiceSection:
         values.integer(1, 10_000_000),
         "thing names kept for the throttle (bounded memory)",
     )
+    max_throttled_replies: int = setting(
+        100,
+        values.integer(0, 10_000_000),
+        "Throttled replies per thing and window; its later reports there get none (0: no limit)",
+    )
     allow_mixed_names: bool = setting(
         False, values.boolean, "accept long and short standard key names in one report"
     )

@@ -30,7 +30,11 @@ that is both throttled and malformed gets ``Throttled`` (the cheap answer), not
 its id. The ``reportId`` of these early rejections is read by a scan of the raw payload
 for the header's ``report_id``/``rid`` key and its integer (:func:`peek_report_id`), not by
 decoding: the same id for any ordinary report, none when the scan finds no such key with
-a 64-bit integer. The throttle is checked again, under the same lock, when an accepted
+a 64-bit integer. A thing that goes on reporting inside its window gets at most
+``max_throttled_replies`` (default 100) ``Throttled`` replies in that window; its later
+reports there are dropped with no reply [policy], so the flood costs neither decoding nor
+publishing, and :attr:`Outcome.quiet` lets the logs show one line per power of ten of them.
+The throttle is checked again, under the same lock, when an accepted
 report is recorded, so two concurrent reports of one thing still get one ACCEPTED.
 
 Replies are encoded in the topic's format (compact JSON, or CBOR) and go to the format's
@@ -148,6 +152,10 @@ class ResponderPolicy:
             greater than the thing's last accepted id. Off by default (§2.3 [UNK],
             §7.5 [policy] "offer an optional strict mode"). The last id is forgotten when
             the thing is evicted from the bounded table (``max_tracked_things``).
+        max_throttled_replies: The most ``Throttled`` replies one thing gets in one throttle
+            window; its later reports in that window are dropped with no reply [policy]
+            (a flood then costs no publishing either; an agent that holds its next report
+            after a ``Throttled``, as AWS asks, never comes near it). 0: no limit.
         max_tracked_things: The most thing names kept in the throttle table and, separately,
             in the per-thing counters. When full, the oldest entry is evicted; an evicted
             thing may report again before ``min_delay_s`` (bounded memory; not a protocol
@@ -165,6 +173,7 @@ class ResponderPolicy:
     max_topic_bytes: int = 256
     strict_report_ids: bool = False
     max_tracked_things: int = 10_000
+    max_throttled_replies: int = 100
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_delay_s) and self.min_delay_s >= 0):
@@ -172,6 +181,10 @@ class ResponderPolicy:
         for name in ("max_thing_name_bytes", "max_topic_bytes", "max_tracked_things"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.max_throttled_replies < 0:
+            raise ConfigError(
+                f"max_throttled_replies: expected an integer >= 0, got {self.max_throttled_replies}"
+            )
 
 
 #: The policy of docs/protocol.md §7 as written.
@@ -209,11 +222,16 @@ class Outcome:
         reason: One line for the logs: why it was accepted, rejected or dropped.
         report: The typed report, decoded once by the validator, when it was ACCEPTED;
             None otherwise.
+        quiet: A repeat that a log may show below INFO: a ``Throttled`` reply to a thing
+            already told ``Throttled`` in the same window, except the 10th, 100th, 1000th…
+            (their reason says the count). One thing's flood is then a handful of lines,
+            not one per report (issue #9); the counters still count every reply.
     """
 
     reply: Optional[Reply]
     reason: str
     report: Optional[Report] = None
+    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,11 +277,12 @@ class ResponderStats:
 class _Throttle:
     """The last accepted report of one thing (slots: one per tracked thing)."""
 
-    __slots__ = ("at", "report_id")
+    __slots__ = ("at", "report_id", "told")
 
     def __init__(self, at: float, report_id: int) -> None:
         self.at = at  # clock time
         self.report_id = report_id
+        self.told = 0  # Throttled replies since
 
 
 @dataclass(frozen=True)
@@ -273,6 +292,8 @@ class _Rejection:
     code: str
     message: str
     reason: str
+    quiet: bool = False
+    unanswered: bool = False  # over max_throttled_replies: no reply at all
 
 
 class _Counts:
@@ -476,24 +497,28 @@ class Responder:
                 assert report_id is not None  # _screen rejects a report without a readable id
                 rejection = self._admit(thing, report_id, now)
             self._count(thing, rejection)
+        if rejection is not None and rejection.unanswered:
+            return _unanswered(rejection)
         accepted = result.report if rejection is None else None
         return self._outcome(thing, fmt, report_id, rejection, now, report=accepted)
 
     def _early(self, thing: str, fmt: PayloadFormat, payload: bytes) -> Optional[Outcome]:
-        """The rejections decided without decoding: the thing name, then the throttle.
+        """The rejections decided without decoding: the throttle, then the thing name.
 
         None when the report must be decoded; see "Cheap rejection first" above.
         """
         policy = self._policy
-        problem = _thing_name_problem(thing, policy.max_thing_name_bytes)
-        rejection: Optional[_Rejection] = None
-        if problem is not None:
-            rejection = _Rejection(policy.thing_name_code, policy.thing_name_message, problem)
-        with self._lock:
+        with self._lock:  # the table holds only accepted, so valid, names: throttle first
             now = self._clock()
-            if rejection is None and (rejection := self._throttled(thing, now)) is None:
-                return None
+            rejection = self._throttled(thing, now)
+            if rejection is None:
+                problem = _thing_name_problem(thing, policy.max_thing_name_bytes)
+                if problem is None:
+                    return None
+                rejection = _Rejection(policy.thing_name_code, policy.thing_name_message, problem)
             self._count(thing, rejection)
+        if rejection.unanswered:
+            return _unanswered(rejection)
         report_id = peek_report_id(payload, fmt)
         return self._outcome(thing, fmt, report_id, rejection, now, report=None)
 
@@ -531,8 +556,16 @@ class Responder:
         window = self._policy.min_delay_s
         if last is None or (elapsed := now - last.at) >= window:
             return None
+        last.told += 1
+        told, budget = last.told, self._policy.max_throttled_replies
         reason = f"throttled: {elapsed:.1f} s since the last accepted report, under {window:g} s"
-        return _Rejection(THROTTLED, self._policy.throttle_message, reason)
+        if told > 1:
+            reason += f" (Throttled {told} times in this window)"
+        unanswered = 0 < budget < told
+        if unanswered:
+            reason += f"; no reply after {budget} Throttled replies in one window"
+        quiet = told > 1 and not _power_of_ten(told)
+        return _Rejection(THROTTLED, self._policy.throttle_message, reason, quiet, unanswered)
 
     def _admit(self, thing: str, report_id: int, now: float) -> Optional[_Rejection]:
         """The throttle again, then strict ids; records an admission (§7.5, §7.8). Holds the lock.
@@ -565,7 +598,13 @@ class Responder:
             del table[oldest]
 
     def _count(self, thing: str, rejection: Optional[_Rejection]) -> None:
-        """Count one reply, in total and for ``thing`` (made most recent). Holds the lock."""
+        """Count one reply, in total and for ``thing`` (made most recent). Holds the lock.
+
+        A report that gets no reply (over ``max_throttled_replies``) counts as dropped.
+        """
+        if rejection is not None and rejection.unanswered:
+            self._dropped += 1
+            return
         counts = self._things.get(thing)
         if counts is None:
             if len(self._things) >= self._policy.max_tracked_things:
@@ -618,7 +657,24 @@ class Responder:
         rejected["timestamp"] = timestamp
         topic = _reply_topic(thing, fmt, "rejected")
         reply = Reply(topic, _encode(rejected, fmt), False, thing, report_id, rejection.code)
-        return Outcome(reply, _one_line(f"rejected {rejection.code}: {rejection.reason}"))
+        reason = _one_line(f"rejected {rejection.code}: {rejection.reason}")
+        return Outcome(reply, reason, quiet=rejection.quiet)
+
+
+def _unanswered(rejection: _Rejection) -> Outcome:
+    """The outcome of a report dropped for flooding: no reply, a reason for the logs."""
+    return Outcome(None, f"dropped: {rejection.reason}", quiet=rejection.quiet)  # no controls
+
+
+def _power_of_ten(n: int) -> bool:
+    """Whether ``n`` is a power of ten: 1, 10, 100, 1000 and so on.
+
+    >>> [n for n in (1, 9, 10, 11, 100, 1000, 2000) if _power_of_ten(n)]
+    [1, 10, 100, 1000]
+    """
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 def _reply_topic(thing: str, fmt: PayloadFormat, status: str) -> str:

@@ -257,9 +257,11 @@ class ResponderService:
     def _log_outcome(topic: str, outcome: Outcome) -> None:
         reply = outcome.reply
         if reply is None:
-            _log.info("report topic=%s status=DROPPED: %s", _shown(topic), outcome.reason)
+            level = logging.DEBUG if outcome.quiet else logging.INFO  # a flood's (issue #9)
+            _log.log(level, "report topic=%s status=DROPPED: %s", _shown(topic), outcome.reason)
             return
-        _log.info(
+        _log.log(
+            logging.DEBUG if outcome.quiet else logging.INFO,  # a flood's repeats (issue #9)
             "report thing=%s report_id=%s status=%s code=%s: %s",
             _shown(reply.thing_name),
             reply.report_id,
