@@ -14,7 +14,13 @@ from typing import Optional
 
 from defender_agent.procfs import ProcFS
 
-__all__ = ["backoff_delay", "boot_id", "boottime"]
+__all__ = ["RECONNECT_CAP_S", "RESET_AFTER_S", "backoff_delay", "boot_id", "boottime"]
+
+#: The longest delay between connection attempts: a broker that comes back is found
+#: within this long (a cap of minutes let a flapping broker's short up-times go by).
+RECONNECT_CAP_S = 30.0
+#: A connection that held this long starts the next outage's backoff from the beginning.
+RESET_AFTER_S = 10.0
 
 
 def boottime() -> float:
@@ -34,7 +40,11 @@ def boot_id(procfs: Optional[ProcFS] = None) -> Optional[str]:
 
 
 def backoff_delay(
-    attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: Optional[random.Random] = None
+    attempt: int,
+    *,
+    base: float = 1.0,
+    cap: float = RECONNECT_CAP_S,
+    rng: Optional[random.Random] = None,
 ) -> float:
     """Delay before connection attempt ``attempt + 1``: exponential, capped, with jitter.
 
@@ -44,7 +54,7 @@ def backoff_delay(
 
     >>> [round(backoff_delay(n, rng=random.Random(1)), 2) for n in range(4)]
     [0.57, 1.13, 2.27, 4.54]
-    >>> backoff_delay(50, rng=random.Random(1)) <= 300
+    >>> 15 <= backoff_delay(50, rng=random.Random(1)) <= 30
     True
     """
     step = min(cap, base * (2.0 ** min(attempt, 30)))

@@ -5,6 +5,13 @@ success it reconnects by itself between ``reconnect_min_s`` and
 ``reconnect_max_s`` (whole seconds for MQTT 3.1.1) and reports
 ``on_connection_interrupted`` / ``on_connection_resumed``.
 
+awscrt's MQTT 3.1.1 client never resets that backoff: against a broker that
+restarts every 15 s its delay doubled up to the maximum and the link missed
+whole up-times. So when a connection that held ``RESET_AFTER_S`` drops, the link
+stops awscrt's reconnecting and reconnects itself (one attempt at once, then
+``backoff_delay`` from the minimum, with jitter), after which awscrt takes over
+again with its delay back at the minimum (``connect`` sets it).
+
 The session is persistent (``clean_session=False``, as the AWS SDK builders
 do): with a clean session awscrt fails every QoS 1 publish still waiting for
 its PUBACK when the link drops (``AWS_ERROR_MQTT_CANCELLED_FOR_CLEAN_SESSION``);
@@ -16,14 +23,18 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
+import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Optional
 
 from awscrt import io, mqtt
 
 from defender_agent.errors import ConnectError, PublishError, TransportError
+from defender_agent.schedule import RESET_AFTER_S, backoff_delay
 from defender_agent.transport._link import (
+    CLOSE_TIMEOUT_S,
     LinkEvents,
     LinkSetup,
     crt_reason,
@@ -59,6 +70,13 @@ class Mqtt3Link:
         self._events = events
         self._wake = threading.Event()
         self._closing = False
+        self._up_since: Optional[float] = None  # monotonic time the connection came up
+        self._stopped = threading.Event()  # close() was called
+        # held while the link stops awscrt's reconnecting: an operation made while the
+        # connection is "disconnecting" fails, one made once it is disconnected waits
+        # in awscrt's queue for the next connection
+        self._pause = threading.Lock()
+        self._settings = settings
         reconnect_min = max(1, math.ceil(settings.reconnect_min_s))
         client = mqtt.Client(io.ClientBootstrap.get_or_create_static_default(), setup.tls_ctx)
         self._conn = mqtt.Connection(
@@ -89,8 +107,46 @@ class Mqtt3Link:
     def _on_interrupted(
         self, connection: mqtt.Connection, error: BaseException, **_kwargs: object
     ) -> None:
-        if not self._closing:
-            self._events.link_down(self, crt_reason(error))
+        if self._closing:
+            return
+        up_since, self._up_since = self._up_since, None
+        self._events.link_down(self, crt_reason(error))
+        if up_since is not None and time.monotonic() - up_since >= RESET_AFTER_S:
+            threading.Thread(
+                target=self._reconnect_afresh, name="mqtt3-reconnect", daemon=True
+            ).start()
+
+    def _reconnect_afresh(self) -> None:
+        """Stop awscrt's reconnecting (its delay only grows) and reconnect from the minimum."""
+        with self._pause:
+            wait_error(self._conn.disconnect(), CLOSE_TIMEOUT_S)
+        rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        attempt = 0
+        while not self._stopped.is_set():
+            future = self._conn.connect()
+            done, error = wait_error(future, self._settings.connect_timeout_s)
+            if self._stopped.is_set():  # close() ran meanwhile (and disconnects)
+                return
+            if done and error is None:
+                self._up_since = time.monotonic()
+                session = bool(future.result().get("session_present", False))
+                reason = "reconnected" + (" (session resumed)" if session else "")
+                self._events.link_up(self, session, reason)
+                return
+            if not done:
+                wait_error(self._conn.disconnect(), CLOSE_TIMEOUT_S)
+            log.debug(
+                "MQTT reconnect attempt failed: %s", crt_reason(error) if error else "timeout"
+            )
+            delay = backoff_delay(
+                attempt,
+                base=self._settings.reconnect_min_s,
+                cap=self._settings.reconnect_max_s,
+                rng=rng,
+            )
+            attempt += 1
+            if self._stopped.wait(delay):
+                return
 
     def _on_resumed(
         self,
@@ -100,6 +156,7 @@ class Mqtt3Link:
         **_kwargs: object,
     ) -> None:
         if not self._closing:
+            self._up_since = time.monotonic()
             reason = "reconnected" + (" (session resumed)" if session_present else "")
             self._events.link_up(self, bool(session_present), reason)
 
@@ -127,6 +184,7 @@ class Mqtt3Link:
             raise ConnectError(f"no connection within {timeout_s:g} s")
         error = future.exception()
         if error is None:
+            self._up_since = time.monotonic()
             return bool(future.result().get("session_present", False))
         # A CONNACK refusal comes as a bare Exception(ConnectReturnCode), the rest as AwsCrtError.
         code = error.args[0] if error.args else None
@@ -157,9 +215,10 @@ class Mqtt3Link:
                 settle(result, TransportError(f"subscribe {topic_filter}: {crt_reason(error)}"))
 
         try:
-            suback, _packet_id = self._conn.subscribe(
-                topic_filter, mqtt.QoS.AT_LEAST_ONCE, on_message
-            )
+            with self._pause:
+                suback, _packet_id = self._conn.subscribe(
+                    topic_filter, mqtt.QoS.AT_LEAST_ONCE, on_message
+                )
         except Exception as exc:  # awscrt raises at once for some errors
             raise TransportError(f"subscribe {topic_filter}: {crt_reason(exc)}") from exc
         suback.add_done_callback(on_suback)
@@ -180,7 +239,8 @@ class Mqtt3Link:
             settle(result, error)
 
         try:
-            puback, _packet_id = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)
+            with self._pause:
+                puback, _packet_id = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)
         except Exception as exc:  # awscrt raises at once for some errors (a closed connection)
             raise PublishError(f"publish to {topic}: {crt_reason(exc)}") from exc
         puback.add_done_callback(on_puback)
@@ -189,6 +249,7 @@ class Mqtt3Link:
     def close(self, timeout_s: float) -> bool:
         """See :meth:`~._link.Link.close`."""
         self._closing = True
+        self._stopped.set()
         self._wake.set()
         done, _error = wait_error(self._conn.disconnect(), timeout_s)
         return done

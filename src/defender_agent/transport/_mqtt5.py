@@ -18,6 +18,7 @@ from typing import Any, Optional
 from awscrt import io, mqtt5
 
 from defender_agent.errors import ConnectError, PublishError, TransportError
+from defender_agent.schedule import RESET_AFTER_S
 from defender_agent.transport._link import (
     LinkEvents,
     LinkSetup,
@@ -77,6 +78,9 @@ class Mqtt5Link:
             session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
             min_reconnect_delay_ms=max(1, int(settings.reconnect_min_s * 1000)),
             max_reconnect_delay_ms=max(1, int(settings.reconnect_max_s * 1000)),
+            # a connection that held RESET_AFTER_S starts the next backoff from the minimum
+            min_connected_time_to_reset_reconnect_delay_ms=int(RESET_AFTER_S * 1000),
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
             ping_timeout_ms=ping_timeout_ms(settings.keep_alive_s),
             connack_timeout_ms=max(1, int(settings.connect_timeout_s * 1000)),
             on_publish_callback_fn=self._on_publish,

@@ -77,7 +77,7 @@ class MqttSettings:
     keep_alive_s: int = 1200
     connect_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 128.0
+    reconnect_max_s: float = 30.0
     discard_session: bool = False
 
     def __repr__(self) -> str:  # never show the proxy password
