@@ -16,7 +16,17 @@ Scenarios (each with a fresh broker, fresh service processes, fresh devices):
   runs a loopback bridge that republishes reports as ``dd/$aws/...`` and the services use
   ``--topic-prefix dd/``;
 * ``pg-1-bridge``: one process behind the same bridge (the bridge's own cost);
-* ``sqlite-1-tls``: ``sqlite-1`` with mutual TLS everywhere (handshakes before the clock).
+* ``sqlite-1-tls``: ``sqlite-1`` with mutual TLS everywhere (handshakes before the clock);
+* ``sqlite-1-reply-first``, ``pg-1-reply-first``: ``sqlite-1`` and ``pg-1`` with
+  ``--reply-before-store`` (the ACCEPTED reply before the commit), run right after them, so
+  that one run compares the two orders.
+
+``--kill N`` measures durability instead: N times, start one service, let 6 devices (in this
+process) publish open-loop, kill -9 the service at a random moment; then count the ACCEPTED
+replies the devices received against the reports in the database, for SQLite (alone, and
+with another connection taking the write lock 0.3 s of every 0.5 s) and PostgreSQL, storing
+first and replying first (tests/integration/test_service_durability.py does the same, 5
+kills each).
 
 Figures: reports answered per second (replies received by the devices, first publish to
 last reply), reports stored per second (first publish to the moment the database holds them
@@ -34,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -59,14 +70,30 @@ with contextlib.suppress(ImportError):
 if "defender_agent" not in sys.modules:
     sys.path.insert(0, str(REPO / "src"))
 
-SCENARIOS = {
+SCENARIOS: dict[str, dict[str, Any]] = {
     "sqlite-1": {"procs": 1, "db": "sqlite", "bridge": False, "tls": False},
+    "sqlite-1-reply-first": {
+        "procs": 1,
+        "db": "sqlite",
+        "bridge": False,
+        "tls": False,
+        "reply_first": True,
+    },
     "pg-1": {"procs": 1, "db": "pg", "bridge": False, "tls": False},
+    "pg-1-reply-first": {
+        "procs": 1,
+        "db": "pg",
+        "bridge": False,
+        "tls": False,
+        "reply_first": True,
+    },
     "pg-1-bridge": {"procs": 1, "db": "pg", "bridge": True, "tls": False},
     "pg-2": {"procs": 2, "db": "pg", "bridge": True, "tls": False},
     "sqlite-1-tls": {"procs": 1, "db": "sqlite", "bridge": False, "tls": True},
 }
-DEFAULT_SCENARIOS = "sqlite-1,pg-1,pg-2,pg-1-bridge,sqlite-1-tls"
+DEFAULT_SCENARIOS = (
+    "sqlite-1,sqlite-1-reply-first,pg-1,pg-1-reply-first,pg-2,pg-1-bridge,sqlite-1-tls"
+)
 PREFIX = "dd/"
 
 
@@ -396,6 +423,8 @@ def run_scenario(
                 argv += ["--topic-prefix", PREFIX]
             if spec["procs"] > 1:
                 argv += ["--shared-group", "bench"]
+            if spec.get("reply_first"):
+                argv += ["--reply-before-store"]
             log_file = root / f"service-{i}.log"
             logs.append(log_file)
             with log_file.open("wb") as out:
@@ -516,6 +545,84 @@ def run_scenario(
     }
 
 
+def kill_main(args: argparse.Namespace) -> int:
+    """``--kill N``: acknowledged vs stored after N kill -9 per database and reply order."""
+    import types
+
+    from tests.integration.test_service_durability import (
+        kill_while_publishing,
+        pg_rows,
+        sqlite_rows,
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="dd-bench-kill-"))
+    pg = Postgres()
+    runs = []
+    started = time.monotonic()
+    try:
+        for store in ("sqlite", "sqlite-contended", "pg"):
+            for order in ("store-first", "reply-first"):
+                root = work / f"{store}-{order}"
+                root.mkdir()
+                broker = Broker(root, None, False)
+                try:
+                    if store == "pg":
+                        db = pg.new_database()
+                        rows = functools.partial(pg_rows, db)
+                    else:
+                        db = str(root / "service.sqlite3")
+                        rows = functools.partial(sqlite_rows, Path(db))
+                    print(f"-- {store} {order}: {args.kill} kills ...", file=sys.stderr, flush=True)
+                    t0 = time.monotonic()
+                    acked, stored, missing = kill_while_publishing(
+                        types.SimpleNamespace(plain=broker.port),  # type: ignore[arg-type]
+                        db,
+                        rows,
+                        root,
+                        Path(db) if store == "sqlite-contended" else None,
+                        kills=args.kill,
+                        extra=["--reply-before-store"] if order == "reply-first" else [],
+                    )
+                finally:
+                    broker.stop()
+                run = {
+                    "store": store,
+                    "order": order,
+                    "kills": args.kill,
+                    "acknowledged": acked,
+                    "stored": stored,
+                    "acknowledged_missing": missing,
+                    "seconds": round(time.monotonic() - t0, 1),
+                }
+                print(f"   {json.dumps(run)}", file=sys.stderr, flush=True)
+                runs.append(run)
+    finally:
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("| store | order | kill -9 | acknowledged | stored | acknowledged but not stored |")
+    print("|" + " --- |" * 6)
+    for r in runs:
+        print(
+            f"| {r['store']} | {r['order']} | {r['kills']} | {r['acknowledged']} "
+            f"| {r['stored']} | {r['acknowledged_missing']} |"
+        )
+    if not args.no_save:
+        out = args.out or (
+            BENCH / "results" / f"service-kill-{dt.date.today().isoformat()}.json.tmp"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "runtime_s": round(time.monotonic() - started, 1),
+            "runs": runs,
+        }
+        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"\nwritten {out}", file=sys.stderr)
+    return (
+        0 if all(r["acknowledged_missing"] == 0 for r in runs if r["order"] == "store-first") else 1
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode")
@@ -544,10 +651,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120, help="per scenario run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median shown)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--kill", type=int, default=0, metavar="N", help="durability mode: N kill -9 per case"
+    )
     args = parser.parse_args()
     if args.mode == "device":
         return device_main(args)
     _raise_nofile()
+    if args.kill:
+        return kill_main(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -635,7 +747,7 @@ def main() -> int:
             BENCH / "results" / f"service-load-{dt.date.today().isoformat()}.json.tmp"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n")
+        out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         print(f"\nwritten {out}", file=sys.stderr)
     return 0 if all(r["ok"] for r in runs) else 1
 
