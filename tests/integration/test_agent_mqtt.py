@@ -510,3 +510,40 @@ def test_all_four_custom_metric_types_are_accepted(
     assert custom["queue_depth"] == [{"number": 42}]
     assert 0 <= custom["cpu_usage"][0]["number"] <= 100
     assert agent.counter("rejected") == {}
+
+
+def test_replies_cut_off_behind_the_agents_back_are_noticed_and_recovered(
+    pki: Pki, mosquitto: Mosquitto, dd: Service, run_agent: Callable[..., AgentProcess]
+) -> None:
+    """Issue 9 item 6: the broker stops delivering the agent's replies while the link stays
+    up (its ACL loses the read rules, reloaded with SIGHUP). The agent says so in its status,
+    subscribes again, then reconnects; once the broker delivers again, replies are back."""
+    from tests.mqtt_infra.broker import ACL
+
+    acl = mosquitto.directory / "aws_acl.conf"
+    agent = run_agent(agent_args(pki, mosquitto.port))
+    agent.wait(lambda: agent.counter("accepted") >= 2)
+    assert mosquitto.pid is not None
+    acl.write_text("\n".join(line for line in ACL.splitlines() if "pattern read" not in line))
+    os.kill(mosquitto.pid, signal.SIGHUP)
+    agent.wait(lambda: agent.status().get("replies_missing") is True, timeout=20)
+    agent.wait(lambda: "got no reply: reconnecting" in agent.logtext(), timeout=20)
+    text = agent.logtext()
+    assert "got no reply: subscribing to the replies again" in text
+    assert agent.status()["counters"]["unanswered_in_a_row"] >= 3
+    status = subprocess.run(
+        [sys.executable, "-m", "defender_agent", "status", "--state-dir", str(agent.state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "problem: replies missing" in status.stdout, status.stdout
+
+    acl.write_text(ACL)
+    os.kill(mosquitto.pid, signal.SIGHUP)
+    before = agent.counter("accepted")
+    agent.wait(lambda: agent.counter("accepted") > before + 1, timeout=40)
+    agent.wait(lambda: agent.status().get("replies_missing") is False)
+    assert agent.stop() == 0
+    assert "replies arrive again" in agent.logtext()
