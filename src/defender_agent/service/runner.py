@@ -21,7 +21,10 @@ Choices, each one a setting of :class:`ServiceConfig`:
   queue drops reports that were answered ACCEPTED (``store_overflow``).
 * **Back-pressure, not loss.** When the queue is full the callback waits for room, so
   the MQTT client stops taking messages and the broker holds the rest (QoS 1). The
-  writer thread, not the callback's thread, publishes the ACCEPTED replies.
+  writer thread, not the callback's thread, publishes the ACCEPTED replies. (While the
+  callback waits, awscrt's event-loop thread does nothing else either; an outage of the
+  store longer than about 1.5 x ``keep_alive`` may therefore cost the connection, which
+  the transport re-establishes. Not measured.)
 * **A store that is down stops the acknowledgements, not the service.** A batch that
   fails because the database is unreachable or locked (the driver's
   ``OperationalError``/``InterfaceError``) is retried, with backoff, until it is stored
