@@ -14,7 +14,9 @@ and compares them with the rows in the database:
   it is released, then every report is stored and acknowledged; the small queue made the
   MQTT callback wait for room (back-pressure through awscrt), and the replies still went out;
 * SIGTERM while the file is locked: the reports not stored are not acknowledged, and one
-  line says how many.
+  line says how many;
+* the PostgreSQL server stopped under the service: no ACCEPTED reply while it is down, one
+  line when it goes down and one when it is back, then every report stored and acknowledged.
 """
 
 from __future__ import annotations
@@ -339,3 +341,51 @@ def test_sigterm_while_locked_acknowledges_nothing_and_says_how_many(
     line = f"{accepted} accepted reports were not stored and not acknowledged"
     assert line in proc.log(), proc.log()
     assert sqlite_rows(db) == set()
+
+
+def test_postgresql_down_stops_the_acknowledgements_until_it_is_back(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The service's own PostgreSQL server is stopped and started again under it."""
+    from tests.pg_infra import Cluster, create_database, pg_bin, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    bindir = pg_bin()
+    assert bindir is not None
+    cluster = Cluster(bindir)
+    cluster.start()
+    proc: Optional[ServiceProcess] = None
+    devices: Optional[Devices] = None
+    try:
+        url = create_database(cluster)
+        proc = ServiceProcess(service_args(mosquitto, url), tmp_path / "service.log")
+        proc.wait_ready()
+        devices = Devices(mosquitto, 1, name="pgdown")
+        devices.send(0, 5)
+        assert devices.wait_acknowledged(5)
+        done = cluster.run("pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "stop")
+        assert done.returncode == 0, done.stderr
+        devices.send(0, 10)
+        assert wait_until(lambda: "is down" in proc.log() if proc else False)
+        time.sleep(1.0)
+        assert devices.acknowledged() == 5  # nothing acknowledged while it is down
+        options = f"-p {cluster.port} -k {cluster.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(cluster.root / "server.log")
+        done = cluster.run(
+            "pg_ctl", "-D", str(cluster.data), "-l", log, "-o", options, "-w", "start"
+        )
+        assert done.returncode == 0, done.stderr
+        assert devices.wait_acknowledged(15), proc.log()[-2000:]
+        assert devices.accepted == pg_rows(url)
+        assert proc.stop() == 0
+        log_text = proc.log()
+        assert log_text.count("is down") == 1 and log_text.count("is back after") == 1, log_text
+        assert "Traceback" not in log_text
+    finally:
+        if devices is not None:
+            devices.close()
+        if proc is not None:
+            proc.stop()
+        cluster.stop()
