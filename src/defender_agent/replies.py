@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Final, Optional
 
 from defender_agent.logs import MAX_SHOWN, one_line, shown
 
@@ -107,6 +107,29 @@ def rejection_text(code: Optional[str], message: Optional[str]) -> str:
 
 def _letters(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+#: Distinct rejection codes counted by name in ``status.json``; the codes come from the
+#: network, so any beyond these are counted under ``Other`` (the file stays small).
+_MAX_CODES: Final = 16
+_MAX_CODE_CHARS: Final = 64
+_MAX_MESSAGE_CHARS: Final = 500
+
+
+def _counted_code(code: str, counted: Mapping[str, int]) -> str:
+    """The name a rejection code is counted under: itself (cut), or ``Other`` once full.
+
+    >>> _counted_code("Throttled", {})
+    'Throttled'
+    >>> _counted_code("Made-up", {f"c{n}": 1 for n in range(16)})
+    'Other'
+    >>> _counted_code("c3", {f"c{n}": 1 for n in range(16)})
+    'c3'
+    """
+    code = code[:_MAX_CODE_CHARS]
+    if code in counted or len(counted) < _MAX_CODES:
+        return code
+    return "Other"
 
 
 @dataclass
@@ -249,11 +272,14 @@ class ReplyLedger:
             else:
                 code = reply.error_code or "Unknown"
                 if known or reply.report_id is None:
-                    self.counters.rejected[code] = self.counters.rejected.get(code, 0) + 1
+                    counted = _counted_code(code, self.counters.rejected)
+                    self.counters.rejected[counted] = self.counters.rejected.get(counted, 0) + 1
                     self.counters.last_rejection = {
                         "report_id": reply.report_id,
-                        "code": code,
-                        "message": reply.error_message,
+                        "code": code[:_MAX_CODE_CHARS],
+                        "message": None
+                        if reply.error_message is None
+                        else reply.error_message[:_MAX_MESSAGE_CHARS],
                         "at": self._wall(),
                     }
                     if code == "Throttled":

@@ -107,6 +107,17 @@ def test_rejections_counted_by_code_and_throttled_holds(caplog: pytest.LogCaptur
     assert len(errors) == 3 and "Throttled" in errors[1].getMessage()
 
 
+def test_hostile_rejection_codes_cannot_grow_the_status_file() -> None:
+    ledger = ReplyLedger(300, clock=Clock())
+    for n in range(1000):  # a publisher on our reply topic, a new code each time, no reportId
+        ledger.on_message(T + "/rejected", rejected(f"Code{n}" + "x" * 500))
+    snap = ledger.snapshot()
+    assert len(snap["rejected"]) == 17  # 16 codes by name, then "Other"
+    assert snap["rejected"]["Other"] == 1000 - 16
+    assert all(len(code) <= 64 for code in snap["rejected"])
+    assert len(json.dumps(snap)) < 4000
+
+
 def test_rejection_for_someone_else_is_ignored() -> None:
     ledger = ReplyLedger(300, clock=Clock())
     ledger.on_message(T + "/rejected", rejected("Throttled", 77))
