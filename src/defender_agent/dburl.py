@@ -162,13 +162,49 @@ def mask_secrets_in(text: str, url: str) -> str:
 
 #: libpq's connection keywords (a keyword/value string starts with one of them).
 _LIBPQ_KEYWORDS: Final = frozenset(
-    "host hostaddr port dbname user password passfile require_auth channel_binding "
-    "connect_timeout client_encoding options application_name fallback_application_name "
-    "keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout "
-    "replication gssencmode sslmode sslnegotiation sslcompression sslcert sslkey "
-    "sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni requirepeer "
-    "ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation "
-    "service target_session_attrs load_balance_hosts".split()
+    [
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "require_auth",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "sslnegotiation",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcertmode",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "gssdelegation",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+    ]
 )
 
 
