@@ -614,7 +614,7 @@ def test_unanswered_reports_in_a_row_resubscribe_and_replies_return(
     run = Run(make_config(proc_copy("gateway_dualstack"), tmp_path / "s"), transport)
     run.clock.at(START + 3.5, transport.go_deaf)
     statuses: list[bool] = []  # at each subscribe: the first, then the remedy's
-    transport.on_subscribe = lambda: statuses.append(run.agent.status()["replies_missing"])
+    transport.on_subscribe = lambda: statuses.append(bool(run.agent.status()["replies_missing"]))
     with caplog.at_level(logging.INFO, "defender_agent"):
         assert run.run(14.5) == 0
     counters = run.counters()
