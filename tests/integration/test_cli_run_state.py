@@ -12,29 +12,37 @@ from tests.conftest import proc_fixture
 from tests.integration.test_cli_run import run, spawn
 
 
-def test_a_poisoned_report_id_does_not_make_every_report_invalid(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    ids = state / "report-id.json"
-    ids.write_text(json.dumps({"version": 1, "last_report_id": 2**63}))
+def dry_run_until_built(state: Path, thing: str, built: int) -> tuple[int, bytes, str]:
+    """A dry ``run`` over ``state`` until it has built ``built`` reports, then SIGTERM.
+
+    Returns the exit status, stdout and stderr.
+    """
     proc = spawn(
         "run", "-d", "-i", "1", "--allow-short-interval", "--splay", "0",
         "--state-dir", str(state), "--proc-root", str(proc_fixture("gateway_dualstack")),
-        "-id", "poisoned",
+        "-id", thing,
     )  # fmt: skip
     try:
         end = time.monotonic() + 20
         status = state / "status.json"
         while time.monotonic() < end:
-            if status.exists() and json.loads(status.read_text())["counters"]["built"] >= 2:
+            if status.exists() and json.loads(status.read_text())["counters"]["built"] >= built:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        out, err_bytes = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=15)
     finally:
         proc.kill()
-    err = err_bytes.decode()
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err.decode()
+
+
+def test_a_poisoned_report_id_does_not_make_every_report_invalid(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    ids = state / "report-id.json"
+    ids.write_text(json.dumps({"version": 1, "last_report_id": 2**63}))
+    code, out, err = dry_run_until_built(state, "poisoned", 2)
+    assert code == 0, err
     decoder = json.JSONDecoder()
     text, docs = out.decode(), []
     while text.strip():
@@ -54,24 +62,8 @@ def test_a_poisoned_report_id_does_not_make_every_report_invalid(tmp_path: Path)
 def test_a_failed_state_write_is_said_in_the_log_and_by_status(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "baseline.json").mkdir(parents=True)  # the baseline cannot be written over it
-    proc = spawn(
-        "run", "-d", "-i", "1", "--allow-short-interval", "--splay", "0",
-        "--state-dir", str(state), "--proc-root", str(proc_fixture("gateway_dualstack")),
-        "-id", "unsaved",
-    )  # fmt: skip
-    try:
-        end = time.monotonic() + 20
-        status = state / "status.json"
-        while time.monotonic() < end:
-            if status.exists() and json.loads(status.read_text())["counters"]["built"] >= 1:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _out, err_bytes = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    err = err_bytes.decode()
-    assert proc.returncode == 0, err
+    code, _out, err = dry_run_until_built(state, "unsaved", 1)
+    assert code == 0, err
     reason = f"cannot write state file {state / 'baseline'}.json"
     failed = [line for line in err.splitlines() if "warning: state not saved: " in line]
     assert len(failed) == 1 and reason in failed[0], err  # once, not at every cycle
