@@ -34,10 +34,9 @@ from typing import Callable, Optional
 
 import pytest
 
-from defender_agent.transport.base import MqttSettings
 from defender_agent.transport.mqtt import MqttTransport
 from tests.integration.test_service_mqtt import ServiceProcess, report
-from tests.mqtt_infra.broker import Mosquitto
+from tests.mqtt_infra.broker import Mosquitto, connect_device
 
 WAIT_S = 20.0
 KILLS = 5
@@ -76,18 +75,7 @@ class Devices:
         self._threads: list[threading.Thread] = []
         self.transports: list[MqttTransport] = []
         for thing in self.things:
-            transport = MqttTransport(
-                MqttSettings(
-                    endpoint="127.0.0.1",
-                    port=broker.plain,
-                    client_id=f"device-{thing}",
-                    use_tls=False,
-                    connect_timeout_s=WAIT_S,
-                )
-            )
-            transport.connect()
-            transport.subscribe(f"$aws/things/{thing}/defender/metrics/json/+", self._on_reply)
-            self.transports.append(transport)
+            self.transports.append(connect_device(broker, thing, self._on_reply, WAIT_S))
 
     def _on_reply(self, topic: str, payload: bytes) -> None:
         doc = json.loads(payload)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from defender_agent.transport.base import MqttSettings
 from defender_agent.transport.mqtt import MqttTransport
 from tests.integration.test_service_mqtt import ServiceProcess, report
-from tests.mqtt_infra.broker import Mosquitto, mosquitto_binary
+from tests.mqtt_infra.broker import Mosquitto, connect_device, mosquitto_binary
 from tests.mqtt_infra.pki import Pki
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgresql extra)")
@@ -74,18 +73,7 @@ class Devices:
         self.things = [f"thing{n}" for n in range(1, count + 1)]
         self.transports: list[MqttTransport] = []
         for thing in self.things:
-            transport = MqttTransport(
-                MqttSettings(
-                    endpoint="127.0.0.1",
-                    port=broker.plain,
-                    client_id=f"device-{thing}",
-                    use_tls=False,
-                    connect_timeout_s=WAIT_S,
-                )
-            )
-            transport.connect()
-            transport.subscribe(f"$aws/things/{thing}/defender/metrics/json/+", self._on_reply)
-            self.transports.append(transport)
+            self.transports.append(connect_device(broker, thing, self._on_reply, WAIT_S))
 
     def _on_reply(self, topic: str, payload: bytes) -> None:
         self.replies.put((topic, json.loads(payload)))

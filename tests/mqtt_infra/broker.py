@@ -26,7 +26,10 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from defender_agent.transport.mqtt import MqttTransport
 
 from tests.mqtt_infra.pki import Pki
 
@@ -240,3 +243,28 @@ class Mosquitto:
         tb: Optional[TracebackType],
     ) -> None:
         self.stop()
+
+
+def connect_device(
+    broker: Mosquitto,
+    thing: str,
+    on_reply: Callable[[str, bytes], None],
+    timeout_s: float = 20.0,
+) -> MqttTransport:
+    """A plain-TCP device connection for ``thing``, subscribed to its JSON replies."""
+    from defender_agent.transport.base import MqttSettings
+    from defender_agent.transport.mqtt import MqttTransport
+
+    assert broker.plain is not None
+    transport = MqttTransport(
+        MqttSettings(
+            endpoint="127.0.0.1",
+            port=broker.plain,
+            client_id=f"device-{thing}",
+            use_tls=False,
+            connect_timeout_s=timeout_s,
+        )
+    )
+    transport.connect()
+    transport.subscribe(f"$aws/things/{thing}/defender/metrics/json/+", on_reply)
+    return transport
