@@ -54,7 +54,12 @@ from defender_agent.config.table import all_settings, setting_named
 from defender_agent.rules import validate_thing_name
 
 if TYPE_CHECKING:
-    from defender_agent.config.extra_sections import SandboxSection, ServiceSection
+    from defender_agent.config.extra_sections import (
+        DetectSection,
+        HttpSection,
+        SandboxSection,
+        ServiceSection,
+    )
 
     SETTINGS: tuple[Setting, ...]
 
@@ -67,6 +72,8 @@ __all__ = [
     "AgentSection",
     "CollectorConfig",
     "Config",
+    "DetectSection",
+    "HttpSection",
     "LoggingSection",
     "MqttSection",
     "SandboxSection",
@@ -89,7 +96,7 @@ def __getattr__(name: str) -> object:
     """``SETTINGS`` (every setting) and the service's and sandbox's sections, on first use."""
     if name == "SETTINGS":
         return all_settings()
-    if name in ("ServiceSection", "SandboxSection"):
+    if name in ("ServiceSection", "SandboxSection", "HttpSection", "DetectSection"):
         from defender_agent.config import extra_sections  # noqa: PLC0415
 
         return getattr(extra_sections, name)

@@ -19,7 +19,13 @@ from typing import Literal, Optional
 from defender_agent.config import values
 from defender_agent.config.sections import EXTRA_SECTIONS, Setting, setting, table
 
-__all__ = ["EXTRA_SETTINGS", "SandboxSection", "ServiceSection"]
+__all__ = [
+    "EXTRA_SETTINGS",
+    "DetectSection",
+    "HttpSection",
+    "SandboxSection",
+    "ServiceSection",
+]
 
 SessionMode = Literal["auto", "keep", "discard"]
 
@@ -148,6 +154,38 @@ class ServiceSection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    """``[http]``: the service's HTTP server (the AWS IoT Detect API, the dashboard, /metrics)."""
+
+    listen: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "serve HTTP on HOST:PORT (the AWS IoT control-plane API for Detect, the dashboard "
+        "and /metrics); off when unset",
+        shown="off",
+    )
+    region: str = setting("us-east-1", values.text, "the region in ARNs and in SigV4 scopes")
+    account_id: str = setting(
+        "123456789012", values.text, "the 12-digit account id in ARNs the service makes"
+    )
+    credentials_file: Optional[Path] = setting(
+        None,
+        values.optional_path,
+        "the access keys that may sign API requests (an AWS credentials-format file)",
+        shown="none: every API request is refused",
+    )
+
+
+@dataclass(frozen=True)
+class DetectSection:
+    """``[detect]``: evaluation of security profiles (Detect), violations and alerts."""
+
+    enabled: bool = setting(
+        True, values.boolean, "evaluate every accepted report against the attached profiles"
+    )
+
+
+@dataclass(frozen=True)
 class SandboxSection:
     """``[sandbox]``: ``defender-agent sandbox`` (it also reads ``[agent]`` and ``[logging]``)."""
 
@@ -172,7 +210,12 @@ class SandboxSection:
     )
 
 
-_CLASSES = {"service": ServiceSection, "sandbox": SandboxSection}
+_CLASSES = {
+    "service": ServiceSection,
+    "http": HttpSection,
+    "detect": DetectSection,
+    "sandbox": SandboxSection,
+}
 
 #: The settings of these sections, in section order.
 EXTRA_SETTINGS: tuple[Setting, ...] = table(

@@ -42,7 +42,12 @@ from defender_agent.errors import ConfigError
 from defender_agent.rules import plain_ip, validate_thing_name
 
 if TYPE_CHECKING:
-    from defender_agent.config.extra_sections import SandboxSection, ServiceSection
+    from defender_agent.config.extra_sections import (
+        DetectSection,
+        HttpSection,
+        SandboxSection,
+        ServiceSection,
+    )
     from defender_agent.transport.base import MqttSettings
 
 __all__ = [
@@ -112,6 +117,20 @@ class Config:
         from defender_agent.config.extra_sections import ServiceSection  # noqa: PLC0415
 
         return ServiceSection(**self.extra.get("service", {}))
+
+    @cached_property
+    def http(self) -> HttpSection:
+        """``[http]``: the service's HTTP server."""
+        from defender_agent.config.extra_sections import HttpSection  # noqa: PLC0415
+
+        return HttpSection(**self.extra.get("http", {}))
+
+    @cached_property
+    def detect(self) -> DetectSection:
+        """``[detect]``: Detect's evaluation, violations and alerts."""
+        from defender_agent.config.extra_sections import DetectSection  # noqa: PLC0415
+
+        return DetectSection(**self.extra.get("detect", {}))
 
     @cached_property
     def sandbox(self) -> SandboxSection:

@@ -293,7 +293,12 @@ SECTIONS: tuple[SectionSpec, ...] = (
 )
 
 #: (section, prefix of the flat names) of the sections in :mod:`.extra_sections`.
-EXTRA_SECTIONS: tuple[tuple[str, str], ...] = (("service", "service_"), ("sandbox", "sandbox_"))
+EXTRA_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("service", "service_"),
+    ("http", "http_"),
+    ("detect", "detect_"),
+    ("sandbox", "sandbox_"),
+)
 
 
 class Setting:
