@@ -121,10 +121,18 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX metric_values_report ON metric_values (report)",
         ),
     ),
+    Migration(
+        2,
+        "the last accepted report of each thing (for the dashboard)",
+        (
+            "ALTER TABLE things ADD COLUMN last_report TEXT",
+            "ALTER TABLE things ADD COLUMN last_format TEXT",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
-_SCHEMA_TABLE: Final = """CREATE TABLE IF NOT EXISTS schema_version (
+_SCHEMA_TABLE: Final = """CREATE TABLE IF NOT EXISTS {table} (
     version INTEGER PRIMARY KEY,
     description TEXT NOT NULL,
     applied_at DOUBLE PRECISION NOT NULL
@@ -207,6 +215,8 @@ class StoredReport:
         received_at: When it arrived (epoch seconds): the time of its values.
         fmt: The report encoding, ``json`` or ``cbor``.
         values: Its metric values (may be empty).
+        document: The decoded report as JSON text (CBOR decoded too), kept as the thing's
+            last report when it is its newest (``things.last_report``); None keeps none.
     """
 
     thing: str
@@ -214,6 +224,7 @@ class StoredReport:
     received_at: float
     fmt: str
     values: Sequence[MetricValue]
+    document: Optional[str] = None
 
 
 def _value_rows(report: StoredReport) -> list[tuple[object, ...]]:
@@ -260,6 +271,8 @@ class Store(ABC):
     _PK: ClassVar[str]  # the dialect's auto-increment primary key column type
     _NO_LIMIT: ClassVar[Optional[int]]  # what LIMIT takes for "no limit"
     _UPSERT_THING: ClassVar[str]
+    #: The table of applied migrations (a subclass with other tables keeps its own).
+    _VERSION_TABLE: ClassVar[str] = "schema_version"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -282,9 +295,12 @@ class Store(ABC):
         """Insert ``reports`` rows, in order; returns their ids (one statement each here)."""
         return [self._insert_report(cur, header) for header in headers]
 
-    def _upsert_things(self, cur: _Cursor, seen: Sequence[tuple[str, float]]) -> None:
-        """Add or update the thing of each ``(name, time)``, in the order given (by name)."""
-        cur.executemany(self._UPSERT_THING, [(name, at, at) for name, at in seen])
+    def _upsert_things(self, cur: _Cursor, seen: Sequence[StoredReport]) -> None:
+        """Add or update the thing of each report, in the order given (by name)."""
+        cur.executemany(
+            self._UPSERT_THING,
+            [(r.thing, r.received_at, r.received_at, r.document, r.fmt) for r in seen],
+        )
 
     def _insert_values(self, cur: _Cursor, rows: Sequence[Sequence[object]]) -> None:
         """Insert ``metric_values`` rows (the columns of ``_INSERT_VALUE``)."""
@@ -319,8 +335,8 @@ class Store(ABC):
         known = migrations[-1].version if migrations else 0
         with self._guard(), self._write() as cur:
             self._lock_schema(cur)
-            cur.execute(_SCHEMA_TABLE, ())
-            cur.execute("SELECT MAX(version) FROM schema_version", ())
+            cur.execute(_SCHEMA_TABLE.format(table=self._VERSION_TABLE), ())
+            cur.execute(f"SELECT MAX(version) FROM {self._VERSION_TABLE}", ())  # noqa: S608 - a class constant
             current = int(cur.fetchone()[0] or 0)
             if current > known:
                 raise StateError(
@@ -333,7 +349,7 @@ class Store(ABC):
                 for statement in migration.statements:
                     cur.execute(statement.format(pk=self._PK), ())
                 cur.execute(
-                    "INSERT INTO schema_version (version, description, applied_at)"
+                    f"INSERT INTO {self._VERSION_TABLE} (version, description, applied_at)"  # noqa: S608
                     " VALUES (?, ?, ?)",
                     (migration.version, migration.description, time.time()),
                 )
@@ -344,7 +360,7 @@ class Store(ABC):
     def schema_version(self) -> int:
         """The schema version of the database."""
         with self._guard(), self._read() as cur:
-            cur.execute("SELECT MAX(version) FROM schema_version", ())
+            cur.execute(f"SELECT MAX(version) FROM {self._VERSION_TABLE}", ())  # noqa: S608 - a class constant
             return int(cur.fetchone()[0] or 0)
 
     def record(
@@ -386,7 +402,7 @@ class Store(ABC):
             return
         with self._guard(), self._write() as cur:
             ordered = sorted(reports, key=lambda r: r.thing)
-            self._upsert_things(cur, [(r.thing, r.received_at) for r in ordered])
+            self._upsert_things(cur, ordered)
             headers = [(r.thing, r.report_id, r.received_at, r.fmt) for r, _ in rows]
             row_ids = self._insert_reports(cur, headers)
             value_rows: list[tuple[object, ...]] = []
@@ -409,6 +425,20 @@ class Store(ABC):
         with self._guard(), self._read() as cur:
             cur.execute(sql, (thing,))
             return [str(row[0]) for row in cur.fetchall()]
+
+    def last_report(self, thing: str) -> Optional[tuple[float, str, str]]:
+        """The thing's newest stored report: ``(received_at, format, JSON text)``, or None.
+
+        None when the thing is unknown or its reports were stored without their document
+        (by a version before schema 2, or by a caller that passed none).
+        """
+        sql = "SELECT last_seen, last_format, last_report FROM things WHERE name = ?"
+        with self._guard(), self._read() as cur:
+            cur.execute(sql, (thing,))
+            row = cur.fetchone()
+        if row is None or row[2] is None:
+            return None
+        return float(row[0]), str(row[1]), str(row[2])
 
     def metric_values(
         self,
@@ -516,11 +546,18 @@ class SQLiteStore(Store):
 
     _PK = "INTEGER PRIMARY KEY"
     _NO_LIMIT = -1
-    _UPSERT_THING = """INSERT INTO things (name, first_seen, last_seen, reports)
-        VALUES (?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET
+    _UPSERT_THING = """INSERT INTO things
+        (name, first_seen, last_seen, reports, last_report, last_format)
+        VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET
         first_seen = MIN(things.first_seen, excluded.first_seen),
         last_seen = MAX(things.last_seen, excluded.last_seen),
-        reports = things.reports + 1"""
+        reports = things.reports + 1,
+        last_report = CASE WHEN excluded.last_seen >= things.last_seen
+            AND excluded.last_report IS NOT NULL
+            THEN excluded.last_report ELSE things.last_report END,
+        last_format = CASE WHEN excluded.last_seen >= things.last_seen
+            AND excluded.last_report IS NOT NULL
+            THEN excluded.last_format ELSE things.last_format END"""
 
     def __init__(
         self,
@@ -625,11 +662,18 @@ class PostgresStore(Store):
 
     _PK = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
     _NO_LIMIT = None  # LIMIT NULL is LIMIT ALL
-    _UPSERT_THING = """INSERT INTO things (name, first_seen, last_seen, reports)
-        VALUES (?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET
+    _UPSERT_THING = """INSERT INTO things
+        (name, first_seen, last_seen, reports, last_report, last_format)
+        VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET
         first_seen = LEAST(things.first_seen, excluded.first_seen),
         last_seen = GREATEST(things.last_seen, excluded.last_seen),
-        reports = things.reports + 1"""
+        reports = things.reports + 1,
+        last_report = CASE WHEN excluded.last_seen >= things.last_seen
+            AND excluded.last_report IS NOT NULL
+            THEN excluded.last_report ELSE things.last_report END,
+        last_format = CASE WHEN excluded.last_seen >= things.last_seen
+            AND excluded.last_report IS NOT NULL
+            THEN excluded.last_format ELSE things.last_format END"""
 
     def __init__(
         self,
@@ -709,28 +753,34 @@ class PostgresStore(Store):
         )
         return ids
 
-    def _upsert_things(self, cur: _Cursor, seen: Sequence[tuple[str, float]]) -> None:
-        """One statement: each thing once (its first and last time, its count), in name order."""
+    def _upsert_things(self, cur: _Cursor, seen: Sequence[StoredReport]) -> None:
+        """One statement: each thing once (first and last time, count, last report), by name."""
         things: dict[str, list[Any]] = {}
-        for name, at in seen:
-            row = things.get(name)
+        for r in seen:
+            at, doc = r.received_at, r.document
+            row = things.get(r.thing)
             if row is None:
-                things[name] = [at, at, 1]
-            else:
-                row[0], row[1], row[2] = min(row[0], at), max(row[1], at), row[2] + 1
+                things[r.thing] = [at, at, 1, doc, r.fmt]
+                continue
+            if doc is not None and at >= row[1]:
+                row[3], row[4] = doc, r.fmt
+            row[0], row[1], row[2] = min(row[0], at), max(row[1], at), row[2] + 1
+        columns = [[row[i] for row in things.values()] for i in range(5)]
         cur.execute(
-            "INSERT INTO things (name, first_seen, last_seen, reports) SELECT * FROM"
-            " unnest(?::text[], ?::double precision[], ?::double precision[], ?::bigint[])"
+            "INSERT INTO things (name, first_seen, last_seen, reports, last_report, last_format)"
+            " SELECT * FROM unnest(?::text[], ?::double precision[], ?::double precision[],"
+            " ?::bigint[], ?::text[], ?::text[])"
             " ON CONFLICT (name) DO UPDATE SET"
             " first_seen = LEAST(things.first_seen, excluded.first_seen),"
             " last_seen = GREATEST(things.last_seen, excluded.last_seen),"
-            " reports = things.reports + excluded.reports",
-            [
-                list(things),
-                [row[0] for row in things.values()],
-                [row[1] for row in things.values()],
-                [row[2] for row in things.values()],
-            ],
+            " reports = things.reports + excluded.reports,"
+            " last_report = CASE WHEN excluded.last_seen >= things.last_seen"
+            " AND excluded.last_report IS NOT NULL"
+            " THEN excluded.last_report ELSE things.last_report END,"
+            " last_format = CASE WHEN excluded.last_seen >= things.last_seen"
+            " AND excluded.last_report IS NOT NULL"
+            " THEN excluded.last_format ELSE things.last_format END",
+            [list(things), *columns],
         )
 
     def _insert_values(self, cur: _Cursor, rows: Sequence[Sequence[object]]) -> None:
