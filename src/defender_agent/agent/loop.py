@@ -83,6 +83,8 @@ class Agent:
         self.interval = float(config.agent.interval)
         self.ledger = ReplyLedger(self.interval, clock=self.clock.boot, wall=self.clock.wall)
         self.stop_event = threading.Event()
+        self._wake = threading.Event()  # the schedule's wait: set by stop() and reconfigure()
+        self._pending: Optional[tuple[Config, Optional[Collector]]] = None
         self.ready = threading.Event()  # connected and subscribed
         self.fatal: Optional[str] = None
         self._boot_id = boot_id()
@@ -111,7 +113,7 @@ class Agent:
             except TlsSetupError as exc:
                 self.fatal = str(exc)
                 log.error("cannot connect to %s: %s", where, exc)  # noqa: TRY400 - one line
-                self.stop_event.set()
+                self.stop()
                 return
             except Exception as exc:  # ConnectError, TransportError, or a bug: back off, retry
                 delay = backoff_delay(attempt, rng=self.rng)
@@ -408,8 +410,12 @@ class Agent:
                     )
                 while not self.stop_event.is_set():
                     delay = due - self.clock.boot()
-                    if delay > 0 and self.clock.wait(self.stop_event, delay):
-                        break
+                    if delay > 0 and self.clock.wait(self._wake, delay):
+                        if self.stop_event.is_set():
+                            break
+                        self._wake.clear()
+                        due = self._apply_pending(due)
+                        continue
                     now = self.clock.boot()
                     due += self.interval
                     if due <= now:  # slept through ticks (suspend, a stopped process): skip them
@@ -429,6 +435,50 @@ class Agent:
     def stop(self) -> None:
         """Ask the loop to finish (signal-safe)."""
         self.stop_event.set()
+        self._wake.set()
+
+    def reconfigure(self, config: Config, collector: Optional[Collector] = None) -> None:
+        """Apply a new configuration now, between cycles, keeping the baseline (thread-safe).
+
+        The interval, format, names and reply handling take ``config``'s values; a new
+        ``collector`` (list size, custom metrics, interfaces) takes over the current one's
+        baseline, so the next report's deltas continue where they were. The next report
+        is due one new interval after the last one (at once when that time has passed).
+        """
+        self._pending = (config, collector)
+        self._wake.set()
+
+    def _apply_pending(self, due: float) -> float:
+        """Take the configuration given to :meth:`reconfigure`; return the next due time."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return due
+        config, collector = pending
+        if collector is not None and collector is not self.collector:
+            baseline = self.collector.export_baseline()
+            if baseline is not None and collector.baseline_problem(baseline) is None:
+                collector.import_baseline(baseline)
+            self.collector = collector
+        old_topic, old_interval = self.topic, self.interval
+        self.config = config
+        self.thing = config.effective_thing_name
+        self.topic = report_topic(self.thing, config.agent.format)
+        self.interval = float(config.agent.interval)
+        self.ledger.answer_timeout = self.interval
+        self._remedy_at = config.agent.resubscribe_after
+        if self.topic != old_topic and self.transport is not None and self.ready.is_set():
+            self._guarded("replies", self._subscribe_replies)
+        log.info(
+            "configuration applied: every %.0f s, %s on %s",
+            self.interval,
+            config.agent.format,
+            self.topic,
+        )
+        if self.interval == old_interval:
+            return due
+        anchor = self._last_published
+        start = due - old_interval if anchor is None else anchor
+        return max(self.clock.boot(), start + self.interval)
 
     def _shutdown(self) -> None:
         self.stop_event.set()  # the connector stops retrying too
