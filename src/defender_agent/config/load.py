@@ -338,7 +338,11 @@ _Layer = dict[str, tuple[Setting, object, str, bool]]
 
 
 def _read_file(path: Path) -> tuple[_Layer, CustomMetricsConfig]:
-    data = read_toml(path)
+    return _read_document(read_toml(path), path)
+
+
+def _read_document(data: dict[str, Any], path: Path) -> tuple[_Layer, CustomMetricsConfig]:
+    """A TOML-shaped document (sections of typed values), ``path`` naming where it came from."""
     custom = custom_metrics_table(data, path)
     found: _Layer = {}
     for section, table in data.items():
@@ -391,6 +395,7 @@ def load_config(
     *,
     command: str = "run",
     labels: Optional[Mapping[str, str]] = None,
+    document: Optional[tuple[str, Mapping[str, Any]]] = None,
 ) -> Config:
     """Resolve the configuration.
 
@@ -403,6 +408,10 @@ def load_config(
         command: whose consistency rules to check: ``run`` (endpoint, certificate,
             interval, thing name), ``service`` (certificate), or any other (none).
         labels: the option spelling of a flag, for messages (default ``--flat-name``).
+        document: ``(name, sections)``: settings shaped like the TOML file from elsewhere
+            (a Greengrass component's configuration), above the file and below the
+            environment; ``name`` prefixes its messages; its ``custom_metrics`` table,
+            when present, replaces the file's.
 
     Raises:
         ConfigError: an unknown key, a bad value or an inconsistent combination,
@@ -415,6 +424,11 @@ def load_config(
     if path is not None:
         found, custom = _read_file(path)
         layers.append(found)
+    if document is not None:
+        found, document_custom = _read_document(dict(document[1]), Path(document[0]))
+        layers.append(found)
+        if "custom_metrics" in document[1]:
+            custom = document_custom
     layers.append(_read_env(env))
     layers.append(_read_flags(flags or {}, labels or {}))
     chosen: dict[str, dict[str, Any]] = {owner: {} for owner, *_ in SECTIONS}
