@@ -183,6 +183,45 @@ class DetectSection:
     enabled: bool = setting(
         True, values.boolean, "evaluate every accepted report against the attached profiles"
     )
+    alert_topic: str = setting(
+        "defender-agent/alerts",
+        values.text,
+        "publish each violation event (AWS's SNS message fields, JSON) to this topic on the "
+        "service's broker; empty: none",
+    )
+    webhooks: tuple[str, ...] = setting(
+        (), values.webhook_urls, "POST each violation event (JSON) to these http(s) URLs"
+    )
+    webhook_timeout: float = setting(
+        5.0, values.seconds(0.1, 300), "seconds one webhook POST may take"
+    )
+    webhook_retries: int = setting(
+        3,
+        values.integer(0, 20),
+        "retries of a failed POST (after 1, 2, 4, ... s); then the event is dropped, counted",
+    )
+    alert_queue_max: int = setting(
+        1000,
+        values.integer(1, 1_000_000),
+        "events waiting for delivery; beyond, new events are dropped (counted), never waited for",
+    )
+    sns_targets: tuple[tuple[str, str], ...] = setting(
+        (),
+        values.sns_targets,
+        "ARN=TARGET pairs: a profile's alertTargets SNS topic delivered here instead, to "
+        "mqtt:TOPIC or an http(s):// webhook",
+    )
+    invalidate_after: float = setting(
+        3600.0,
+        values.seconds(0, 365 * 86400),
+        "alarm-invalidated for the violations of a thing that sent no report for this many "
+        "seconds (0: never)",
+    )
+    statistics_every: float = setting(
+        60.0,
+        values.seconds(1, 86400),
+        "seconds between recomputations of statistical thresholds (percentiles)",
+    )
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,12 @@ __all__ = [
     "optional_text",
     "patterns",
     "seconds",
+    "sns_targets",
     "text",
     "thing_name",
     "tls_required",
     "versions",
+    "webhook_urls",
 ]
 
 T_co = TypeVar("T_co", covariant=True)
@@ -295,3 +297,68 @@ def versions(value: object, *, text: bool) -> frozenset[str]:
         if not _VERSION.fullmatch(item):
             raise ValueError(f"expected versions such as 1.0,1.1 (each <int>.<int>), got {item!r}")
     return frozenset(found)
+
+
+def _items(value: object, what: str) -> list[str]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [_string(item, what).strip() for item in value]
+    else:
+        raise TypeError(f"expected a list of {what}s, got {type(value).__name__}")
+    return [item for item in items if item]
+
+
+def _check_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if (
+        not sep
+        or scheme.lower() not in ("http", "https")
+        or not rest
+        or any(c.isspace() for c in url)
+    ):
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def webhook_urls(value: object, *, text: bool) -> tuple[str, ...]:
+    """Webhook URLs (``http://`` or ``https://``): a list, or one comma-separated string.
+
+    >>> webhook_urls("http://127.0.0.1:9000/hook, https://alerts.example/x", text=True)
+    ('http://127.0.0.1:9000/hook', 'https://alerts.example/x')
+    >>> webhook_urls(["ftp://x"], text=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected an http:// or https:// URL, got 'ftp://x'
+    """
+    return tuple(_check_url(url) for url in _items(value, "URL"))
+
+
+def sns_targets(value: object, *, text: bool) -> tuple[tuple[str, str], ...]:
+    """``ARN=TARGET`` pairs: an SNS topic ARN and where its alerts go here instead.
+
+    A target is ``mqtt:TOPIC`` (a topic on the service's broker) or an ``http(s)://`` URL
+    (a webhook). A list, or one comma-separated string.
+
+    >>> sns_targets(["arn:aws:sns:us-east-1:123456789012:ops=mqtt:ops/alerts"], text=False)
+    (('arn:aws:sns:us-east-1:123456789012:ops', 'mqtt:ops/alerts'),)
+    >>> sns_targets("arn:aws:sns:x=mail:me", text=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected ARN=mqtt:TOPIC or ARN=http(s)://URL, got 'arn:aws:sns:x=mail:me'
+    """
+    pairs = []
+    for item in _items(value, "ARN=TARGET pair"):
+        arn, sep, target = (part.strip() for part in item.partition("="))
+        ok = bool(sep and arn.startswith("arn:") and target)
+        if ok and target.startswith("mqtt:"):
+            ok = len(target) > len("mqtt:") and not any(c in target for c in "+#")
+        elif ok:
+            try:
+                _check_url(target)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ValueError(f"expected ARN=mqtt:TOPIC or ARN=http(s)://URL, got {item!r}")
+        pairs.append((arn, target))
+    return tuple(pairs)
