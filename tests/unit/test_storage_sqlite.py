@@ -77,7 +77,7 @@ def test_wal_mode_and_schema_from_an_empty_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite3"
     empty.touch()
     with open_store(str(empty)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 1
+        assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     conn = sqlite3.connect(empty)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -87,4 +87,4 @@ def test_wal_mode_and_schema_from_an_empty_file(tmp_path: Path) -> None:
         conn.close()
     assert {"schema_version", "things", "reports", "metric_values"} <= tables
     assert {"metric_values_thing_metric", "metric_values_received"} <= tables
-    assert versions == [(1, MIGRATIONS[0].description)]
+    assert versions == [(m.version, m.description) for m in MIGRATIONS]

@@ -53,19 +53,23 @@ Choices, each one a setting of :class:`ServiceConfig`:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Final, Optional
 
 from defender_agent.errors import ConfigError, StateError
 from defender_agent.model import Report
+from defender_agent.report.document import to_document
+from defender_agent.report.names import NameStyle
 from defender_agent.report.validate import PayloadFormat
+from defender_agent.service.latency import Latency, LatencySnapshot
 from defender_agent.service.metrics_map import metric_values
 from defender_agent.service.responder import (
     DEFAULT_RESPONDER_POLICY,
@@ -73,6 +77,7 @@ from defender_agent.service.responder import (
     Reply,
     Responder,
     ResponderPolicy,
+    ThingCounts,
     parse_topic,
 )
 from defender_agent.service.responder_service import OutcomeHook, ResponderService, report_filter
@@ -164,6 +169,9 @@ class RunnerStats:
         acknowledged: ACCEPTED replies published after their report was stored.
         backpressure_waits: Times the MQTT callback waited for room in the queue.
         store_down: Whether the store is failing now (no ACCEPTED replies meanwhile).
+        store_latency: How long each committed transaction took (``/metrics``).
+        things: Replies per thing name (accepted, rejected by code) for the names the
+            responder tracks (``max_tracked_things``, most recent); this process only.
     """
 
     messages: int
@@ -183,10 +191,13 @@ class RunnerStats:
     acknowledged: int = 0
     backpressure_waits: int = 0
     store_down: bool = False
+    store_latency: Optional[LatencySnapshot] = None
+    things: Mapping[str, ThingCounts] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_json(self) -> dict[str, object]:
-        """The counters as a JSON object."""
-        doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The counters as a JSON object (without the latency and the per-thing counts)."""
+        skip = ("store_latency", "things")
+        doc = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         doc["rejected"] = dict(self.rejected)
         return doc
 
@@ -294,6 +305,7 @@ class _Writer:
         self.acknowledged = 0
         self.waits = 0
         self.refused = 0  # offered while closing: not queued, not stored
+        self.latency = Latency()  # of each record_many call that committed
 
     def start(self) -> None:
         self._thread.start()
@@ -389,8 +401,9 @@ class _Writer:
                     logging.ERROR, "cannot map the report of %s to values: %s", item.thing, exc
                 )
                 continue
+            document = json.dumps(to_document(item.report, NameStyle.LONG), allow_nan=False)
             stored = StoredReport(
-                item.thing, item.report_id, item.received_at, item.fmt.value, values
+                item.thing, item.report_id, item.received_at, item.fmt.value, values, document
             )
             pairs.append((item, stored))
         return pairs
@@ -400,6 +413,7 @@ class _Writer:
         pending = self._prepare(batch)
         delay = _RETRY_FIRST_S
         while pending:
+            began = time.monotonic()
             try:
                 self._store.record_many([stored for _item, stored in pending])
             except Exception as exc:  # StateError, or a value the database refuses
@@ -418,6 +432,7 @@ class _Writer:
                 )
                 done, pending = self._one_by_one(pending)
             else:
+                self.latency.observe(time.monotonic() - began)
                 done, pending = pending, []
                 with self._cond:
                     self.batches += 1
@@ -676,6 +691,8 @@ class DeviceDefenderService:
             acknowledged=writer.acknowledged if writer else 0,
             backpressure_waits=writer.waits if writer else 0,
             store_down=writer.down if writer else False,
+            store_latency=writer.latency.snapshot() if writer else None,
+            things=responder.things,
         )
 
     def _queue(self, topic: str, outcome: Outcome, *, with_reply: bool) -> None:

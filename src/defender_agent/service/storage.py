@@ -430,7 +430,8 @@ class Store(ABC):
         """The thing's newest stored report: ``(received_at, format, JSON text)``, or None.
 
         None when the thing is unknown or its reports were stored without their document
-        (by a version before schema 2, or by a caller that passed none).
+        (by a version before schema 2, or by a caller that passed none). The time is the
+        thing's last report's, even when that one came without a document.
         """
         sql = "SELECT last_seen, last_format, last_report FROM things WHERE name = ?"
         with self._guard(), self._read() as cur:
