@@ -21,10 +21,12 @@ from defender_agent.errors import (
     TlsSetupError,
     TransportError,
 )
+from defender_agent.health import agent_summary
 from defender_agent.replies import ReplyLedger
 from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import validate_document
 from defender_agent.schedule import backoff_delay, boot_id
+from defender_agent.sdnotify import Notifier
 from defender_agent.state import OutOfRange, StateDir, StateLock
 from defender_agent.transport.base import Transport
 
@@ -58,6 +60,10 @@ class Agent:
         out: where dry-run reports are printed.
         clock: the clocks, the waits and the thread starter.
         rng: the random source for the start splay and backoff jitter.
+        notifier: systemd's notifications (``READY=1`` once connected and subscribed, or
+            after the first dry-run cycle; ``STATUS=`` after each cycle and reply;
+            ``WATCHDOG=1`` from this loop, so a hung cycle stops the pings); default:
+            from ``$NOTIFY_SOCKET``, inert outside systemd.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Agent:
         out: IO[str] = sys.stdout,
         clock: Optional[Clock] = None,
         rng: Optional[random.Random] = None,
+        notifier: Optional[Notifier] = None,
     ) -> None:
         self.config = config
         self.collector = collector
@@ -78,6 +85,9 @@ class Agent:
         self.out = out
         self.clock = clock or Clock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.notifier = notifier or Notifier.from_environment()
+        self._disconnected_since: Optional[float] = self.clock.wall()  # wall time, or None
+        self._last_cycle: Optional[dict[str, object]] = None  # at, ok, error
         self.thing = config.effective_thing_name
         self.topic = report_topic(self.thing, config.agent.format)
         self.interval = float(config.agent.interval)
@@ -134,6 +144,8 @@ class Agent:
             )
             transport.set_connection_listener(self._on_link)
             self.ready.set()
+            self._disconnected_since = None
+            self.notifier.ready(self._summary())
             return
 
     def _subscribe_replies(self) -> None:
@@ -176,8 +188,11 @@ class Agent:
     def _on_link(self, connected: bool, reason: str) -> None:
         # debug: the transport logs each drop and return of the link in one line already
         if connected:
+            self._disconnected_since = None
             log.debug("connection restored")
         else:
+            if self._disconnected_since is None:
+                self._disconnected_since = self.clock.wall()
             log.debug("connection lost: %s; the client reconnects by itself", reason)
 
     # ------------------------------------------------------------------ state
@@ -264,6 +279,11 @@ class Agent:
 
     def status(self) -> dict[str, object]:
         """The status document written to ``status.json``."""
+        connected = bool(self.transport is not None and self.transport.connected)
+        if connected:
+            self._disconnected_since = None
+        elif self._disconnected_since is None:
+            self._disconnected_since = self.clock.wall()
         return {
             "pid": os.getpid(),
             "thing_name": self.thing,
@@ -273,7 +293,9 @@ class Agent:
             "updated_at": self.clock.wall(),
             "interval": self.interval,
             "dry_run": self.config.agent.dry_run,
-            "connected": bool(self.transport is not None and self.transport.connected),
+            "connected": connected,
+            "disconnected_since": None if connected else self._disconnected_since,
+            "last_cycle": self._last_cycle,
             "counters": self.ledger.snapshot(),
             "replies_missing": self.ledger.unanswered_in_a_row()
             >= self.config.agent.resubscribe_after,
@@ -289,8 +311,56 @@ class Agent:
         saving) is logged in one line naming the stage (the traceback at debug
         level), counted in ``cycle_errors``, and the schedule goes on.
         """
+        errors = self.ledger.counters.cycle_errors
         self._guarded("collect", self._tick)
+        failure = self.ledger.counters.last_cycle_error
+        failed = self.ledger.counters.cycle_errors != errors and isinstance(failure, dict)
+        self._last_cycle = {
+            "at": self.clock.wall(),
+            "ok": not failed,
+            "error": f"{failure['stage']}: {failure['error']}" if failed and failure else None,
+        }
         self._guarded("save", self._save)
+        self._guarded("notify", self._notify)
+
+    def _notify(self) -> None:
+        """systemd: the watchdog ping when due, the status line when it changed, READY."""
+        notifier = self.notifier
+        if not notifier.enabled:
+            return
+        notifier.ping()
+        summary = self._summary()
+        if self.config.agent.dry_run and self._last_cycle is not None:
+            notifier.ready(summary)
+        notifier.status(summary)
+
+    def _summary(self) -> str:
+        """The one-line state for systemd's ``STATUS=``."""
+        return agent_summary(
+            {
+                "dry_run": self.config.agent.dry_run,
+                "connected": bool(self.transport is not None and self.transport.connected),
+                "counters": self.ledger.snapshot(),
+                "replies_missing": self.ledger.unanswered_in_a_row()
+                >= self.config.agent.resubscribe_after,
+            }
+        )
+
+    def _wait(self, seconds: float) -> bool:
+        """``clock.wait`` on the wake event, pinging systemd's watchdog meanwhile.
+
+        The pings come from this loop, between waits: a cycle that hangs stops them.
+        """
+        end = self.clock.boot() + seconds
+        while True:
+            self._guarded("notify", self._notify)
+            left = end - self.clock.boot()
+            if left <= 0:
+                return self._wake.is_set()
+            due = self.notifier.watchdog_due()
+            step = left if due is None else min(left, max(due, 0.01))
+            if self.clock.wait(self._wake, step):
+                return True
 
     def _guarded(self, stage: str, step: Callable[[], None]) -> None:
         self._stage = stage
@@ -410,7 +480,7 @@ class Agent:
                     )
                 while not self.stop_event.is_set():
                     delay = due - self.clock.boot()
-                    if delay > 0 and self.clock.wait(self._wake, delay):
+                    if delay > 0 and self._wait(delay):
                         if self.stop_event.is_set():
                             break
                         self._wake.clear()
@@ -482,6 +552,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.stop_event.set()  # the connector stops retrying too
+        self.notifier.stopping()
+        self.notifier.close()
         if self.transport is not None:
             try:
                 self.transport.disconnect()
