@@ -12,12 +12,12 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from defender_agent._record import replace
 from defender_agent.config.sections import CollectorConfig
 from defender_agent.custom._base import CycleReadings
 from defender_agent.delta import WRAP_WINDOW, network_delta
@@ -97,7 +97,7 @@ class Collector:
         custom = self.config.custom_metrics
         if self.config.include_custom_metrics:
             custom = custom.enable("cpu_usage")
-        custom = dataclasses.replace(custom, list_size=self.config.list_size)
+        custom = replace(custom, list_size=self.config.list_size)
         cpu_times = _psutil.cpu_times if self._psutil else None
         self._custom: Optional[CustomMetrics] = None
         if not custom.empty:  # the metrics' modules are imported only when there are some

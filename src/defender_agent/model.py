@@ -6,13 +6,21 @@ serialized (:mod:`defender_agent.report.document`).
 A field the protocol makes optional (docs/protocol.md §2.4) is ``Optional`` here and
 ``None`` when a received report leaves it out (:mod:`defender_agent.report.decode`); the
 agent's own readers always fill them.
+
+The classes are frozen records (:mod:`defender_agent._record`): dataclasses in every
+respect (``dataclasses.replace`` included) but cheap to create at start-up, with a
+hand-written ``__init__`` for the ones built per socket or per received entry.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+else:
+    from defender_agent._record import record
 
 __all__ = [
     "Connection",
@@ -26,7 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class ListeningPort:
     """A port a socket listens on (TCP LISTEN, or an unconnected bound UDP socket).
 
@@ -39,8 +47,13 @@ class ListeningPort:
     port: Optional[int]
     interface: Optional[str] = None
 
+    def __init__(self, port: Optional[int], interface: Optional[str] = None) -> None:
+        d = self.__dict__
+        d["port"] = port
+        d["interface"] = interface
 
-@dataclass(frozen=True, order=True)
+
+@record(frozen=True, order=True)
 class Connection:
     """An established TCP connection.
 
@@ -54,6 +67,19 @@ class Connection:
     remote_port: int
     local_port: Optional[int]
     local_interface: Optional[str] = None
+
+    def __init__(
+        self,
+        remote_ip: str,
+        remote_port: int,
+        local_port: Optional[int],
+        local_interface: Optional[str] = None,
+    ) -> None:
+        d = self.__dict__
+        d["remote_ip"] = remote_ip
+        d["remote_port"] = remote_port
+        d["local_port"] = local_port
+        d["local_interface"] = local_interface
 
     @property
     def remote_addr(self) -> str:
@@ -69,7 +95,7 @@ class Connection:
         return f"{self.remote_ip}:{self.remote_port}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortList:
     """The listening ports of one protocol: a (possibly truncated) list and the true count.
 
@@ -79,8 +105,13 @@ class PortList:
     ports: Optional[tuple[ListeningPort, ...]]
     total: Optional[int]
 
+    def __init__(self, ports: Optional[tuple[ListeningPort, ...]], total: Optional[int]) -> None:
+        d = self.__dict__
+        d["ports"] = ports
+        d["total"] = total
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class ConnectionList:
     """Established connections: a (possibly truncated) list and the true count.
 
@@ -90,8 +121,13 @@ class ConnectionList:
     connections: Optional[tuple[Connection, ...]]
     total: Optional[int]
 
+    def __init__(self, connections: Optional[tuple[Connection, ...]], total: Optional[int]) -> None:
+        d = self.__dict__
+        d["connections"] = connections
+        d["total"] = total
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class NetworkStats:
     """Traffic since the previous sample (deltas, never negative).
 
@@ -102,6 +138,19 @@ class NetworkStats:
     bytes_out: Optional[int]
     packets_in: Optional[int]
     packets_out: Optional[int]
+
+    def __init__(
+        self,
+        bytes_in: Optional[int],
+        bytes_out: Optional[int],
+        packets_in: Optional[int],
+        packets_out: Optional[int],
+    ) -> None:
+        d = self.__dict__
+        d["bytes_in"] = bytes_in
+        d["bytes_out"] = bytes_out
+        d["packets_in"] = packets_in
+        d["packets_out"] = packets_out
 
 
 class CustomMetricType(str, enum.Enum):
@@ -132,7 +181,7 @@ _VALUE_KEYS = {
 CustomValue = Union[int, float, tuple[Union[int, float], ...], tuple[str, ...]]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CustomMetric:
     """One custom metric value, ready for a report."""
 
@@ -140,8 +189,14 @@ class CustomMetric:
     type: CustomMetricType
     value: CustomValue
 
+    def __init__(self, name: str, type: CustomMetricType, value: CustomValue) -> None:
+        d = self.__dict__
+        d["name"] = name
+        d["type"] = type
+        d["value"] = value
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class Report:
     """A Device Defender metrics report (long names only).
 
@@ -155,4 +210,23 @@ class Report:
     listening_udp_ports: Optional[PortList] = None
     tcp_connections: Optional[ConnectionList] = None
     network_stats: Optional[NetworkStats] = None
-    custom_metrics: tuple[CustomMetric, ...] = field(default=())
+    custom_metrics: tuple[CustomMetric, ...] = ()
+
+    def __init__(  # noqa: PLR0917 - the dataclass's constructor: fields in order
+        self,
+        report_id: int,
+        version: str = "1.0",
+        listening_tcp_ports: Optional[PortList] = None,
+        listening_udp_ports: Optional[PortList] = None,
+        tcp_connections: Optional[ConnectionList] = None,
+        network_stats: Optional[NetworkStats] = None,
+        custom_metrics: tuple[CustomMetric, ...] = (),
+    ) -> None:
+        d = self.__dict__
+        d["report_id"] = report_id
+        d["version"] = version
+        d["listening_tcp_ports"] = listening_tcp_ports
+        d["listening_udp_ports"] = listening_udp_ports
+        d["tcp_connections"] = tcp_connections
+        d["network_stats"] = network_stats
+        d["custom_metrics"] = custom_metrics

@@ -18,7 +18,6 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -37,11 +36,13 @@ from defender_agent.config.sections import (
 )
 from defender_agent.config.table import all_settings
 from defender_agent.custom.settings import CustomMetricsConfig
-from defender_agent.dburl import mask_db_url
 from defender_agent.errors import ConfigError
 from defender_agent.rules import plain_ip, validate_thing_name
 
 if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+    from dataclasses import field
+
     from defender_agent.config.extra_sections import (
         DetectSection,
         HttpSection,
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
         ServiceSection,
     )
     from defender_agent.transport.base import MqttSettings
+else:
+    from defender_agent._record import field, record
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -86,7 +89,7 @@ def _all_by(key: str) -> dict[Any, Setting]:
     return {s.env: s for s in all_settings()}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The resolved configuration: one typed section per table, and where each value came from.
 
@@ -150,6 +153,8 @@ class Config:
 
     def describe(self) -> dict[str, Any]:
         """Every setting by flat name, secrets masked (for ``--log-level debug``)."""
+        from defender_agent.dburl import mask_db_url  # noqa: PLC0415 - not for start-up
+
         out: dict[str, Any] = {}
         for s in all_settings():
             value = self.value(s)

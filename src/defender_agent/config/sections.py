@@ -1,4 +1,3 @@
-# ruff: noqa: RUF009 - setting() returns a dataclasses.field carrying the parser and help
 """The configuration sections: frozen typed dataclasses, and the settings table derived from them.
 
 Each setting is a dataclass field whose default is THE default, and whose metadata
@@ -8,23 +7,31 @@ Each setting is a dataclass field whose default is THE default, and whose metada
 ``examples/*.toml`` all come from it. The sections of ``service`` and ``sandbox``
 live in :mod:`.extra_sections`, imported when they are used.
 
+The sections here are read by every start-up, so they are records
+(:mod:`defender_agent._record`: dataclasses for the type checker and for
+:mod:`dataclasses`' functions, without the cost of creating dataclasses at import);
+:func:`setting` serves both records and the dataclasses of :mod:`.extra_sections`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar
 
+from defender_agent._record import MISSING, Field
 from defender_agent.config import values
 from defender_agent.custom.settings import CustomMetricsConfig
 from defender_agent.procfs import default_proc_root
 
 if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+    from dataclasses import field
+
     from defender_agent.config.values import Converter
     from defender_agent.readers.sockets import SocketSource
     from defender_agent.report.serialize import ReportFormat
+else:
+    from defender_agent._record import field, record
 
 __all__ = [
     "CORE_SETTINGS",
@@ -98,17 +105,18 @@ def setting(
         secret: masked in :meth:`~defender_agent.config.Config.describe`.
     """
     meta = _Meta(convert, help, section, shown, secret)
-    return field(default=default, metadata={_META: meta})
+    return Field(default, metadata={_META: meta})  # type: ignore[return-value]
 
 
 def _setting_factory(
     factory: Callable[[], T], convert: Converter[T], help: str, *, shown: str
 ) -> T:
-    return field(default_factory=factory, metadata={_META: _Meta(convert, help, shown=shown)})
+    meta = _Meta(convert, help, shown=shown)
+    return Field(default_factory=factory, metadata={_META: meta})  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- the sections
-@dataclass(frozen=True)
+@record(frozen=True)
 class MqttSection:
     """``[mqtt]``: how the agent reaches AWS IoT (or a compatible broker)."""
 
@@ -165,7 +173,7 @@ class MqttSection:
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgentSection:
     """``[agent]``: what the agent reports, how often, and where it keeps its state."""
 
@@ -207,7 +215,7 @@ class AgentSection:
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CollectorConfig:
     """``[collector]``: what to collect and how to shape the report.
 
@@ -265,7 +273,7 @@ class CollectorConfig:
     custom_metrics: CustomMetricsConfig = field(default_factory=CustomMetricsConfig)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LoggingSection:
     """``[logging]``: log lines on stderr."""
 
@@ -403,15 +411,22 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+def _fields(cls: type[Any]) -> list[Field]:
+    """The fields of a record section, or the :func:`setting` fields of a dataclass section."""
+    if "__record_fields__" in vars(cls):
+        return list(vars(cls)["__record_fields__"])
+    return [value for value in vars(cls).values() if isinstance(value, Field)]
+
+
 def table(sections: tuple[SectionSpec, ...]) -> tuple[Setting, ...]:
     """The settings of some sections, from their fields' metadata."""
     found: list[Setting] = []
     for owner, cls, section, prefix in sections:
-        for f in dataclasses.fields(cls):
+        for f in _fields(cls):
             meta = f.metadata.get(_META)
-            if meta is None:
+            if not isinstance(meta, _Meta):
                 continue
-            default = None if f.default is dataclasses.MISSING else f.default
+            default = None if f.default is MISSING else f.default
             found.append(
                 Setting(
                     name=prefix + f.name,

@@ -25,18 +25,21 @@ come in the order of ``enabled``, then the exec metrics in theirs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Optional
 
+from defender_agent._record import replace
 from defender_agent.errors import ConfigError
 from defender_agent.model import CustomMetricType
 
 if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+
     from defender_agent.custom.exec_metric import ExecSpec
+else:
+    from defender_agent._record import record
 
 __all__ = [
     "BUILTINS",
@@ -94,7 +97,7 @@ _TABLE_KEYS: Final = ("enabled", "disk_usage_path", "utmp_path", "exec")
 _EXEC_KEYS: Final = ("name", "command", "type", "timeout")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CustomMetricsConfig:
     """Which custom metrics to collect, and how.
 
@@ -124,7 +127,7 @@ class CustomMetricsConfig:
         ('uptime', 'cpu_usage')
         """  # noqa: E501 - the summary line names the flag
         extra = tuple(n for n in dict.fromkeys(names) if n not in self.enabled)
-        return dataclasses.replace(self, enabled=self.enabled + extra)
+        return replace(self, enabled=self.enabled + extra)
 
 
 # --------------------------------------------------------------------------- the TOML table
@@ -255,15 +258,13 @@ def parse_custom_metrics_table(
                 from defender_agent.custom.plugins import discover_plugins  # noqa: PLC0415
 
                 names = set(discover_plugins())
-        config = dataclasses.replace(
-            config, enabled=_enabled(table["enabled"], f"{prefix}.enabled", names)
-        )
+        config = replace(config, enabled=_enabled(table["enabled"], f"{prefix}.enabled", names))
     if "disk_usage_path" in table:
         path = _path(table["disk_usage_path"], f"{prefix}.disk_usage_path")
-        config = dataclasses.replace(config, disk_usage_path=path)
+        config = replace(config, disk_usage_path=path)
     if "utmp_path" in table:
         path = _path(table["utmp_path"], f"{prefix}.utmp_path")
-        config = dataclasses.replace(config, utmp_path=path)
+        config = replace(config, utmp_path=path)
     if "exec" in table:
         items = table["exec"]
         if not isinstance(items, list):
@@ -276,7 +277,7 @@ def parse_custom_metrics_table(
             if spec.name in taken:
                 raise ConfigError(f"{prefix}.exec[{index}].name: {spec.name!r} is used twice")
             taken.add(spec.name)
-        config = dataclasses.replace(config, exec_metrics=specs)
+        config = replace(config, exec_metrics=specs)
     return config
 
 

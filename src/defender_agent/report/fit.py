@@ -9,15 +9,19 @@ keeps the true counts, so the Detect count metrics are unaffected.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from defender_agent._record import replace
 from defender_agent.errors import ReportTooLargeError
 from defender_agent.model import Report
 from defender_agent.report.document import to_document
 from defender_agent.report.names import NameStyle
 from defender_agent.report.serialize import ReportFormat, encode_document
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+else:
+    from defender_agent._record import record
 
 __all__ = ["MAX_PAYLOAD_BYTES", "EncodedReport", "encode_fitted", "fit_report"]
 
@@ -31,7 +35,7 @@ _LISTS = (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EncodedReport:
     """A report ready to leave: the (possibly trimmed) report, its document and its bytes."""
 
@@ -88,8 +92,8 @@ def encode_fitted(
         group = getattr(report, group_name)
         # Cut in proportion to the excess (entries are of similar size), at least by one.
         keep = min(length - 1, int(length * max_bytes / size * 0.95))
-        shorter = dataclasses.replace(group, **{list_name: getattr(group, list_name)[:keep]})
-        report = dataclasses.replace(report, **{group_name: shorter})
+        shorter = replace(group, **{list_name: getattr(group, list_name)[:keep]})
+        report = replace(report, **{group_name: shorter})
 
 
 def fit_report(

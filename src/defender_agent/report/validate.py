@@ -28,9 +28,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Final, Optional, Union
+from typing import TYPE_CHECKING, Callable, Final, Optional, Union
 
 import cbor2
 
@@ -51,6 +50,12 @@ from defender_agent.rules import (
     significant_digits,
     split_remote_addr,
 )
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+    from dataclasses import field
+else:
+    from defender_agent._record import field, record
 
 __all__ = [
     "CBOR_MODULE",
@@ -87,7 +92,7 @@ class PayloadFormat(str, Enum):
     CBOR = "cbor"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Problem:
     """One finding in a report.
 
@@ -106,7 +111,7 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ValidationPolicy:
     """The validator's choices where the service's behaviour is unknown (§7, §8)."""
 
@@ -122,7 +127,7 @@ class ValidationPolicy:
 DEFAULT_POLICY: Final = ValidationPolicy()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ValidationResult:
     """The outcome of :func:`validate_payload`.
 
@@ -157,7 +162,7 @@ class ValidationResult:
         return tuple(p for p in self.problems if p.severity is Severity.WARNING)
 
 
-@dataclass
+@record
 class _Walk:
     """One validation: the policy, the report's dominant name style, the findings."""
 
@@ -176,7 +181,7 @@ class _Walk:
 _Check = Callable[[_Walk, object, str], None]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Obj:
     """A standard object: its allowed children by long name, and the required ones."""
 
@@ -184,7 +189,7 @@ class _Obj:
     required: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _ListOf:
     """An array whose elements follow ``item``; ``what`` names them in messages."""
 
