@@ -21,7 +21,8 @@ Rules for the agent, in order:
 
 Rules for the service: the process is gone; the status is stale; the broker
 link is down longer than allowed; the store is down (a write failed and is being
-retried); the queue of accepted reports waiting for the store is at least 90 % full.
+retried); one store call has run for over a minute (hung); the queue of accepted
+reports waiting for the store is at least 90 % full.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Callable, Optional
 __all__ = [
     "GRACE_S",
     "SERVICE_STALE_S",
+    "STORE_HUNG_S",
     "agent_problem",
     "agent_summary",
     "pid_alive",
@@ -44,6 +46,8 @@ __all__ = [
 GRACE_S = 60.0
 #: The service writes its status every few seconds; older than this, it is stale.
 SERVICE_STALE_S = 60.0
+#: A single store call running longer than this counts as hung.
+STORE_HUNG_S = 60.0
 
 
 def pid_alive(pid: object) -> bool:
@@ -172,6 +176,8 @@ def service_problem(
     >>> service_problem({**ok, "store_down": True, "store_error": "disk I/O error"}, 1000,
     ...                 alive=lambda pid: True)
     'store not writable: disk I/O error'
+    >>> service_problem({**ok, "store_busy_s": 75.2}, 1000, alive=lambda pid: True)
+    'a store call has been running for 75 s (hung?)'
     >>> service_problem({**ok, "queue_depth": 950}, 1000, alive=lambda pid: True)
     'queue of accepted reports 950 of 1000 (the store falls behind)'
     >>> service_problem({**ok, "connected": False, "disconnected_since": 900}, 1000,
@@ -192,6 +198,9 @@ def service_problem(
         return f"broker not connected {shown} (limit {max_disconnected:.0f} s)"
     if status.get("store_down"):
         return f"store not writable: {status.get('store_error') or 'writes fail'}"
+    busy = _number(status.get("store_busy_s"))
+    if busy is not None and busy > STORE_HUNG_S:
+        return f"a store call has been running for {busy:.0f} s (hung?)"
     depth, room = _number(status.get("queue_depth")), _number(status.get("queue_max"))
     if depth is not None and room and depth >= 0.9 * room:
         return f"queue of accepted reports {depth:.0f} of {room:.0f} (the store falls behind)"

@@ -205,3 +205,47 @@ def test_the_agent_loop_pings_and_a_hung_loop_stops_the_pings(
         thread.join(10)
     assert not thread.is_alive()
     assert systemd.lines("STOPPING")
+
+
+def test_the_service_is_ready_once_connected_and_a_hung_store_stops_the_pings(
+    systemd: Systemd, tmp_path: Path
+) -> None:
+    """The service's supervisor: READY=1 and STATUS= once connected, pings every 0.2 s,
+    service-status.json; a store call that blocks beyond WatchdogSec (0.4 s) stops the
+    pings until it returns."""
+    from defender_agent.health import service_problem
+    from defender_agent.service.watch import supervise
+    from tests.unit.test_service_runner import GatedStore, hand_over, make, report, topic
+
+    store = GatedStore(tmp_path / "db.sqlite3")
+    service, transport = make(store)
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "400000"})
+    stop = threading.Event()
+    state = StateDir(tmp_path / "state")
+    thread = threading.Thread(target=supervise, args=(service, stop, state, notifier), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: systemd.lines("READY"))
+        assert systemd.lines("STATUS")[0][1].startswith("broker connected; accepted 0")
+        wait_for(lambda: len(systemd.lines("WATCHDOG")) >= 4)
+        saved = state.load("service-status")
+        assert saved is not None and saved["connected"] is True
+        assert service_problem(saved, time.time()) is None
+        # a report whose store call blocks (the gate is closed)
+        hand_over(transport, topic(), report())
+        assert store.entered.wait(5)
+        blocked = time.monotonic()
+        time.sleep(1.6)
+        late = [at for at, _ in systemd.lines("WATCHDOG") if at > blocked + 0.45]
+        assert late == [], "WATCHDOG=1 arrived while a store call hung"
+        saved = state.load("service-status")
+        assert saved is not None and saved["store_busy_s"] > 1.0
+        store.gate.set()
+        wait_for(lambda: any(at > blocked + 1.6 for at, _ in systemd.lines("WATCHDOG")), 3)
+        wait_for(lambda: any("stored 1" in s for _, s in systemd.lines("STATUS")), 3)
+    finally:
+        store.gate.set()
+        stop.set()
+        thread.join(10)
+        service.stop()
+    assert systemd.lines("STOPPING")

@@ -205,7 +205,11 @@ def command(args: argparse.Namespace) -> int:
                     delay,
                 )
                 stop.wait(delay)
-        stop.wait()
+        if not stop.is_set():  # status file, READY=1, STATUS=, the watchdog
+            from defender_agent.service.watch import supervise  # noqa: PLC0415
+            from defender_agent.state import StateDir  # noqa: PLC0415
+
+            supervise(service, stop, StateDir(loaded.service.state_dir or default_state_dir()))
     finally:
         service.stop()
     return EXIT_OK

@@ -1,4 +1,10 @@
-"""``defender-agent status``: what the running (or last) agent reported, from its status file."""
+"""``defender-agent status``: what the running (or last) agent reported, from its status file.
+
+``status --check`` is for supervisors (a container ``HEALTHCHECK``, a monitoring script):
+exit 0 when healthy, 1 when not (the reason on one line, :mod:`defender_agent.health`),
+2 when the status cannot be read or the options are wrong. ``--service`` reads the
+local service's status instead of the agent's.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from defender_agent.cli._common import COMMANDS, EXIT_INVALID, EXIT_OK, Parser
+from defender_agent.cli._common import (
+    COMMANDS,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    seconds,
+)
+from defender_agent.health import agent_problem, service_problem
 from defender_agent.replies import rejection_text
 from defender_agent.state import StateDir, default_state_dir
 
@@ -22,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help=COMMANDS["status"][1],
         description="Print the status the agent keeps in its state directory: reports sent, "
         "accepted, rejected (by error code), unanswered and dropped, the last acceptance and "
-        "the last rejection. Exit 1 when there is no status file.",
+        "the last rejection. Exit 1 when there is no status file. With --check: exit 0 "
+        "when healthy, 1 when not (the reason on one line), 2 when the status cannot be read.",
     )
     p.add_argument(
         "--state-dir",
@@ -37,6 +52,32 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="the config file whose agent.state_dir to use (default: as 'run')",
     )
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 healthy, 1 unhealthy (reason on one line), 2 status "
+        "unreadable; for a container HEALTHCHECK or a monitoring script",
+    )
+    p.add_argument(
+        "--service",
+        action="store_true",
+        help="the local service's status (service-status.json in [service] state_dir) "
+        "instead of the agent's",
+    )
+    p.add_argument(
+        "--max-age",
+        type=seconds,
+        metavar="SECONDS",
+        help="--check: the longest time without an accepted report (agent; default two "
+        "intervals + 60 s) or since the status was written (service; default 60 s)",
+    )
+    p.add_argument(
+        "--max-disconnected",
+        type=seconds,
+        metavar="SECONDS",
+        help="--check: the longest time the MQTT link may be down (default: one interval "
+        "for the agent, 60 s for the service)",
+    )
     p.set_defaults(func=command)
 
 
@@ -155,15 +196,48 @@ def render(status: dict[str, Any], now: float) -> str:
     return "\n".join(lines)
 
 
+def _check(args: argparse.Namespace, state: StateDir, name: str) -> int:
+    """``--check``: one line and exit 0 (healthy), 1 (unhealthy) or 2 (unreadable)."""
+    who = "service" if args.service else "agent"
+    status = state.load(name)
+    if status is None:
+        print(f"UNKNOWN: no readable {who} status in {state.path / name}.json")
+        return EXIT_USAGE
+    now = time.time()
+    if args.service:
+        problem = service_problem(
+            status,
+            now,
+            max_age=args.max_age,
+            max_disconnected=60.0 if args.max_disconnected is None else args.max_disconnected,
+        )
+    else:
+        problem = agent_problem(
+            status, now, max_age=args.max_age, max_disconnected=args.max_disconnected
+        )
+    if problem is not None:
+        print(f"UNHEALTHY: {problem}")
+        return EXIT_INVALID
+    print(f"OK: {who} healthy")
+    return EXIT_OK
+
+
 def command(args: argparse.Namespace) -> int:
-    """Print the status file."""
+    """Print the status file (or check it, with ``--check``)."""
     state_dir = args.state_dir
     if state_dir is None:  # as 'run' finds it: --config, DEFENDER_AGENT_*, the config file
         from defender_agent.config import load_config  # noqa: PLC0415
 
-        state_dir = load_config({}, args.config, command="status").agent.state_dir
+        loaded = load_config({}, args.config, command="status")
+        state_dir = loaded.service.state_dir if args.service else loaded.agent.state_dir
     state = StateDir(state_dir or default_state_dir())
-    status = state.load("status")
+    name = "service-status" if args.service else "status"
+    if args.check:
+        return _check(args, state, name)
+    status = state.load(name)
+    if status is not None and args.service:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return EXIT_OK
     if status is None:
         print(f"no agent status in {state.path} (has 'defender-agent run' used this state dir?)")
         return EXIT_INVALID

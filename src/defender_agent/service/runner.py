@@ -297,6 +297,8 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="dd-service-writer", daemon=True)
         self._warn = _Throttled()
         self._down_since: Optional[float] = None
+        self.down_reason: Optional[str] = None  # the store's last "down" error
+        self._call_since: Optional[float] = None  # monotonic start of the store call running
         self.stored = 0
         self.errors = 0
         self.overflow = 0
@@ -322,6 +324,21 @@ class _Writer:
     @property
     def down(self) -> bool:
         return self._down_since is not None
+
+    def busy_for(self) -> float:
+        """How long the store call in progress has been running (0 when none is).
+
+        A call that never returns (a lock held forever) is what the watchdog looks for.
+        """
+        since = self._call_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def _record(self, reports: Sequence[StoredReport]) -> None:
+        self._call_since = time.monotonic()
+        try:
+            self._store.record_many(reports)
+        finally:
+            self._call_since = None
 
     def offer(self, item: _Accepted) -> bool:
         """Queue a report; False (and counted) when it was refused: full or closing.
@@ -415,7 +432,7 @@ class _Writer:
         while pending:
             began = time.monotonic()
             try:
-                self._store.record_many([stored for _item, stored in pending])
+                self._record([stored for _item, stored in pending])
             except Exception as exc:  # StateError, or a value the database refuses
                 if store_is_down(exc):
                     self._went_down(exc)
@@ -448,7 +465,7 @@ class _Writer:
         done: list[tuple[_Accepted, StoredReport]] = []
         for index, (item, stored) in enumerate(pairs):
             try:
-                self._store.record_many([stored])
+                self._record([stored])
             except Exception as exc:
                 if store_is_down(exc):
                     return done, pairs[index:]
@@ -484,6 +501,7 @@ class _Writer:
             self.acknowledged += len(done)
 
     def _went_down(self, exc: BaseException) -> None:
+        self.down_reason = " ".join(str(exc).split())[:200]
         if self._down_since is not None:
             return
         self._down_since = time.monotonic()
@@ -667,6 +685,24 @@ class DeviceDefenderService:
             stats.backpressure_waits,
             stats.ignored,
         )
+
+    def health(self) -> dict[str, object]:
+        """What ``status --check --service`` and the watchdog look at (plain data).
+
+        ``connected``: the broker link is up; ``store_down``/``store_error``: writes fail
+        and are being retried; ``queue_depth``/``queue_max``: accepted reports waiting for
+        the store; ``store_busy_s``: how long the store call in progress has run.
+        """
+        writer = self._writer
+        return {
+            "connected": self._connected and self._transport.connected,
+            "store": self._store.name if self._store is not None else None,
+            "store_down": writer.down if writer else False,
+            "store_error": writer.down_reason if writer and writer.down else None,
+            "queue_depth": writer.depth if writer else 0,
+            "queue_max": self.config.queue_max,
+            "store_busy_s": round(writer.busy_for(), 3) if writer else 0.0,
+        }
 
     def stats(self) -> RunnerStats:
         """A snapshot of the counters (MQTT, replies, storage)."""
