@@ -54,6 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "defender_agent.cli.service_data",
         "query the local Device Defender service's stored metric values",
     ),
+    "greengrass": (
+        "defender_agent.cli.greengrass",
+        "run as a Greengrass v2 component, publishing through the nucleus's IPC",
+    ),
     "aws-setup": (
         "defender_agent.cli.aws_setup",
         "print (or make) the AWS calls for a security profile and the custom metrics",
