@@ -169,6 +169,7 @@ class RunnerStats:
         acknowledged: ACCEPTED replies published after their report was stored.
         backpressure_waits: Times the MQTT callback waited for room in the queue.
         store_down: Whether the store is failing now (no ACCEPTED replies meanwhile).
+        after_store_errors: Batches the ``after_store`` hook (Detect) failed on.
         store_latency: How long each committed transaction took (``/metrics``).
         things: Replies per thing name (accepted, rejected by code) for the names the
             responder tracks (``max_tracked_things``, most recent); this process only.
@@ -191,6 +192,7 @@ class RunnerStats:
     acknowledged: int = 0
     backpressure_waits: int = 0
     store_down: bool = False
+    after_store_errors: int = 0
     store_latency: Optional[LatencySnapshot] = None
     things: Mapping[str, ThingCounts] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -200,6 +202,11 @@ class RunnerStats:
         doc = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         doc["rejected"] = dict(self.rejected)
         return doc
+
+
+#: Called by the writer thread with each committed batch, after its ACCEPTED replies went out:
+#: ``(thing, received_at, report)`` per report (Detect's evaluation).
+AfterStore = Callable[[Sequence[tuple[str, float, Report]]], object]
 
 
 @dataclass(frozen=True)
@@ -284,11 +291,14 @@ class _Writer:
         batch_max: int,
         queue_max: int,
         publish: Optional[Callable[[Reply], None]] = None,
+        after_store: Optional[AfterStore] = None,
     ) -> None:
         self._store = store
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._publish = publish
+        self._after_store = after_store
+        self.after_store_errors = 0  # batches the after_store hook failed on
         self._queue: deque[_Accepted] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -457,6 +467,23 @@ class _Writer:
             if done:
                 self._came_back(len(done))
                 self._acknowledge(done)
+                self._hand_over(done)
+
+    def _hand_over(self, done: Sequence[tuple[_Accepted, StoredReport]]) -> None:
+        """Give the stored (and acknowledged) reports to the after_store hook (Detect).
+
+        Its failure is one log line (rate-limited) and a count: the replies went out already.
+        """
+        if self._after_store is None:
+            return
+        try:
+            self._after_store([(item.thing, item.received_at, item.report) for item, _ in done])
+        except Exception as exc:  # Detect's error must never cost storage or replies
+            with self._cond:
+                self.after_store_errors += 1
+            self._warn.log(
+                logging.ERROR, "evaluating a batch of %d stored reports failed: %s", len(done), exc
+            )
 
     def _one_by_one(
         self, pairs: list[tuple[_Accepted, StoredReport]]
@@ -571,6 +598,9 @@ class DeviceDefenderService:
         store: The store; :func:`~.storage.open_store` of ``config.db_url`` if None
             (opened by :meth:`start`).
         clock: Epoch seconds, for the replies, the throttle and the stored values' time.
+        after_store: Called on the writer thread with each committed batch after its
+            ACCEPTED replies were published (Detect evaluates there); an exception is one
+            log line and ``after_store_errors``, never a lost reply.
     """
 
     def __init__(
@@ -581,9 +611,11 @@ class DeviceDefenderService:
         transport: Optional[Transport] = None,
         store: Optional[Store] = None,
         clock: Callable[[], float] = time.time,
+        after_store: Optional[AfterStore] = None,
     ) -> None:
         self.config = config
         self._on_outcome = on_outcome
+        self._after_store = after_store
         self._clock = clock
         if transport is None:
             from defender_agent.transport.mqtt import MqttTransport  # noqa: PLC0415 - awscrt
@@ -637,6 +669,7 @@ class DeviceDefenderService:
                     self.config.batch_max,
                     self.config.queue_max,
                     None if self.config.reply_before_store else self._service.publish,
+                    self._after_store,
                 )
                 self._writer.start()
         if not self._connected:
@@ -727,6 +760,7 @@ class DeviceDefenderService:
             acknowledged=writer.acknowledged if writer else 0,
             backpressure_waits=writer.waits if writer else 0,
             store_down=writer.down if writer else False,
+            after_store_errors=writer.after_store_errors if writer else 0,
             store_latency=writer.latency.snapshot() if writer else None,
             things=responder.things,
         )
