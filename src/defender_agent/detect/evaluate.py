@@ -68,14 +68,16 @@ Transition(event='in-alarm', value={'ports': [22, 8123]}, time=100.0)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, Optional, Union
 
 from defender_agent.detect import ml
-from defender_agent.detect.behaviors import Behavior
+from defender_agent.detect.behaviors import Behavior, IPNetwork
 from defender_agent.detect.metrics import Addresses, Numbers, Ports, Strings, metric_value_json
+from defender_agent.rules import IPAddress
 
 __all__ = [
     "INITIAL",
@@ -249,8 +251,39 @@ def compare(operator: str, measured: float, value: float) -> bool:
     raise ValueError(f"not a comparison operator: {operator!r}")
 
 
-def _in_networks(address: object, networks: tuple[Any, ...]) -> bool:
-    return any(address in network for network in networks)
+@functools.lru_cache(maxsize=1024)
+def _ranges(networks: tuple[IPNetwork, ...]) -> tuple[tuple[int, int, int], ...]:
+    """(version, first, last) of each network, as integers (``in`` on networks is slow)."""
+    return tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in networks)
+
+
+def _in_networks(address: IPAddress, ranges: tuple[tuple[int, int, int], ...]) -> bool:
+    version, number = address.version, int(address)
+    return any(v == version and low <= number <= high for v, low, high in ranges)
+
+
+def _state(
+    *,
+    in_alarm: bool,
+    violating_run: int,
+    conforming_run: int,
+    window: tuple[tuple[float, float], ...],
+    last_value: Optional[dict[str, Any]],
+    last_time: Optional[float],
+    model: Optional[dict[str, Any]],
+) -> BehaviorState:
+    """A :class:`BehaviorState` without the frozen dataclass's slow ``__init__``."""
+    state = object.__new__(BehaviorState)
+    state.__dict__.update(
+        in_alarm=in_alarm,
+        violating_run=violating_run,
+        conforming_run=conforming_run,
+        window=window,
+        last_value=last_value,
+        last_time=last_time,
+        ml=model,
+    )
+    return state
 
 
 def _set_conforms(behavior: Behavior, values: frozenset[Any]) -> bool:
@@ -258,9 +291,10 @@ def _set_conforms(behavior: Behavior, values: frozenset[Any]) -> bool:
     allow = behavior.operator in ("in-port-set", "in-cidr-set", "in-set")
     if behavior.value_kind == "cidrs":
         assert isinstance(allowed, tuple)
+        ranges = _ranges(allowed)
         if allow:
-            return all(_in_networks(a, allowed) for a in values)
-        return not any(_in_networks(a, allowed) for a in values)
+            return all(_in_networks(a, ranges) for a in values)
+        return not any(_in_networks(a, ranges) for a in values)
     assert isinstance(allowed, frozenset)
     return values <= allowed if allow else values.isdisjoint(allowed)
 
@@ -275,7 +309,12 @@ def _fits(behavior: Behavior, value: object) -> bool:
 
 
 def _pruned(window: tuple[tuple[float, float], ...], now: float, d: int) -> tuple[Any, ...]:
-    kept = [(t, v) for t, v in window if t > now - d]
+    start = now - d
+    if window and window[0][0] <= start:
+        window = tuple(entry for entry in window if entry[0] > start)
+    if len(window) <= MAX_WINDOW:
+        return window
+    kept = list(window)
     while len(kept) > MAX_WINDOW:
         (_, v0), (t1, v1) = kept[0], kept[1]
         kept[:2] = [(t1, v0 + v1)]
@@ -337,22 +376,26 @@ def step(
         else:
             window = ((now, float(value)),)  # type: ignore[arg-type]
     shown = metric_value_json(measured)
-    recorded = replace(state, window=window, last_value=shown, last_time=now)
-    if behavior.kind == "none" or behavior.cloud_side:
-        return recorded, None
-    violates, model = _verdict(behavior, state, measured, threshold)
-    recorded = replace(recorded, ml=model)
-    if violates is None:
-        return recorded, None
-    if violates:
-        new = replace(
-            recorded, violating_run=min(state.violating_run + 1, MAX_RUN), conforming_run=0
-        )
-        if not new.in_alarm and new.violating_run >= behavior.to_alarm:
-            return replace(new, in_alarm=True), Transition("in-alarm", shown, now)
-        return new, None
-    new = replace(recorded, conforming_run=min(state.conforming_run + 1, MAX_RUN), violating_run=0)
-    empty = isinstance(measured, frozenset) and not measured
-    if new.in_alarm and (empty or new.conforming_run >= behavior.to_clear):
-        return replace(new, in_alarm=False), Transition("alarm-cleared", shown, now)
-    return new, None
+    in_alarm, violating, conforming = state.in_alarm, state.violating_run, state.conforming_run
+    model, transition = state.ml, None
+    if behavior.kind != "none" and not behavior.cloud_side:
+        violates, model = _verdict(behavior, state, measured, threshold)
+        if violates:
+            violating, conforming = min(violating + 1, MAX_RUN), 0
+            if not in_alarm and violating >= behavior.to_alarm:
+                in_alarm, transition = True, Transition("in-alarm", shown, now)
+        elif violates is not None:
+            violating, conforming = 0, min(conforming + 1, MAX_RUN)
+            empty = isinstance(measured, frozenset) and not measured
+            if in_alarm and (empty or conforming >= behavior.to_clear):
+                in_alarm, transition = False, Transition("alarm-cleared", shown, now)
+    new = _state(
+        in_alarm=in_alarm,
+        violating_run=violating,
+        conforming_run=conforming,
+        window=window,
+        last_value=shown,
+        last_time=now,
+        model=model,
+    )
+    return new, transition

@@ -43,6 +43,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Iterable
@@ -223,8 +224,11 @@ def datapoints(report: Report, metrics: Iterable[str]) -> dict[str, Datapoint]:
     return found
 
 
-def _cidr(address: IPAddress) -> str:
-    return f"{address}/{address.max_prefixlen}"
+@functools.lru_cache(maxsize=4096)  # a device's destinations repeat; formatting is slow
+def _cidrs(addresses: Addresses) -> tuple[str, ...]:
+    """One-address CIDRs, IPv4 first, by address."""
+    ordered = sorted(addresses, key=lambda a: (a.version, int(a)))
+    return tuple(f"{a}/{a.max_prefixlen}" for a in ordered)
 
 
 def metric_value_json(value: object) -> dict[str, Any]:
@@ -258,12 +262,11 @@ def metric_value_json(value: object) -> dict[str, Any]:
         return {"numbers": sorted(value)}
     if isinstance(value, Strings):
         return {"strings": sorted(value)}
+    if isinstance(value, Addresses):
+        return {"cidrs": list(_cidrs(value))}
     items = list(value)
-    if isinstance(value, Addresses) or (
-        items and all(isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) for a in items)
-    ):
-        ordered = sorted(items, key=lambda a: (a.version, int(a)))
-        return {"cidrs": [_cidr(a) for a in ordered]}
+    if items and all(isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) for a in items):
+        return {"cidrs": list(_cidrs(Addresses(items)))}
     if items and all(isinstance(i, int) and not isinstance(i, bool) for i in items):
         return {"ports": sorted(items)}
     if items and all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
