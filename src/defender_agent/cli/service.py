@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser, setup_logging, stop_on_signals
 from defender_agent.cli._settings import SettingOptions, load_for
@@ -32,12 +32,16 @@ from defender_agent.errors import ConnectError
 from defender_agent.report.validate import ValidationPolicy
 from defender_agent.schedule import backoff_delay
 from defender_agent.service.responder import ResponderPolicy
-from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
+from defender_agent.service.runner import DeviceDefenderService, RunnerStats, ServiceConfig
 from defender_agent.service.storage import DEFAULT_FILE
 from defender_agent.state import default_state_dir
 from defender_agent.transport.base import MqttSettings
 
-__all__ = ["add_parser", "build_config", "command"]
+if TYPE_CHECKING:
+    from defender_agent.detect.contract import Violations
+    from defender_agent.service.http import HttpServer, Installer
+
+__all__ = ["add_parser", "build_config", "command", "http_installers", "start_http"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,9 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         group=validation,
         help="do not check custom metric names against [a-zA-Z0-9:_-]{1,128}",
     )
+    http = p.add_argument_group("HTTP API (the AWS IoT control plane for Detect, the dashboard)")
+    o.add("http_listen", "--http", metavar="HOST:PORT", group=http)
+    o.add("http_credentials_file", "--http-credentials-file", metavar="FILE", group=http)
     o.finish()
     p.set_defaults(func=command)
 
@@ -188,6 +195,7 @@ def command(args: argparse.Namespace) -> int:
 
     stop_on_signals(stop.set)
     service = DeviceDefenderService(config)
+    http = start_http(loaded, config.db_url, service.stats)
     try:
         attempt = 0
         while not stop.is_set():
@@ -211,5 +219,50 @@ def command(args: argparse.Namespace) -> int:
 
             supervise(service, stop, StateDir(loaded.service.state_dir or default_state_dir()))
     finally:
+        if http is not None:
+            http.stop()
         service.stop()
     return EXIT_OK
+
+
+def http_installers() -> list[Installer]:
+    """What the HTTP server serves: the AWS IoT API for Detect (the dashboard adds its own)."""
+    from defender_agent.service.api.handlers import install  # noqa: PLC0415 - aiohttp
+
+    return [install]
+
+
+def start_http(
+    loaded: Config,
+    db_url: str,
+    stats: Callable[[], RunnerStats],
+    violations: Optional[Violations] = None,
+) -> Optional[HttpServer]:
+    """Start the ``[http]`` server (None when ``listen`` is unset).
+
+    Raises:
+        ConfigError: A bad ``listen``, a non-loopback address without a credentials file,
+            or the port cannot be bound.
+    """
+    if loaded.http.listen is None:
+        return None
+    from defender_agent.detect.registry import open_registry  # noqa: PLC0415
+    from defender_agent.service.http import (  # noqa: PLC0415 - aiohttp, only when serving
+        HttpContext,
+        HttpServer,
+        check_exposure,
+        parse_listen,
+    )
+
+    host, port = parse_listen(loaded.http.listen)
+    check_exposure(host, loaded.http.credentials_file)
+    registry = open_registry(db_url, region=loaded.http.region, account=loaded.http.account_id)
+    context = HttpContext(loaded, db_url, registry, violations, stats)
+    server = HttpServer(host, port, context, http_installers())
+    try:
+        server.start()
+    except BaseException:
+        registry.close()
+        raise
+    log.info("AWS IoT API for Detect on %s (aws iot ... --endpoint-url %s)", server.url, server.url)
+    return server
