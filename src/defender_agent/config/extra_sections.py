@@ -174,6 +174,24 @@ class HttpSection:
         "the access keys that may sign API requests (an AWS credentials-format file)",
         shown="none: every API request is refused",
     )
+    dashboard_token: Optional[str] = setting(
+        None,
+        values.optional_text,
+        "a token for the dashboard and /metrics (Authorization: Bearer, or ?token= once in "
+        "a browser); needed, or dashboard_user and dashboard_password, beyond loopback",
+        secret=True,
+    )
+    dashboard_user: Optional[str] = setting(
+        None, values.optional_text, "a user name for the dashboard and /metrics (HTTP Basic)"
+    )
+    dashboard_password: Optional[str] = setting(
+        None, values.optional_text, "its password (at least 8 characters)", secret=True
+    )
+    metrics_per_thing: bool = setting(
+        False,
+        values.boolean,
+        "/metrics also has a series per thing (labels grow with the fleet: small fleets only)",
+    )
 
 
 @dataclass(frozen=True)

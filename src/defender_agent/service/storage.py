@@ -426,6 +426,24 @@ class Store(ABC):
             cur.execute(sql, (thing,))
             return [str(row[0]) for row in cur.fetchall()]
 
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: which SQL :meth:`query` takes."""
+        return "postgresql" if isinstance(self, PostgresStore) else "sqlite"
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (``?`` placeholders), for read-only views.
+
+        The dashboard's queries (:mod:`defender_agent.web.data`) use it on a store of their
+        own, so that reading never waits for the writer's lock in this process.
+
+        Raises:
+            StateError: The database failed.
+        """
+        with self._guard(), self._read() as cur:
+            cur.execute(sql, params)
+            return [tuple(row) for row in cur.fetchall()]
+
     def last_report(self, thing: str) -> Optional[tuple[float, str, str]]:
         """The thing's newest stored report: ``(received_at, format, JSON text)``, or None.
 

@@ -1,0 +1,441 @@
+"""What the dashboard shows: pure shaping of fleet and thing data, and the queries behind it.
+
+The pure functions (:func:`thing_state`, :func:`fleet_counts`, :func:`appearances`,
+:func:`bucket_width`, :func:`ports_of`) take plain values and are tested on their own; the
+query functions take a :class:`~defender_agent.service.storage.Store` of the dashboard's own
+(its own connection: a page view never waits for the service's writer in this process) and
+return JSON-ready dicts. Everything here is data: escaping is the page's job, which only
+ever puts it in the DOM as text.
+
+**Late and silent** are relative to each thing's own interval, estimated from what the
+store keeps for every thing (first and last report time, number of reports): the mean gap
+``(last - first) / (reports - 1)``. A thing is *late* when its last report is more than
+:data:`LATE_FACTOR` intervals old, *silent* beyond :data:`SILENT_FACTOR` intervals, and a
+thing with one report only is judged against :data:`DEFAULT_INTERVAL_S`. The mean is cheap
+(no extra query, no extra write) and right for a device that reports on a schedule; a
+device that was off for a long time and came back has a longer mean for a while.
+
+**Rejected counts** come from the running service's counters (per thing name, for the
+names its responder tracks); they are this process's since it started, and a rejected report
+is never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Optional
+
+from defender_agent.detect.contract import ViolationFilter, Violations
+from defender_agent.service.responder import ThingCounts
+from defender_agent.service.storage import Store
+
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "LATE_FACTOR",
+    "MAX_POINTS",
+    "SILENT_FACTOR",
+    "Appearance",
+    "active_violations",
+    "appearances",
+    "behavior_words",
+    "bucket_width",
+    "fleet",
+    "fleet_counts",
+    "ports_of",
+    "thing_detail",
+    "thing_state",
+]
+
+#: The interval assumed for a thing with a single report (seconds): the agent's default.
+DEFAULT_INTERVAL_S: Final = 300.0
+#: Late: no report for more than this many intervals.
+LATE_FACTOR: Final = 2.0
+#: Silent: no report for more than this many intervals.
+SILENT_FACTOR: Final = 5.0
+#: The most points of one chart series; more values are averaged into buckets.
+MAX_POINTS: Final = 600
+#: Active violations read for the fleet view at most (pages of the Violations API).
+MAX_ACTIVE: Final = 50_000
+_PAGE: Final = 250
+
+#: The numeric metrics charted, in this order (custom numbers follow, by name).
+CHARTED: Final = (
+    "aws:all-bytes-in",
+    "aws:all-bytes-out",
+    "aws:all-packets-in",
+    "aws:all-packets-out",
+    "aws:num-established-tcp-connections",
+    "aws:num-listening-tcp-ports",
+    "aws:num-listening-udp-ports",
+)
+
+
+def thing_state(now: float, first: float, last: float, reports: int) -> tuple[str, float]:
+    """``(state, interval)``: ``reporting``, ``late`` or ``silent``, and the mean interval.
+
+    >>> thing_state(1000.0, 0.0, 900.0, 10)   # every 100 s, last 100 s ago
+    ('reporting', 100.0)
+    >>> thing_state(1250.0, 0.0, 900.0, 10)   # 3.5 intervals
+    ('late', 100.0)
+    >>> thing_state(2000.0, 0.0, 900.0, 10)   # 11 intervals
+    ('silent', 100.0)
+    >>> thing_state(100.0, 50.0, 50.0, 1)     # one report: the default interval
+    ('reporting', 300.0)
+    """
+    interval = (last - first) / (reports - 1) if reports > 1 and last > first else 0.0
+    if interval <= 0:
+        interval = DEFAULT_INTERVAL_S
+    age = now - last
+    if age > SILENT_FACTOR * interval:
+        return "silent", interval
+    if age > LATE_FACTOR * interval:
+        return "late", interval
+    return "reporting", interval
+
+
+def fleet_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The counts at the top of the fleet page.
+
+    >>> fleet_counts([{"state": "reporting", "violations": 1}, {"state": "silent",
+    ...               "violations": 0}, {"state": "late", "violations": 0}])
+    {'things': 3, 'reporting': 1, 'late': 1, 'silent': 1, 'in_alarm': 1}
+    """
+    counts = {"things": 0, "reporting": 0, "late": 0, "silent": 0, "in_alarm": 0}
+    for row in rows:
+        counts["things"] += 1
+        counts[str(row["state"])] += 1
+        if row["violations"]:
+            counts["in_alarm"] += 1
+    return counts
+
+
+def ports_of(text: Optional[str]) -> list[int]:
+    """The sorted unique port numbers of a report's ``ports`` list (JSON text), or [].
+
+    Tolerates anything (the document came from the network, through the validator).
+
+    >>> ports_of('[{"port": 443, "interface": "eth0"}, {"port": 22}, {"port": 443}]')
+    [22, 443]
+    >>> ports_of(None), ports_of("null"), ports_of('[{"port": "x"}]')
+    ([], [], [])
+    """
+    if not text:
+        return []
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(entries, list):
+        return []
+    ports = {
+        e["port"]
+        for e in entries
+        if isinstance(e, dict)
+        and isinstance(e.get("port"), int)
+        and not isinstance(e["port"], bool)
+    }
+    return sorted(ports)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """One member of a set-valued metric (a port, an address, a string) over a time range.
+
+    Attributes:
+        value: The member (as a string, for display).
+        first: When it was first seen in the range (epoch seconds).
+        last: When it was last seen in the range.
+        present: Whether the newest value in the range has it.
+        at_start: Whether the first value in the range had it already (it may be older).
+    """
+
+    value: str
+    first: float
+    last: float
+    present: bool
+    at_start: bool
+
+    def to_json(self) -> dict[str, object]:
+        """The fields as a JSON object."""
+        return {
+            "value": self.value,
+            "first": self.first,
+            "last": self.last,
+            "present": self.present,
+            "at_start": self.at_start,
+        }
+
+
+def appearances(values: Sequence[tuple[float, Sequence[object]]]) -> list[Appearance]:
+    """When each member of a set metric appeared, from its values oldest first.
+
+    Newest appearance first (what a security engineer wants to see: what is new), then by
+    value.
+
+    >>> got = appearances([(10.0, [22]), (20.0, [22, 8080]), (30.0, [22])])
+    >>> [(a.value, a.first, a.last, a.present, a.at_start) for a in got]
+    [('8080', 20.0, 20.0, False, False), ('22', 10.0, 30.0, True, True)]
+    >>> appearances([])
+    []
+    """
+    if not values:
+        return []
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for at, members in values:
+        for member in members:
+            key = str(member)
+            first.setdefault(key, at)
+            last[key] = at
+    newest = values[-1][0]
+    at_start = {str(m) for m in values[0][1]}
+    latest = {str(m) for m in values[-1][1]}
+    out = [
+        Appearance(v, first[v], last[v], v in latest and last[v] == newest, v in at_start)
+        for v in first
+    ]
+    out.sort(key=lambda a: (-a.first, a.value))
+    return out
+
+
+def bucket_width(since: float, until: float, max_points: int = MAX_POINTS) -> float:
+    """Seconds per chart point so that the range has at most ``max_points`` (at least 1 s).
+
+    >>> bucket_width(0, 86_400, 600), bucket_width(0, 60, 600)
+    (144.0, 1.0)
+    """
+    return float(max(1, math.ceil((until - since) / max_points)))
+
+
+# ----------------------------------------------------------------------------- queries
+_PORTS_SQL: Final = {
+    "sqlite": "json_extract(last_report, '$.metrics.{0}.ports')",
+    "postgresql": "(last_report::json->'metrics'->'{0}'->'ports')::text",
+}
+_BUCKET_SQL: Final = {
+    "sqlite": "CAST((received_at - ?) / ? AS INTEGER)",
+    "postgresql": "FLOOR((received_at - ?) / ?)",
+}
+
+
+def active_violations(
+    violations: Optional[Violations], where: Optional[ViolationFilter] = None
+) -> list[Mapping[str, Any]]:
+    """Every active violation matching ``where`` (at most :data:`MAX_ACTIVE`), oldest first."""
+    if violations is None:
+        return []
+    where = where or ViolationFilter()
+    items: list[Mapping[str, Any]] = []
+    token: Optional[str] = None
+    while len(items) < MAX_ACTIVE:
+        page = violations.list_active(where, limit=_PAGE, token=token)
+        items.extend(page.items)
+        token = page.next_token
+        if not token:
+            break
+    return items
+
+
+def fleet(
+    store: Store,
+    now: float,
+    *,
+    things: Mapping[str, ThingCounts],
+    violations: Optional[Violations],
+) -> dict[str, Any]:
+    """The fleet page's data: counts and one row per thing (by name).
+
+    Args:
+        store: The dashboard's store.
+        now: The time to judge late and silent against.
+        things: The service's reply counts per thing name (``RunnerStats.things``).
+        violations: Detect's violations (None: Detect is off, nothing is in alarm).
+    """
+    tcp = _PORTS_SQL[store.dialect].format("listening_tcp_ports")
+    udp = _PORTS_SQL[store.dialect].format("listening_udp_ports")
+    rows = store.query(
+        f"SELECT name, first_seen, last_seen, reports, {tcp}, {udp} FROM things ORDER BY name"  # noqa: S608 - constants
+    )
+    alarms: dict[str, int] = {}
+    for violation in active_violations(violations):
+        name = str(violation.get("thingName", ""))
+        alarms[name] = alarms.get(name, 0) + 1
+    out = []
+    for name, first, last, reports, tcp_ports, udp_ports in rows:
+        state, interval = thing_state(now, float(first), float(last), int(reports))
+        counts = things.get(name)
+        out.append(
+            {
+                "name": name,
+                "first_seen": float(first),
+                "last_seen": float(last),
+                "reports": int(reports),
+                "interval": interval,
+                "state": state,
+                "accepted": None if counts is None else counts.accepted,
+                "rejected": {} if counts is None else dict(counts.rejected),
+                "violations": alarms.get(name, 0),
+                "tcp_ports": ports_of(tcp_ports),
+                "udp_ports": ports_of(udp_ports),
+            }
+        )
+    return {"now": now, "counts": fleet_counts(out), "things": out}
+
+
+def _series(store: Store, thing: str, since: float, until: float) -> list[dict[str, Any]]:
+    """Every numeric metric of the thing in the range, bucketed to at most MAX_POINTS."""
+    width = bucket_width(since, until)
+    bucket = _BUCKET_SQL[store.dialect]
+    rows = store.query(
+        f"SELECT metric, {bucket} AS b, MAX(received_at), AVG(COALESCE(number, count))"  # noqa: S608
+        " FROM metric_values WHERE thing = ? AND received_at >= ? AND received_at < ?"
+        " AND (number IS NOT NULL OR count IS NOT NULL)"
+        " GROUP BY metric, b ORDER BY metric, b",
+        (since, width, thing, since, until),
+    )
+    by_metric: dict[str, list[list[float]]] = {}
+    for metric, _b, at, value in rows:
+        by_metric.setdefault(str(metric), []).append([float(at), float(value)])
+    order = {name: i for i, name in enumerate(CHARTED)}
+    names = sorted(by_metric, key=lambda m: (order.get(m, len(order)), m))
+    return [{"metric": m, "points": by_metric[m], "bucket_s": width} for m in names]
+
+
+def _sets(store: Store, thing: str, since: float, until: float) -> list[dict[str, Any]]:
+    """Every list-valued metric (ports, addresses, strings, numbers) with its appearances."""
+    rows = store.query(
+        "SELECT metric, received_at, value FROM metric_values WHERE thing = ?"
+        " AND received_at >= ? AND received_at < ? AND count IS NULL AND number IS NULL"
+        " ORDER BY metric, received_at, id",
+        (thing, since, until),
+    )
+    by_metric: dict[str, list[tuple[float, Sequence[object]]]] = {}
+    for metric, at, text in rows:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue
+        members = next((v for v in doc.values() if isinstance(v, list)), None) if doc else None
+        if members is not None:
+            by_metric.setdefault(str(metric), []).append((float(at), members))
+    return [
+        {"metric": metric, "items": [a.to_json() for a in appearances(values)]}
+        for metric, values in sorted(by_metric.items())
+    ]
+
+
+def thing_detail(
+    store: Store,
+    thing: str,
+    since: float,
+    until: float,
+    now: float,
+    *,
+    counts: Optional[ThingCounts],
+    violations: Optional[Violations],
+) -> Optional[dict[str, Any]]:
+    """The thing page's data for ``[since, until)``; None for a thing never stored."""
+    rows = store.query(
+        "SELECT first_seen, last_seen, reports, last_format, last_report FROM things"
+        " WHERE name = ?",
+        (thing,),
+    )
+    if not rows:
+        return None
+    first, last, reports, fmt, document = rows[0]
+    state, interval = thing_state(now, float(first), float(last), int(reports))
+    where = ViolationFilter(thing_name=thing)
+    active = active_violations(violations, where)
+    events: list[Mapping[str, Any]] = []
+    if violations is not None:
+        events = list(
+            violations.list_events(
+                where, start_time=since, end_time=until, limit=250, token=None
+            ).items
+        )
+    return {
+        "name": thing,
+        "since": since,
+        "until": until,
+        "now": now,
+        "first_seen": float(first),
+        "last_seen": float(last),
+        "reports": int(reports),
+        "interval": interval,
+        "state": state,
+        "accepted": None if counts is None else counts.accepted,
+        "rejected": {} if counts is None else dict(counts.rejected),
+        "series": _series(store, thing, since, until),
+        "sets": _sets(store, thing, since, until),
+        "active": active,
+        "events": events,
+        "last_report": None
+        if document is None
+        else {"received_at": float(last), "format": fmt, "document": json.loads(document)},
+    }
+
+
+_OPERATORS: Final = {
+    "less-than": "must be less than",
+    "less-than-equals": "must be at most",
+    "greater-than": "must be greater than",
+    "greater-than-equals": "must be at least",
+    "in-cidr-set": "must be in",
+    "not-in-cidr-set": "must not be in",
+    "in-port-set": "must be in",
+    "not-in-port-set": "must not be in",
+    "in-set": "must be in",
+    "not-in-set": "must not be in",
+}
+
+
+def behavior_words(behavior: Mapping[str, Any]) -> str:
+    """A behavior in words, as the profiles page shows it (AWS's ``Behavior`` shape).
+
+    >>> behavior_words({"name": "ports", "metric": "aws:listening-tcp-ports",
+    ...     "criteria": {"comparisonOperator": "in-port-set",
+    ...                  "value": {"ports": [22, 443]}}})
+    'aws:listening-tcp-ports must be in {22, 443}'
+    >>> behavior_words({"name": "out", "metric": "aws:all-bytes-out", "criteria": {
+    ...     "comparisonOperator": "less-than", "value": {"count": 1000},
+    ...     "durationSeconds": 300, "consecutiveDatapointsToAlarm": 2}})
+    'aws:all-bytes-out must be less than 1000 (over 300 s; 2 datapoints in a row to alarm)'
+    >>> behavior_words({"name": "x", "metric": "aws:num-messages-sent"})
+    'aws:num-messages-sent: retained for its values (no criteria)'
+    """
+    metric = str(behavior.get("metric") or behavior.get("name") or "?")
+    criteria = behavior.get("criteria")
+    if not isinstance(criteria, Mapping):
+        return f"{metric}: retained for its values (no criteria)"
+    if "mlDetectionConfig" in criteria:
+        confidence = (criteria.get("mlDetectionConfig") or {}).get("confidenceLevel", "?")
+        return f"{metric}: machine-learned normal, {str(confidence).lower()} confidence"
+    op = str(criteria.get("comparisonOperator", "?"))
+    words = _OPERATORS.get(op, op)
+    stat = criteria.get("statisticalThreshold")
+    if isinstance(stat, Mapping) and "statistic" in stat:
+        target = f"the fleet's {stat['statistic']}"
+    else:
+        target = _value_words(criteria.get("value"))
+    extra = []
+    if "durationSeconds" in criteria:
+        extra.append(f"over {criteria['durationSeconds']} s")
+    if "consecutiveDatapointsToAlarm" in criteria:
+        extra.append(f"{criteria['consecutiveDatapointsToAlarm']} datapoints in a row to alarm")
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    return f"{metric} {words} {target}{tail}"
+
+
+def _value_words(value: object) -> str:
+    if not isinstance(value, Mapping):
+        return "?"
+    for key in ("count", "number"):
+        if key in value:
+            return str(value[key])
+    for key in ("ports", "cidrs", "strings", "numbers"):
+        if key in value and isinstance(value[key], list):
+            return "{" + ", ".join(str(v) for v in value[key]) + "}"
+    return "?"
