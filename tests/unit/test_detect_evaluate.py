@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from defender_agent.detect import ml
 from defender_agent.detect.behaviors import Behavior, parse_behavior
@@ -370,3 +372,39 @@ def test_ml_steady_baseline_has_a_floor_and_learns_a_lasting_change() -> None:
     assert ml.anomalous(state, 7.0, "LOW", two_sided=False) is False
     assert state is not None and len(state["values"]) == ml.WINDOW
     assert ml.learn({"values": "junk"}, float("nan")) == {"values": []}
+
+
+def test_model_status_takes_the_behavior_state_too() -> None:
+    assert ml.model_status(INITIAL) == "PENDING_BUILD"
+    assert ml.model_status(BehaviorState(ml={"values": [1.0] * ml.MIN_DATAPOINTS})) == "ACTIVE"
+    assert ml.datapoints_needed(BehaviorState(ml={"values": [1.0] * 5})) == ml.MIN_DATAPOINTS - 5
+
+
+SERIES_BEHAVIORS = [
+    behavior("aws:all-bytes-out", "less-than-equals", {"count": 50}, durationSeconds=300, consecutiveDatapointsToAlarm=2, consecutiveDatapointsToClear=3),
+    behavior("aws:listening-tcp-ports", "in-port-set", {"ports": [1, 2]}, consecutiveDatapointsToClear=2),
+    behavior("aws:num-listening-tcp-ports", "less-than", statisticalThreshold={"statistic": "p50"}),
+    parse_behavior({"name": "m", "metric": "aws:all-bytes-in", "criteria": {"mlDetectionConfig": {"confidenceLevel": "LOW"}}}),
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(SERIES_BEHAVIORS),
+    st.lists(st.tuples(st.integers(0, 100), st.floats(0, 400), st.sampled_from([None, 10.0]))),
+)
+def test_any_series_alternates_alarms_and_survives_storage(
+    b: Behavior, series: list[tuple[int, float, Optional[float]]]
+) -> None:
+    state, now, last = INITIAL, 0.0, "alarm-cleared"
+    for number, gap, threshold in series:
+        now += gap
+        point: object = Ports({number % 4}) if b.value_kind == "ports" else number
+        state, t = step(b, state, point, now, threshold)
+        if t is not None:
+            assert t.event != last  # in-alarm and alarm-cleared alternate
+            last = t.event
+        assert state.in_alarm is (last == "in-alarm")
+        assert 0 <= state.violating_run <= 10 and 0 <= state.conforming_run <= 10
+        assert state.violating_run == 0 or state.conforming_run == 0
+        state = BehaviorState.from_json(json.loads(json.dumps(state.to_json())))

@@ -60,8 +60,11 @@ MIN_DATAPOINTS: Final = 30
 Z_THRESHOLDS: Final[Mapping[str, float]] = {"LOW": 3.0, "MEDIUM": 4.0, "HIGH": 5.0}
 
 
-def _values(state: Optional[Mapping[str, Any]]) -> list[float]:
-    if not state:
+def _values(state: object) -> list[float]:
+    """The baseline's values; ``state`` is the ML state or anything with an ``ml`` attribute."""
+    if not isinstance(state, Mapping):
+        state = getattr(state, "ml", None)
+    if not isinstance(state, Mapping):
         return []
     values = state.get("values")
     if not isinstance(values, list):
@@ -83,8 +86,10 @@ def learn(state: Optional[Mapping[str, Any]], value: float) -> dict[str, Any]:
     return {"values": values[-WINDOW:]}
 
 
-def model_status(state: Optional[Mapping[str, Any]]) -> str:
+def model_status(state: object) -> str:
     """``PENDING_BUILD`` until the baseline has :data:`MIN_DATAPOINTS`, then ``ACTIVE``.
+
+    ``state`` is the ML state (``BehaviorState.ml``) or the ``BehaviorState`` itself.
 
     >>> model_status(None), model_status({"values": [1] * 30})
     ('PENDING_BUILD', 'ACTIVE')
@@ -92,7 +97,7 @@ def model_status(state: Optional[Mapping[str, Any]]) -> str:
     return "ACTIVE" if datapoints_needed(state) == 0 else "PENDING_BUILD"
 
 
-def datapoints_needed(state: Optional[Mapping[str, Any]]) -> int:
+def datapoints_needed(state: object) -> int:
     """How many more datapoints the model needs before it judges.
 
     >>> datapoints_needed(None), datapoints_needed({"values": [1, 2]})
