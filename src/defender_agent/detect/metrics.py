@@ -103,8 +103,10 @@ def _count(value: Optional[int]) -> Optional[int]:
 
 
 def _total(total: Optional[int], entries: Optional[tuple[object, ...]]) -> Optional[int]:
-    count = _count(total)
-    return len(entries) if count is None and entries is not None else count
+    """``total`` when it is a count, else the number of entries sent, else None."""
+    if total is not None and total >= 0:
+        return total
+    return None if entries is None else len(entries)
 
 
 def _addresses(texts: Iterable[str]) -> Addresses:
@@ -113,13 +115,14 @@ def _addresses(texts: Iterable[str]) -> Addresses:
     >>> _addresses(["::ffff:10.0.0.1", "10.0.0.1", "2001:db8::1", "x"])
     Addresses(['10.0.0.1', '2001:db8::1'])
     """
-    found = set()
-    for text in texts:
-        try:
-            found.add(plain_ip(parse_ip(text)))
-        except ValueError:
-            continue
-    return Addresses(found)
+    return Addresses(a for a in map(_address, texts) if a is not None)
+
+
+def _address(text: str) -> Optional[IPAddress]:
+    try:
+        return plain_ip(parse_ip(text))
+    except ValueError:
+        return None
 
 
 def _ports(group: Optional[PortList]) -> Optional[Ports]:
