@@ -60,6 +60,8 @@ _AUTH_CODES: Final = frozenset(
     }
 )
 _OWN_PREFIXES: Final = ("/dashboard", "/metrics")
+#: Checked by Detect's rules (detect.behaviors), not by the model's generic constraints.
+_BEHAVIORS: Final = frozenset({"behaviors"})
 
 Params = dict[str, Any]
 Result = Optional[Mapping[str, Any]]
@@ -486,7 +488,12 @@ def _endpoint(api: Api, operation: str) -> Handler:
             except SignatureError as exc:
                 raise ApiError(exc.code, exc.message) from None
             params = parse_input(
-                operation, request.match_info, request.query.items(), request.headers, body
+                operation,
+                request.match_info,
+                request.query.items(),
+                request.headers,
+                body,
+                checked_elsewhere=_BEHAVIORS,
             )
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(None, functools.partial(handle, params))

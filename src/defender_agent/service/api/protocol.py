@@ -114,8 +114,14 @@ def parse_input(
     query: Iterable[tuple[str, str]],
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    checked_elsewhere: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The operation's input from the request's parts, checked against the model.
+
+    ``checked_elsewhere`` names top-level members the caller checks itself (``behaviors``:
+    Detect's own rules, so that ``ValidateSecurityProfileBehaviors`` reports exactly what
+    ``CreateSecurityProfile`` refuses).
 
     Raises:
         ApiError: ``InvalidRequestException`` naming the member (malformed JSON too).
@@ -160,7 +166,7 @@ def parse_input(
         for wire, value in doc.items():
             if wire in body_members:
                 values[wire] = value
-    problems = check(shape, values, "")
+    problems = check(shape, values, "", skip=checked_elsewhere)
     if problems:
         raise ApiError(_INVALID, "; ".join(problems[:10]))
     return values
@@ -182,7 +188,13 @@ def _type_problem(kind: str, value: object) -> bool:
     return False
 
 
-def check(shape: Mapping[str, Any], value: Any, where: str) -> list[str]:  # noqa: ANN401
+def check(
+    shape: Mapping[str, Any],
+    value: Any,  # noqa: ANN401 - decoded JSON
+    where: str,
+    *,
+    skip: frozenset[str] = frozenset(),
+) -> list[str]:
     """Every problem of ``value`` against ``shape`` (AWS's constraints), naming the member.
 
     >>> check(_SHAPES["Behavior"], {"name": "b", "criteria": {"durationSeconds": "x"}}, "b")
@@ -237,7 +249,8 @@ def check(shape: Mapping[str, Any], value: Any, where: str) -> list[str]:  # noq
                 if shape.get("union") or where:
                     problems.append(f"{dot}{name}: is not a member of {here}")
                 continue
-            problems += check(_SHAPES[members[name]["shape"]], v, f"{dot}{name}")
+            if name not in skip:
+                problems += check(_SHAPES[members[name]["shape"]], v, f"{dot}{name}")
         if shape.get("union") and sum(v is not None for v in value.values()) > 1:
             problems.append(f"{here}: set only one of {', '.join(members)}")
     return problems

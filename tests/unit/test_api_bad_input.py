@@ -1,0 +1,163 @@
+"""Bad input to the Detect API: each answer is AWS's error shape naming what is wrong.
+
+Raw HTTP requests (signed with botocore's own SigV4Auth where the test needs a valid
+signature) to a running server: malformed JSON, an unknown metric, a wrong value member,
+101 behaviors, a bad signature, no signature, a huge body, an unknown route. Nothing is
+half-written and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.api_infra import REGION, Api, running_api
+
+PORTS = {
+    "name": "ports",
+    "metric": "aws:listening-tcp-ports",
+    "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}},
+}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with running_api(tmp_path_factory.mktemp("api")) as running:
+        yield running
+
+
+def _send(
+    api: Api,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    secret: Optional[str] = None,
+    sign: bool = True,
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    request = AWSRequest(method=method, url=api.url + path, data=body)
+    if sign:
+        credentials = Credentials(api.key_id, secret or api.secret)
+        SigV4Auth(credentials, "iot", REGION).add_auth(request)
+    prepared = request.prepare()
+    raw = urllib.request.Request(
+        prepared.url, data=body or None, method=method, headers=dict(prepared.headers.items())
+    )
+    try:
+        with urllib.request.urlopen(raw, timeout=10) as resp:
+            status, headers, text = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, text = exc.code, dict(exc.headers), exc.read()
+    return status, headers, json.loads(text) if text else {}
+
+
+def _error(answer: tuple[int, dict[str, str], dict[str, Any]]) -> tuple[int, str, str]:
+    status, headers, body = answer
+    return status, headers.get("x-amzn-ErrorType", ""), body.get("message", "")
+
+
+def _create(api: Api, body: object) -> tuple[int, str, str]:
+    return _error(_send(api, "POST", "/security-profiles/bad", json.dumps(body).encode()))
+
+
+def _no_profiles(api: Api) -> bool:
+    return bool(_send(api, "GET", "/security-profiles")[2]["securityProfileIdentifiers"] == [])
+
+
+def test_malformed_json(api: Api) -> None:
+    status, code, message = _error(_send(api, "POST", "/security-profiles/bad", b'{"behaviors": ['))
+    assert (status, code) == (400, "InvalidRequestException")
+    assert "not valid JSON" in message
+    assert _no_profiles(api)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "named"),
+    [
+        ({"name": "x", "metric": "no_such_metric"}, "behaviors[0].metric"),
+        (
+            {
+                "name": "x",
+                "metric": "aws:num-listening-tcp-ports",
+                "criteria": {"comparisonOperator": "greater-than", "value": {"ports": [1]}},
+            },
+            "behaviors[0].criteria.value",
+        ),
+        (
+            {
+                "name": "x",
+                "metric": "aws:listening-tcp-ports",
+                "criteria": {
+                    "comparisonOperator": "in-port-set",
+                    "value": {"ports": [1]},
+                    "durationSeconds": 300,
+                },
+            },
+            "behaviors[0].criteria.durationSeconds",
+        ),
+    ],
+)
+def test_bad_behaviors_name_the_field(api: Api, behavior: dict[str, Any], named: str) -> None:
+    status, code, message = _create(api, {"behaviors": [behavior]})
+    assert (status, code) == (400, "InvalidRequestException")
+    assert named in message
+    # ValidateSecurityProfileBehaviors reports the same problems, as validationErrors
+    _, _, answer = _send(
+        api,
+        "POST",
+        "/security-profile-behaviors/validate",
+        json.dumps({"behaviors": [behavior]}).encode(),
+    )
+    assert answer["valid"] is False
+    assert "; ".join(e["errorMessage"] for e in answer["validationErrors"]) == message
+    assert _no_profiles(api)
+
+
+def test_101_behaviors(api: Api) -> None:
+    behaviors = [dict(PORTS, name=f"b{i}") for i in range(101)]
+    status, code, message = _create(api, {"behaviors": behaviors})
+    assert (status, code) == (400, "InvalidRequestException")
+    assert message.startswith("behaviors: has 101 behaviors")
+    assert _create(api, {"behaviors": behaviors[:100]})[0] == 200
+    _send(api, "DELETE", "/security-profiles/bad")
+
+
+def test_authentication_failures(api: Api) -> None:
+    assert _error(_send(api, "GET", "/security-profiles", secret="not-the-secret"))[:2] == (
+        403,
+        "InvalidSignatureException",
+    )
+    assert _error(_send(api, "GET", "/security-profiles", sign=False))[:2] == (
+        403,
+        "MissingAuthenticationTokenException",
+    )
+    # an unsigned write changes nothing
+    body = json.dumps({"behaviors": [PORTS]}).encode()
+    assert _send(api, "POST", "/security-profiles/sneaky", body, sign=False)[0] == 403
+    assert _no_profiles(api)
+
+
+def test_huge_body(api: Api) -> None:
+    body = b'{"securityProfileDescription": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    status, code, message = _error(_send(api, "POST", "/security-profiles/bad", body))
+    assert (status, code) == (413, "RequestEntityTooLargeException")
+    assert "larger than" in message
+    assert _no_profiles(api)
+
+
+def test_unknown_route(api: Api) -> None:
+    status, code, message = _error(_send(api, "GET", "/no-such-thing/here"))
+    assert (status, code) == (404, "UnknownOperationException")
+    assert "/no-such-thing/here" in message
+    status, code, _ = _error(_send(api, "PATCH", "/security-profiles"))
+    assert (status, code) == (404, "UnknownOperationException")
+    # and the server still answers
+    assert _send(api, "GET", "/custom-metrics")[0] == 200
