@@ -178,7 +178,10 @@ _VALUE_KEYS = {
     CustomMetricType.IP_ADDRESS_LIST: "ip_list",
 }
 
-CustomValue = Union[int, float, tuple[Union[int, float], ...], tuple[str, ...]]
+if TYPE_CHECKING:
+    CustomValue = Union[int, float, tuple[Union[int, float], ...], tuple[str, ...]]
+else:  # Python 3.8 (Greengrass v1 Lambdas) cannot subscript built-in types at run time
+    CustomValue = Union[int, float, tuple]
 
 
 @record(frozen=True)

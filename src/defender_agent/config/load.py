@@ -339,7 +339,10 @@ def custom_metrics_table(data: dict[str, Any], path: Path) -> CustomMetricsConfi
 
 
 # a layer: flat name -> (the setting, the raw value, where it came from, whether as text)
-_Layer = dict[str, tuple[Setting, object, str, bool]]
+if TYPE_CHECKING:
+    _Layer = dict[str, tuple[Setting, object, str, bool]]
+else:  # Python 3.8 (Greengrass v1 Lambdas) cannot subscript built-in types at run time
+    _Layer = dict
 
 
 def _read_file(path: Path) -> tuple[_Layer, CustomMetricsConfig]:

@@ -288,7 +288,10 @@ class LoggingSection:
 
 # --------------------------------------------------------------------------- the table
 #: (attribute of Config, section class, TOML section, prefix of the flat names)
-SectionSpec = tuple[str, type[Any], str, str]
+if TYPE_CHECKING:
+    SectionSpec = tuple[str, type[Any], str, str]
+else:  # Python 3.8 (Greengrass v1 Lambdas) cannot subscript built-in types at run time
+    SectionSpec = tuple
 
 #: The sections every command reads. The service's and the sandbox's are in
 #: :mod:`.extra_sections`, imported only when they are used (the collect and run

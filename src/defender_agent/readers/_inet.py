@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 __all__ = [
     "ESTABLISHED",
@@ -33,7 +34,10 @@ __all__ = [
 ]
 
 #: (family, local_ip_packed, local_port, remote_ip_packed, remote_port, state)
-SocketRow = tuple[int, bytes, int, bytes, int, int]
+if TYPE_CHECKING:
+    SocketRow = tuple[int, bytes, int, bytes, int, int]
+else:  # Python 3.8 (Greengrass v1 Lambdas) cannot subscript built-in types at run time
+    SocketRow = tuple
 
 ESTABLISHED = 1
 LISTEN = 10

@@ -12,14 +12,17 @@ fixed order, so the same report always encodes to the same bytes.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from defender_agent.model import ConnectionList, CustomMetric, PortList, Report
 from defender_agent.report.names import LONG_TO_SHORT, NameStyle
 
 __all__ = ["to_document"]
 
-Document = dict[str, Any]
+if TYPE_CHECKING:
+    Document = dict[str, Any]
+else:  # Python 3.8 (Greengrass v1 Lambdas) cannot subscript built-in types at run time
+    Document = dict
 
 
 def _present(pairs: dict[str, Any]) -> Document:

@@ -227,7 +227,7 @@ DECODE_ERRORS: Final = (
     TypeError,
     ArithmeticError,
     LookupError,
-    CBOR_MODULE.CBORDecodeError,
+    getattr(CBOR_MODULE, "CBORDecodeError", cbor2.CBORDecodeError),  # cbor2 5.6's _decoder lacks it
 )
 
 
