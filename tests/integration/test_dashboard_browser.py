@@ -199,7 +199,7 @@ def test_violations_page_shows_a_new_violation_and_sets_its_state(
         w.page.goto(seeded.url + "/dashboard/profiles")
         w.page.wait_for_selector('[data-profile="ports"]')
         card = w.page.inner_text('[data-profile="ports"]')
-        assert "aws:listening-tcp-ports must be in {22, 443}" in card
+        assert "listening TCP ports must be in {22, 443}" in card
         assert "In alarm: gw-1" in card and "all things" in card
         w.shot("profiles")
         assert w.problems == []

@@ -145,7 +145,7 @@ def test_violations_filters_and_profiles_in_words(tmp_path: Path) -> None:
     assert none["items"] == []
     assert {e["violationEventType"] for e in history["items"]} == {"in-alarm"}
     (p,) = profiles["profiles"]
-    assert p["behaviors"][0]["words"] == "aws:listening-tcp-ports must be in {22, 443}"
+    assert p["behaviors"][0]["words"] == "listening TCP ports must be in {22, 443}"
     assert p["in_alarm"] == ["gw-1", "gw-2"]
 
 

@@ -378,64 +378,22 @@ def thing_detail(
     }
 
 
-_OPERATORS: Final = {
-    "less-than": "must be less than",
-    "less-than-equals": "must be at most",
-    "greater-than": "must be greater than",
-    "greater-than-equals": "must be at least",
-    "in-cidr-set": "must be in",
-    "not-in-cidr-set": "must not be in",
-    "in-port-set": "must be in",
-    "not-in-port-set": "must not be in",
-    "in-set": "must be in",
-    "not-in-set": "must not be in",
-}
-
-
 def behavior_words(behavior: Mapping[str, Any]) -> str:
-    """A behavior in words, as the profiles page shows it (AWS's ``Behavior`` shape).
+    """A behavior in words (:func:`defender_agent.detect.describe.describe`).
+
+    A stored behavior was validated; one that still does not parse is named, not described.
 
     >>> behavior_words({"name": "ports", "metric": "aws:listening-tcp-ports",
     ...     "criteria": {"comparisonOperator": "in-port-set",
     ...                  "value": {"ports": [22, 443]}}})
-    'aws:listening-tcp-ports must be in {22, 443}'
-    >>> behavior_words({"name": "out", "metric": "aws:all-bytes-out", "criteria": {
-    ...     "comparisonOperator": "less-than", "value": {"count": 1000},
-    ...     "durationSeconds": 300, "consecutiveDatapointsToAlarm": 2}})
-    'aws:all-bytes-out must be less than 1000 (over 300 s; 2 datapoints in a row to alarm)'
-    >>> behavior_words({"name": "x", "metric": "aws:num-messages-sent"})
-    'aws:num-messages-sent: retained for its values (no criteria)'
+    'listening TCP ports must be in {22, 443}'
+    >>> behavior_words({"name": "odd"})
+    'odd: cannot be described'
     """
-    metric = str(behavior.get("metric") or behavior.get("name") or "?")
-    criteria = behavior.get("criteria")
-    if not isinstance(criteria, Mapping):
-        return f"{metric}: retained for its values (no criteria)"
-    if "mlDetectionConfig" in criteria:
-        confidence = (criteria.get("mlDetectionConfig") or {}).get("confidenceLevel", "?")
-        return f"{metric}: machine-learned normal, {str(confidence).lower()} confidence"
-    op = str(criteria.get("comparisonOperator", "?"))
-    words = _OPERATORS.get(op, op)
-    stat = criteria.get("statisticalThreshold")
-    if isinstance(stat, Mapping) and "statistic" in stat:
-        target = f"the fleet's {stat['statistic']}"
-    else:
-        target = _value_words(criteria.get("value"))
-    extra = []
-    if "durationSeconds" in criteria:
-        extra.append(f"over {criteria['durationSeconds']} s")
-    if "consecutiveDatapointsToAlarm" in criteria:
-        extra.append(f"{criteria['consecutiveDatapointsToAlarm']} datapoints in a row to alarm")
-    tail = f" ({'; '.join(extra)})" if extra else ""
-    return f"{metric} {words} {target}{tail}"
+    from defender_agent.detect.behaviors import parse_behavior  # noqa: PLC0415
+    from defender_agent.detect.describe import describe  # noqa: PLC0415
 
-
-def _value_words(value: object) -> str:
-    if not isinstance(value, Mapping):
-        return "?"
-    for key in ("count", "number"):
-        if key in value:
-            return str(value[key])
-    for key in ("ports", "cidrs", "strings", "numbers"):
-        if key in value and isinstance(value[key], list):
-            return "{" + ", ".join(str(v) for v in value[key]) + "}"
-    return "?"
+    try:
+        return describe(parse_behavior(behavior))
+    except (ValueError, TypeError, KeyError):
+        return f"{behavior.get('name', '?')}: cannot be described"
