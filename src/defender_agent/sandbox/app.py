@@ -59,6 +59,9 @@ from defender_agent.transport.wrap import TransportWrapper
 
 if TYPE_CHECKING:
     from defender_agent.agent import Agent
+    from defender_agent.detect.runtime import DetectRuntime
+    from defender_agent.detect.store import EventRow
+    from defender_agent.model import PortList
     from defender_agent.sandbox.broker import EmbeddedBroker
     from defender_agent.sandbox.pki import SandboxPki
 
@@ -414,6 +417,13 @@ class ServiceHandle(Protocol):
 
 
 # --------------------------------------------------------------------------- the sandbox
+def _port_numbers(group: Optional[PortList]) -> list[int]:
+    """The port numbers of a listening-port group (none when it is missing)."""
+    if group is None or group.ports is None:
+        return []
+    return sorted({p.port for p in group.ports if p.port is not None})
+
+
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -439,6 +449,7 @@ class _Parts:
     agent: Optional[Agent] = None
     agent_thread: Optional[threading.Thread] = None
     agent_code: list[int] = field(default_factory=list)
+    detect: Optional[DetectRuntime] = None
 
 
 class Sandbox:
@@ -558,14 +569,17 @@ class Sandbox:
         throttle = self.config.throttle_s
         if throttle is None:
             throttle = self.config.interval / 2
+        detect = self._start_detect()
         service = DeviceDefenderService(
             ServiceConfig(
                 broker=settings,
                 db_url=str(self.config.store_path),
                 policy=ResponderPolicy(min_delay_s=throttle),
-            )
+            ),
+            after_store=detect.after_store,
         )
         self._parts.service = service
+        detect.bind_publish(service.publish)
         try:
             service.start()
         except ConnectError as exc:
@@ -573,6 +587,35 @@ class Sandbox:
                 f"the service cannot reach the broker {endpoint.label} (host {endpoint.host}, "
                 f"port {endpoint.port}): {connect_failure_in_words(str(exc))}"
             ) from None
+
+    def _start_detect(self) -> DetectRuntime:
+        """Detect with the starter profile: the ports listening now, a bytes-out ceiling."""
+        from defender_agent.config.extra_sections import DetectSection  # noqa: PLC0415
+        from defender_agent.cycle import Collector  # noqa: PLC0415
+        from defender_agent.detect.runtime import DetectRuntime  # noqa: PLC0415
+        from defender_agent.detect.starter import ensure_starter_profile  # noqa: PLC0415
+
+        collector = Collector()  # ids in memory; the first cycle is the baseline
+        collector.cycle()
+        now = collector.cycle()
+        tcp = now.listening_tcp_ports if now else None
+        udp = now.listening_udp_ports if now else None
+        # the lines below show every event; the embedded broker lets the service publish
+        # replies only (an alert topic would cost it its connection)
+        detect = DetectRuntime(
+            str(self.config.store_path), DetectSection(alert_topic=""), on_event=self._detect_line
+        )
+        self._parts.detect = detect
+        ensure_starter_profile(detect.registry, _port_numbers(tcp), _port_numbers(udp))
+        detect.start()
+        return detect
+
+    def _detect_line(self, event: EventRow) -> None:
+        value = json.dumps(event.metric_value or {}, separators=(",", ":"))
+        self.console.line(
+            f"detect: {event.event_type} {event.profile}/{event.behavior.get('name')} "
+            f"on {event.thing}: {value}"
+        )
 
     def _agent_toml(self) -> Path:
         endpoint = self.endpoint
@@ -733,6 +776,8 @@ class Sandbox:
                 log.warning("the agent did not stop within 15 s")
         if parts.service is not None:
             parts.service.stop()
+        if parts.detect is not None:
+            parts.detect.stop()
         if parts.broker is not None:
             parts.broker.stop()
         if self._lock is not None:

@@ -637,6 +637,10 @@ class DeviceDefenderService:
             on_accepted=None if config.reply_before_store else self._take,
         )
 
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
+        """Publish a message on the service's MQTT connection (QoS 1; Detect's alerts)."""
+        return self._transport.publish(topic, payload)
+
     @property
     def responder(self) -> Responder:
         """The responder (its per-thing counters: ``responder.snapshot()``)."""
