@@ -14,10 +14,16 @@ over MQTT 5 the PUBACK carries reason 135 (not authorized).
 
 The optional plain listener (``plain_port=True``) has no TLS, no ACL and
 anonymous access: it is for a local responder on a plain connection.
+
+mosquitto's ``acl_file`` grants every SUBSCRIBE and filters at delivery; AWS IoT refuses
+the SUBSCRIBE itself (SUBACK 0x80). ``allow_subscribe`` imitates that with mosquitto's
+dynamic-security plugin instead of the ACL file: the TLS clients may subscribe to the
+listed topic filters only (and publish nowhere).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -52,6 +58,13 @@ topic readwrite $aws/#
 """
 
 START_TIMEOUT_S = 10.0
+
+
+def dynsec_plugin() -> Optional[str]:
+    """mosquitto's dynamic-security plugin (Debian: /usr/lib/<arch>/), if installed."""
+    found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    found += sorted(Path("/usr/lib").glob("mosquitto_dynamic_security.so"))
+    return str(found[0]) if found else None
 
 
 def mosquitto_binary() -> Optional[str]:
@@ -95,12 +108,14 @@ class Mosquitto:
         port: Optional[int] = None,
         acl: bool = True,
         plain_port: bool = False,
+        allow_subscribe: Optional[dict[str, list[str]]] = None,
     ) -> None:
         self.directory = directory
         self.pki = pki
         self.port: int = port if port is not None else free_port()
         self.plain: Optional[int] = free_port() if plain_port else None
         self.acl = acl
+        self.allow_subscribe = allow_subscribe  # client CN -> topic filters it may subscribe to
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self.conf = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
@@ -132,7 +147,9 @@ class Mosquitto:
             "use_identity_as_username true",
             "allow_anonymous false",
         ]
-        if self.acl:
+        if self.allow_subscribe is not None:
+            lines += self._dynsec()
+        elif self.acl:
             acl_file = self.directory / "aws_acl.conf"
             acl_file.write_text(ACL)
             lines.append(f"acl_file {acl_file}")
@@ -144,6 +161,38 @@ class Mosquitto:
                 "allow_anonymous true",
             ]
         self.conf.write_text("\n".join(lines) + "\n")
+
+    def _dynsec(self) -> list[str]:
+        """The dynamic-security plugin's lines, and its JSON file (SUBSCRIBE checked)."""
+        assert self.allow_subscribe is not None
+        doc = {
+            "defaultACLAccess": {
+                "publishClientSend": False,
+                "publishClientReceive": True,
+                "subscribe": False,
+                "unsubscribe": True,
+            },
+            "clients": [
+                {"username": name, "roles": [{"rolename": name}]} for name in self.allow_subscribe
+            ],
+            "groups": [],
+            "roles": [
+                {
+                    "rolename": name,
+                    "acls": [
+                        {"acltype": "subscribeLiteral", "topic": topic, "allow": True}
+                        for topic in topics
+                    ],
+                }
+                for name, topics in self.allow_subscribe.items()
+            ],
+        }
+        config = self.directory / "dynsec.json"
+        config.write_text(json.dumps(doc))
+        plugin = dynsec_plugin()
+        if plugin is None:
+            raise RuntimeError("mosquitto's dynamic-security plugin is not installed")
+        return [f"plugin {plugin}", f"plugin_opt_config_file {config}"]
 
     def start(self) -> None:
         """Start the broker and wait until its listeners accept connections.

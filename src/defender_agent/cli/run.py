@@ -17,7 +17,7 @@ from defender_agent.config import MIN_INTERVAL_S, plaintext_warning
 from defender_agent.cycle import Collector
 from defender_agent.state import StateDir, default_state_dir
 
-__all__ = ["add_parser", "command"]
+__all__ = ["add_options", "add_parser", "command"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,20 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         "in examples/agent.toml.",
         fromfile_prefix_chars="@",
     )
+    add_options(p)
+    p.set_defaults(func=command)
+
+
+def add_options(
+    p: argparse.ArgumentParser, format_flags: tuple[str, ...] = ("-f", "--format")
+) -> None:
+    """The options of ``run`` (``doctor`` takes the same ones, to check the same setup).
+
+    Args:
+        p: the subcommand's parser.
+        format_flags: the spellings of the report format option (``doctor`` has a
+            ``--format`` of its own, for its output).
+    """
     o = SettingOptions(p)
     o.common()
     # the sample's spellings first
@@ -44,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     o.add("key_file", "-k", "--key", "--key-file", metavar="FILE")
     o.add("client_id", "-id", "--client_id", "--client-id", metavar="ID")
     o.add("thing_name", "-t", "--thing_name", "--thing-name", metavar="NAME")
-    o.add("format", "-f", "--format", choices=("json", "cbor"))
+    o.add("format", *format_flags, choices=("json", "cbor"))
     o.add("interval", "-i", "--interval", metavar="SECONDS")
     o.switch("short_names", "-s", "--short_tags", "--short-names")
     o.switch("dry_run", "-d", "--dryrun", "--dry-run")
@@ -76,7 +90,6 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     o.switch("include_loopback_connections", "--include-loopback-connections")
     o.add("socket_source", "--socket-source", choices=("auto", "proc", "netlink", "psutil"))
     o.finish()
-    p.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
