@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -22,6 +21,7 @@ from defender_agent.config.sections import CollectorConfig
 from defender_agent.custom._base import CycleReadings
 from defender_agent.delta import WRAP_WINDOW, network_delta
 from defender_agent.errors import ConfigError
+from defender_agent.logs import get_logger
 from defender_agent.model import (
     ConnectionList,
     CustomMetric,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Collector", "CollectorConfig", "Snapshot"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The largest value a saved counter may have (the kernel's counters are 64-bit).
 MAX_COUNTER = 2**64 - 1

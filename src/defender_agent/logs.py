@@ -8,16 +8,28 @@ Two levels:
   characters with a visible ``…(+N chars)``, so no call site can write a second line;
 * values that came from the network (reply fields, topics, thing names, client ids) are
   shown at their call site with :func:`shown`: quoted, escaped, cut at :data:`MAX_SHOWN`.
+
+Importing :mod:`logging` costs ~10 ms on a small device, a third of what ``collect``
+spends on its own imports, and a collect that logs nothing need not pay it: the modules on
+its path take their loggers from :func:`get_logger` (the :mod:`logging` logger, looked
+up at the first record), and ``setup_logging(..., defer=True)`` waits for that first
+record when :mod:`logging` is not imported yet. The formatters are in
+:mod:`defender_agent._log_formats`, re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 import sys
-import time
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, Optional
+
+from defender_agent._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    import logging
+    from types import ModuleType
+
+    from defender_agent._log_formats import JsonFormatter, TextFormatter
 
 __all__ = [
     "MAX_MESSAGE",
@@ -26,6 +38,7 @@ __all__ = [
     "TextFormatter",
     "cut",
     "escape",
+    "get_logger",
     "one_line",
     "setup_logging",
     "shown",
@@ -35,8 +48,6 @@ __all__ = [
 MAX_MESSAGE: Final = 2000
 #: Characters of one network value shown in a log line (before quoting and escaping).
 MAX_SHOWN: Final = 160
-#: Characters of a traceback written at debug level.
-_MAX_TRACEBACK: Final = 20_000
 
 #: C0, DEL and C1 controls (NEL among them), U+2028/U+2029, the bidirectional marks and
 #: overrides, BOM, lone surrogates (unwritable as UTF-8).
@@ -114,55 +125,71 @@ def shown(value: object, limit: int = MAX_SHOWN) -> str:
     return f"{text}…(+{more} chars)" if more > 0 else text
 
 
-class TextFormatter(logging.Formatter):
-    """``defender-agent: warning: message`` — one line per record, as the errors are.
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, but :mod:`logging` is imported at the first record.
 
-    At debug level an exception's traceback follows on lines indented by ``  | ``, so that
-    they cannot pass for records either.
+    >>> get_logger("defender_agent.example").name
+    'defender_agent.example'
     """
-
-    def __init__(self, timestamps: bool) -> None:
-        super().__init__()
-        self.timestamps = timestamps
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one line (and, at debug level, its indented traceback)."""
-        stamp = ""
-        if self.timestamps:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z "
-        message = record.getMessage()
-        error = record.exc_info[1] if record.exc_info else None
-        if error is not None and record.levelno > logging.DEBUG:
-            message += f" ({type(error).__name__}: {error})"
-        line = f"{stamp}defender-agent: {record.levelname.lower()}: {one_line(message)}"
-        if record.exc_info and record.levelno <= logging.DEBUG:
-            trace = cut(self.formatException(record.exc_info), _MAX_TRACEBACK)
-            line += "".join(f"\n  | {escape(part)}" for part in trace.split("\n"))
-        return line
+    return _LazyLogger(name)  # type: ignore[return-value]  # a Logger in all it is asked
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (for log shippers).
+class _LazyLogger:
+    """Stands for the :mod:`logging` logger of its name; imports logging when first used."""
 
-    The message is escaped and cut as in the text format, then JSON-encoded.
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> Any:  # noqa: ANN401 - the Logger's attribute
+        return getattr(_logging().getLogger(self.name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<lazy logger {self.name}>"
+
+
+#: ``setup_logging``'s arguments while it waits for the first record.
+_pending: Optional[tuple[str, str, bool]] = None
+
+
+def _logging() -> ModuleType:
+    """The :mod:`logging` module, with a deferred :func:`setup_logging` applied."""
+    global _pending  # noqa: PLW0603 - the one deferred setup of the process
+    import logging  # noqa: PLC0415 - imported at the first record (see the module docstring)
+
+    if _pending is not None:
+        level, fmt, timestamps = _pending
+        _pending = None
+        _configure(logging, level, fmt, timestamps)
+    return logging
+
+
+def setup_logging(
+    level: str, fmt: str = "text", *, timestamps: bool = False, defer: bool = False
+) -> None:
+    """Send log records to stderr, one line each, replacing earlier handlers.
+
+    Args:
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+        fmt: ``text`` or ``json``.
+        timestamps: start text lines with the UTC time.
+        defer: when :mod:`logging` is not imported yet, wait for the first record of a
+            :func:`get_logger` logger (for code whose every logger comes from there).
     """
+    global _pending  # noqa: PLW0603 - the one deferred setup of the process
+    if defer and "logging" not in sys.modules:
+        _pending = (level, fmt, timestamps)
+        return
+    _pending = None
+    import logging  # noqa: PLC0415 - see the module docstring
 
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one JSON object."""
-        doc = {
-            "time": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": one_line(record.name, MAX_SHOWN),
-            "message": one_line(record.getMessage()),
-        }
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            doc["error"] = one_line(f"{type(error).__name__}: {error}")
-        return json.dumps(doc, ensure_ascii=False)
+    _configure(logging, level, fmt, timestamps)
 
 
-def setup_logging(level: str, fmt: str = "text", *, timestamps: bool = False) -> None:
-    """Send log records to stderr, one line each, replacing earlier handlers."""
+def _configure(logging: ModuleType, level: str, fmt: str, timestamps: bool) -> None:
+    from defender_agent._log_formats import JsonFormatter, TextFormatter  # noqa: PLC0415
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(timestamps))
     root = logging.getLogger()
@@ -172,3 +199,9 @@ def setup_logging(level: str, fmt: str = "text", *, timestamps: bool = False) ->
     root.setLevel(getattr(logging, level.upper()))
     # awscrt's own logging is off unless asked for; keep third-party chatter at warning
     logging.getLogger("awscrt").setLevel(logging.WARNING)
+
+
+if not TYPE_CHECKING:  # the formatters load on first use (they need logging)
+    __getattr__ = lazy_getattr(
+        globals(), {"defender_agent._log_formats": ("JsonFormatter", "TextFormatter")}
+    )

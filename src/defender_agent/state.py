@@ -22,19 +22,19 @@ a stale pid in the file never blocks anyone.
 
 from __future__ import annotations
 
+import _thread  # get_ident without importing threading (start-up of collect)
 import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from defender_agent.errors import StateError
+from defender_agent.logs import get_logger
 
 __all__ = [
     "MAX_SAVED_REPORT_ID",
@@ -46,7 +46,7 @@ __all__ = [
     "saved_report_id_problem",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STATE_VERSION = 1
 
@@ -163,7 +163,7 @@ class StateDir:
         try:
             self.ensure()
             # one temporary name per process and thread (tempfile would add ~10 ms to start-up)
-            tmp = self.path / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp = self.path / f".{name}.{os.getpid()}.{_thread.get_ident()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(fd, "wb") as handle:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -33,11 +32,11 @@ from defender_agent.cli._common import (
     setup_logging,
 )
 from defender_agent.errors import AgentError
-from defender_agent.logs import one_line
+from defender_agent.logs import get_logger, one_line
 
 __all__ = ["build_parser", "main"]
 
-log = logging.getLogger("defender_agent")
+log = get_logger("defender_agent")
 
 
 #: Options accepted before the subcommand as well as after it: flag -> dest
@@ -48,7 +47,7 @@ _GLOBAL_OPTIONS: dict[str, str] = {
 }
 
 
-def build_parser(load: Optional[Collection[str]] = None) -> Parser:
+def build_parser(load: Optional[Collection[str]] = None, *, stubs: bool = True) -> Parser:
     """Build the argument parser (exposed for documentation and tests).
 
     ``--log-level``, ``--log-format`` and ``--config`` are accepted before the
@@ -58,6 +57,8 @@ def build_parser(load: Optional[Collection[str]] = None) -> Parser:
         load: the subcommands whose modules are imported and whose options are
             parsed; the others get a stub that only lists them in ``--help``.
             ``None`` loads all of them.
+        stubs: whether the subcommands not loaded get their stub (``False`` when
+            only the loaded one can be asked for: one parser less per command).
     """
     parser = Parser(
         prog="defender-agent",
@@ -78,7 +79,7 @@ def build_parser(load: Optional[Collection[str]] = None) -> Parser:
                 stub = sub.add_parser(name, help=f"{summary} (unavailable: {exc.name} missing)")
                 stub.set_defaults(func=_unavailable(name, exc))
             _add_global_options(sub.choices[name], "")
-        else:
+        elif stubs:
             sub.add_parser(name, help=summary, add_help=False)
     return parser
 
@@ -152,9 +153,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     words = sys.argv[1:] if argv is None else list(argv)
     name = _command_name(words)
-    args = build_parser(None if name not in COMMANDS else {name}).parse_args(words)
+    if name in COMMANDS:  # the top-level --help before the command lists every command
+        asks_help = any(word in ("-h", "--help") for word in words[: words.index(name)])
+        parser = build_parser({name}, stubs=asks_help)
+    else:
+        parser = build_parser()
+    args = parser.parse_args(words)
     _merge_global_options(args)
-    setup_logging(args.log_level or "warning", args.log_format or "text")
+    # collect's path logs through logs.get_logger only: logging waits for a first record
+    setup_logging(args.log_level or "warning", args.log_format or "text", defer=name == "collect")
     try:
         return int(args.func(args))
     except AgentError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -33,13 +32,14 @@ from defender_agent.cli._common import (
 from defender_agent.cli._settings import SettingOptions, load_for
 from defender_agent.cycle import Collector
 from defender_agent.errors import AgentError
+from defender_agent.logs import get_logger
 from defender_agent.report.fit import encode_fitted
 from defender_agent.report.validate import validate_document
 from defender_agent.state import default_state_dir
 
 __all__ = ["add_parser", "command"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The sample's sample rate when -s is not given.
 DEFAULT_SAMPLE_RATE_S = 1.0
@@ -124,7 +124,10 @@ def _open_output(target: Optional[str], binary: bool) -> Optional[BinaryIO]:
 def command(args: argparse.Namespace) -> int:
     """Run this subcommand; returns the exit status."""
     config = load_for(args, "collect")
-    setup_logging(config.effective_log_level("collect"), config.logging.format)
+    collecting = config.collector
+    custom = collecting.include_custom_metrics or not collecting.custom_metrics.empty
+    # logging is imported at the first record, unless custom metrics (plugins) may log
+    setup_logging(config.effective_log_level("collect"), config.logging.format, defer=not custom)
     samples = args.number_samples
     if samples is None:
         samples = 0 if args.sample_rate is not None else 1

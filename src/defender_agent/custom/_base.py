@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Optional, Protocol
 
+from defender_agent.logs import get_logger
 from defender_agent.model import CustomMetricType
 
 if TYPE_CHECKING:
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CycleReadings", "MetricError", "Source", "WarnOnce"]
 
-log = logging.getLogger("defender_agent.custom")
+log = get_logger("defender_agent.custom")
 
 
 class MetricError(Exception):
@@ -56,7 +56,7 @@ class WarnOnce:
     def __call__(self, metric: str, kind: str, message: str, *args: object) -> None:
         """Log ``message % args``, prefixed with the metric's name."""
         key = (metric, kind)
-        level = logging.DEBUG if key in self._seen else logging.WARNING
+        level = 10 if key in self._seen else 30  # logging.DEBUG, logging.WARNING
         self._seen.add(key)
         log.log(level, "custom metric %s: %s", metric, message % args if args else message)
 

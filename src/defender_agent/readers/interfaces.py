@@ -18,11 +18,11 @@ name or writing ``null`` or ``"0.0.0.0"``.
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 from typing import Optional
 
+from defender_agent.logs import get_logger
 from defender_agent.procfs import ProcFS
 from defender_agent.readers._inet import is_loopback
 
@@ -34,7 +34,7 @@ __all__ = [
     "read_interface_map",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _V4_ANY = bytes(4)
 _V6_ANY = bytes(16)

@@ -13,12 +13,12 @@ and the metric groups built from it are left out of the report. ``tcp6`` and
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Literal, Optional, TypeVar
 
+from defender_agent.logs import get_logger
 from defender_agent.model import Connection, ListeningPort
 from defender_agent.procfs import ProcFS
 from defender_agent.readers import _psutil, _sockdiag
@@ -36,7 +36,7 @@ __all__ = [
     "summarize_sockets",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SocketSource = Literal["auto", "proc", "netlink", "psutil"]
 ResolvedSource = Literal["proc", "netlink", "psutil"]
