@@ -6,14 +6,13 @@ The log formatters are :mod:`defender_agent.logs`; ``setup_logging`` is re-expor
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import signal
-import threading
-from types import FrameType
-from typing import Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional
 
-from defender_agent.logs import setup_logging
+from defender_agent.logs import get_logger, setup_logging
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 __all__ = [
     "COMMANDS",
@@ -83,11 +82,11 @@ class Parser(argparse.ArgumentParser):
 
 def stop_on_signals(stop: Callable[[], None]) -> None:
     """Call ``stop`` on SIGTERM and SIGINT (logged), when running in the main thread."""
+    import signal  # noqa: PLC0415 - only for the commands that run until stopped
+    import threading  # noqa: PLC0415
 
     def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        logging.getLogger("defender_agent").info(
-            "%s received: stopping", signal.Signals(signum).name
-        )
+        get_logger("defender_agent").info("%s received: stopping", signal.Signals(signum).name)
         stop()
 
     if threading.current_thread() is threading.main_thread():
