@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from defender_agent.detect.runtime import DetectRuntime
     from defender_agent.detect.store import EventRow
     from defender_agent.model import PortList
+    from defender_agent.sandbox.api import SandboxApi
     from defender_agent.sandbox.broker import EmbeddedBroker
     from defender_agent.sandbox.pki import SandboxPki
 
@@ -449,6 +450,7 @@ class _Parts:
     agent: Optional[Agent] = None
     agent_thread: Optional[threading.Thread] = None
     agent_code: list[int] = field(default_factory=list)
+    api: Optional[SandboxApi] = None
     detect: Optional[DetectRuntime] = None
 
 
@@ -504,6 +506,7 @@ class Sandbox:
                 check_plaintext(target.host, f"--broker {target.url}")
                 log.warning(plaintext_warning(target.host, target.port))
             self.endpoint = _Endpoint(target.host, target.port, target.tls, target.url)
+        self._start_api()  # before Detect's starter profile notes the ports listening
         self._start_service()
         self._start_agent()
 
@@ -518,6 +521,25 @@ class Sandbox:
         if pki.made:
             log.info("sandbox PKI: made %s in %s", ", ".join(pki.made), pki.directory)
         return pki
+
+    def _start_api(self) -> None:
+        """The AWS IoT API for Detect on 127.0.0.1 (a free port), its keys in the state dir."""
+        from defender_agent.sandbox.api import SandboxApi  # noqa: PLC0415
+        from defender_agent.service.runner import DeviceDefenderService, RunnerStats  # noqa: PLC0415
+
+        def stats() -> RunnerStats:
+            service = self._parts.service  # started right after the API
+            assert isinstance(service, DeviceDefenderService)
+            return service.stats()
+
+        api = SandboxApi(self.config.state_dir, str(self.config.store_path))
+        self._parts.api = api  # stop() closes what a failed start opened
+        try:
+            api.start(stats)
+        except ImportError as exc:  # no aiohttp (the 'service' extra): no API, say so
+            log.warning("no Detect API in the sandbox: %s (the 'service' extra)", exc)
+            api.stop()
+            self._parts.api = None
 
     def _start_broker(self) -> _Endpoint:
         from defender_agent.sandbox.broker import BrokerSettings, EmbeddedBroker  # noqa: PLC0415
@@ -708,6 +730,8 @@ class Sandbox:
             f"  agent    collects from this machine; state in {config.state_dir / 'agent'}",
             f"  state    all of the above is in {config.state_dir}; remove it: rm -rf {state}",
         ]
+        if self._parts.api is not None:
+            lines += self._parts.api.lines()
         if self._had_baseline:  # resumed: the next report is due sooner (or found stale)
             first = (
                 f"the first report within {config.interval} s "
@@ -774,6 +798,8 @@ class Sandbox:
             parts.agent_thread.join(timeout=15)
             if parts.agent_thread.is_alive():
                 log.warning("the agent did not stop within 15 s")
+        if parts.api is not None:
+            parts.api.stop()
         if parts.service is not None:
             parts.service.stop()
         if parts.detect is not None:
