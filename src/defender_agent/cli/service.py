@@ -39,9 +39,17 @@ from defender_agent.transport.base import MqttSettings
 
 if TYPE_CHECKING:
     from defender_agent.detect.contract import Violations
+    from defender_agent.detect.runtime import DetectRuntime
     from defender_agent.service.http import HttpServer, Installer
 
-__all__ = ["add_parser", "build_config", "command", "http_installers", "start_http"]
+__all__ = [
+    "add_parser",
+    "build_config",
+    "command",
+    "http_installers",
+    "start_detect",
+    "start_http",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +202,16 @@ def command(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     stop_on_signals(stop.set)
-    service = DeviceDefenderService(config)
-    http = start_http(loaded, config.db_url, service.stats)
+    detect = start_detect(loaded, config.db_url)
+    service = DeviceDefenderService(config, after_store=detect.after_store if detect else None)
+    if detect is not None:
+        detect.bind_publish(service.publish)
+    try:
+        http = start_http(loaded, config.db_url, service.stats, detect.store if detect else None)
+    except BaseException:
+        if detect is not None:
+            detect.stop()
+        raise
     try:
         attempt = 0
         while not stop.is_set():
@@ -222,7 +238,34 @@ def command(args: argparse.Namespace) -> int:
         if http is not None:
             http.stop()
         service.stop()
+        if detect is not None:
+            detect.stop()
     return EXIT_OK
+
+
+def start_detect(loaded: Config, db_url: str) -> Optional[DetectRuntime]:
+    """Detect's registry, store, alerts and engine (None with ``[detect] enabled = false``).
+
+    Raises:
+        StateError: The database cannot be opened.
+    """
+    if not loaded.detect.enabled:
+        log.info("detect is off ([detect] enabled = false): reports are not evaluated")
+        return None
+    from defender_agent.detect.runtime import DetectRuntime  # noqa: PLC0415
+
+    detect = DetectRuntime(
+        db_url, loaded.detect, region=loaded.http.region, account=loaded.http.account_id
+    )
+    detect.start()
+    alerts = detect.alerts.settings
+    where = [f"MQTT topic {alerts.topic}"] if alerts.topic else []
+    where += [f"{len(alerts.webhooks)} webhook(s)"] if alerts.webhooks else []
+    log.info(
+        "detect: evaluating accepted reports against the attached security profiles; alerts to %s",
+        ", ".join(where) or "nowhere (no alert_topic, no webhooks)",
+    )
+    return detect
 
 
 def http_installers() -> list[Installer]:
