@@ -40,9 +40,12 @@ BYTES = {
 }
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    with running_api(tmp_path) as running:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    db_url = None
+    if request.param == "postgresql":
+        db_url = request.getfixturevalue("pg_url")
+    with running_api(tmp_path, db_url) as running:
         yield running
 
 
@@ -300,3 +303,30 @@ def test_a_custom_metric_in_use_is_not_deleted(api: Api) -> None:
     iot.update_security_profile(securityProfileName="p", deleteBehaviors=True)
     iot.delete_custom_metric(metricName="temp")
     assert iot.list_custom_metrics()["metricNames"] == []
+
+
+def test_concurrent_updates_one_wins(api: Api) -> None:
+    """Two clients update version 1 at once: one gets version 2, the other a conflict."""
+    import threading
+
+    iot = api.client()
+    iot.create_security_profile(securityProfileName="p", behaviors=[PORTS])
+    results: list[str] = []
+
+    def update(description: str) -> None:
+        client = api.client()
+        try:
+            client.update_security_profile(
+                securityProfileName="p", securityProfileDescription=description, expectedVersion=1
+            )
+            results.append("ok")
+        except ClientError as exc:
+            results.append(exc.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=update, args=(f"d{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["VersionConflictException"] * 3 + ["ok"]
+    assert iot.describe_security_profile(securityProfileName="p")["version"] == 2

@@ -39,7 +39,8 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final, Optional
 
 from defender_agent.dburl import is_keyword_string, mask_db_url
@@ -182,8 +183,18 @@ class SqlRegistry(Store):
         """``arn:aws:iot:REGION:ACCOUNT:RESOURCE``."""
         return f"arn:aws:iot:{self.region}:{self.account}:{resource}"
 
-    def _bump(self, cur: _Cursor) -> None:
-        cur.execute("UPDATE registry_generation SET value = value + 1 WHERE id = 1", ())
+    @contextmanager
+    def _change(self) -> Iterator[_Cursor]:
+        """A write transaction that first adds 1 to the generation.
+
+        That update also locks the generation's row (PostgreSQL) for the rest of the
+        transaction, so the registry's changes are serialised across processes: a check
+        (does it exist? which version?) and the write that follows cannot interleave with
+        another process's. SQLite's ``BEGIN IMMEDIATE`` does the same. Changes are rare.
+        """
+        with self._guard(), self._write() as cur:
+            cur.execute("UPDATE registry_generation SET value = value + 1 WHERE id = 1", ())
+            yield cur
 
     def _profile_row(self, cur: _Cursor, name: str) -> tuple[Any, ...]:
         cur.execute(
@@ -257,7 +268,7 @@ class SqlRegistry(Store):
         """A new profile (version 1) of the given AWS members; returns name and ARN."""
         doc = json.dumps({k: members[k] for k in PROFILE_MEMBERS if members.get(k) is not None})
         arn = self.arn(f"securityprofile/{name}")
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             cur.execute("SELECT 1 FROM security_profiles WHERE name = ?", (name,))
             if cur.fetchone() is not None:
                 raise RegistryError(EXISTS, f"Security profile {name} already exists")
@@ -266,7 +277,6 @@ class SqlRegistry(Store):
                 " VALUES (?, ?, 1, ?, ?, ?)",
                 (name, arn, doc, now, now),
             )
-            self._bump(cur)
         return {"securityProfileName": name, "securityProfileArn": arn}
 
     def describe_profile(self, name: str) -> dict[str, Any]:
@@ -287,7 +297,7 @@ class SqlRegistry(Store):
         Raises:
             RegistryError: no such profile; ``expected_version`` is not its version.
         """
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             row = self._profile_row(cur, name)
             version = int(row[2])
             if expected_version is not None and expected_version != version:
@@ -306,12 +316,11 @@ class SqlRegistry(Store):
                 "UPDATE security_profiles SET version = ?, doc = ?, modified = ? WHERE name = ?",
                 (version + 1, json.dumps(doc), now, name),
             )
-            self._bump(cur)
             return self._profile_doc(self._profile_row(cur, name))
 
     def delete_profile(self, name: str, *, expected_version: Optional[int]) -> None:
         """Delete a profile and its attachments (a missing one is not an error, as AWS)."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             cur.execute("SELECT version FROM security_profiles WHERE name = ?", (name,))
             row = cur.fetchone()
             if row is None:
@@ -324,7 +333,6 @@ class SqlRegistry(Store):
                 )
             cur.execute("DELETE FROM profile_targets WHERE profile = ?", (name,))
             cur.execute("DELETE FROM security_profiles WHERE name = ?", (name,))
-            self._bump(cur)
 
     def list_profiles(
         self,
@@ -381,7 +389,7 @@ class SqlRegistry(Store):
 
     def attach(self, profile: str, target: str) -> None:
         """Attach a profile to a target (again: no change)."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             self._profile_row(cur, profile)
             self._check_target(cur, target)
             cur.execute(
@@ -398,16 +406,14 @@ class SqlRegistry(Store):
             cur.execute(
                 "INSERT INTO profile_targets (profile, target) VALUES (?, ?)", (profile, target)
             )
-            self._bump(cur)
 
     def detach(self, profile: str, target: str) -> None:
         """Detach a profile from a target."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             self._profile_row(cur, profile)
             cur.execute(
                 "DELETE FROM profile_targets WHERE profile = ? AND target = ?", (profile, target)
             )
-            self._bump(cur)
 
     def targets_of(
         self, profile: str, *, limit: int, token: Optional[str]
@@ -473,7 +479,7 @@ class SqlRegistry(Store):
     ) -> dict[str, str]:
         """A new custom metric; returns ``metricName`` and ``metricArn``."""
         arn = self.arn(f"custommetric/{name}")
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             cur.execute("SELECT 1 FROM custom_metrics WHERE name = ?", (name,))
             if cur.fetchone() is not None:
                 raise RegistryError(EXISTS, f"Custom metric {name} already exists")
@@ -483,7 +489,6 @@ class SqlRegistry(Store):
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (name, arn, metric_type, display_name, now, now),
             )
-            self._bump(cur)
         return {"metricName": name, "metricArn": arn}
 
     def describe_custom_metric(self, name: str) -> dict[str, Any]:
@@ -508,27 +513,26 @@ class SqlRegistry(Store):
 
     def update_custom_metric(self, name: str, display_name: str, *, now: float) -> dict[str, Any]:
         """Set a custom metric's display name (its type cannot change, as on AWS)."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             self._metric(cur, name)
             cur.execute(
                 "UPDATE custom_metrics SET display_name = ?, modified = ? WHERE name = ?",
                 (display_name, now, name),
             )
-            self._bump(cur)
             return self._metric(cur, name)
 
     def delete_custom_metric(self, name: str) -> None:
         """Delete a custom metric no profile uses (AWS asks the same; missing: no error)."""
-        using = self.profiles_using_metric(name)
-        if using:
-            raise RegistryError(
-                INVALID,
-                f"Custom metric {name} is used by security profile(s) {', '.join(using)}: "
-                "remove it from them first",
-            )
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
+            cur.execute("SELECT name, doc FROM security_profiles ORDER BY name", ())
+            using = [str(n) for n, doc in cur.fetchall() if _uses(json.loads(doc), name, None)]
+            if using:
+                raise RegistryError(
+                    INVALID,
+                    f"Custom metric {name} is used by security profile(s) {', '.join(using)}: "
+                    "remove it from them first",
+                )
             cur.execute("DELETE FROM custom_metrics WHERE name = ?", (name,))
-            self._bump(cur)
 
     def list_custom_metrics(
         self, *, limit: int, token: Optional[str]
@@ -555,7 +559,7 @@ class SqlRegistry(Store):
         props = dict(properties)
         if parent:
             props["parentGroupName"] = parent
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             cur.execute("SELECT id, properties FROM thing_groups WHERE name = ?", (name,))
             row = cur.fetchone()
             if row is not None:
@@ -574,7 +578,6 @@ class SqlRegistry(Store):
                 " VALUES (?, ?, ?, 1, ?, ?)",
                 (name, arn, group_id, json.dumps(props), now),
             )
-            self._bump(cur)
         return {"thingGroupName": name, "thingGroupArn": arn, "thingGroupId": group_id}
 
     def describe_group(self, name: str) -> dict[str, Any]:
@@ -605,7 +608,7 @@ class SqlRegistry(Store):
 
     def delete_group(self, name: str) -> None:
         """Delete a group, its memberships and the attachments to it (missing: no error)."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             cur.execute("SELECT properties FROM thing_groups", ())
             for (props,) in cur.fetchall():
                 if json.loads(props).get("parentGroupName") == name:
@@ -617,7 +620,6 @@ class SqlRegistry(Store):
                 "DELETE FROM profile_targets WHERE target = ?", (self.arn(f"thinggroup/{name}"),)
             )
             cur.execute("DELETE FROM thing_groups WHERE name = ?", (name,))
-            self._bump(cur)
 
     def list_groups(
         self,
@@ -645,7 +647,7 @@ class SqlRegistry(Store):
 
     def add_to_group(self, group: str, thing: str) -> None:
         """Add a thing to a group (again: no change)."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             self._group_exists(cur, group)
             cur.execute(
                 "SELECT 1 FROM thing_group_members WHERE group_name = ? AND thing_name = ?",
@@ -656,17 +658,15 @@ class SqlRegistry(Store):
                     "INSERT INTO thing_group_members (group_name, thing_name) VALUES (?, ?)",
                     (group, thing),
                 )
-                self._bump(cur)
 
     def remove_from_group(self, group: str, thing: str) -> None:
         """Remove a thing from a group."""
-        with self._guard(), self._write() as cur:
+        with self._change() as cur:
             self._group_exists(cur, group)
             cur.execute(
                 "DELETE FROM thing_group_members WHERE group_name = ? AND thing_name = ?",
                 (group, thing),
             )
-            self._bump(cur)
 
     def things_in_group(
         self, group: str, *, limit: int, token: Optional[str]
