@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-import cbor2
-
 from defender_agent.model import Report
 from defender_agent.report.document import to_document
 from defender_agent.report.names import NameStyle
@@ -30,6 +28,8 @@ ReportFormat = Literal["json", "cbor"]
 def encode_document(document: dict[str, Any], fmt: ReportFormat = "json") -> bytes:
     """Encode an already built document."""
     if fmt == "cbor":
+        import cbor2  # noqa: PLC0415 - only for CBOR (collect's JSON start-up skips it)
+
         return bytes(cbor2.dumps(document))
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
 

@@ -29,9 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, Final, Optional, Union
-
-import cbor2
+from typing import TYPE_CHECKING, Any, Callable, Final, Optional, Union
 
 from defender_agent.errors import ReportDecodeError
 from defender_agent.model import Report
@@ -54,6 +52,16 @@ from defender_agent.rules import (
 if TYPE_CHECKING:
     from dataclasses import dataclass as record
     from dataclasses import field
+
+    #: See :func:`_cbor` (module attributes made on first use).
+    CBOR_MODULE: Any
+    DECODE_ERRORS: tuple[
+        type[ValueError],
+        type[TypeError],
+        type[ArithmeticError],
+        type[LookupError],
+        type[Exception],
+    ]
 else:
     from defender_agent._record import field, record
 
@@ -200,35 +208,93 @@ class _ListOf:
 _Spec = Union[_Obj, _ListOf, _Check]
 
 
-# cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
-# object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
-# object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
-def _cbor2_checks_duplicates() -> bool:
-    try:
-        cbor2.CBORDecoder(io.BytesIO(b""), allow_duplicate_keys=False)
-    except TypeError:
-        return False
-    return True
+class _Cbor:
+    """What the validator takes from cbor2, set up on first use: JSON alone never needs cbor2.
+
+    cbor2 6 (Python 3.10+) rejects duplicate map keys and hash-flooding keys itself and calls
+    object_hook(mapping, immutable); cbor2 5 (the newest for Python 3.9) calls
+    object_hook(decoder, mapping) and cannot detect duplicate keys: there the last one wins.
+
+    Attributes:
+        module: the cbor2 module that decodes payloads (``CBOR_MODULE``): its CBORDecoder,
+            CBORDecodeError, CBORTag, CBORSimpleValue and undefined. cbor2 5's C decoder
+            corrupts its heap when a long text string (over its 64 KiB read chunk) ends
+            early, which a hostile payload under the size limit can do, so with cbor2 5 the
+            pure-Python decoder (memory safe, ~10x slower) is used.
+        brk: the "break" stop code as a decoded value (cbor2 5's pure-Python decoder), or
+            a sentinel.
+        errors: what decoding a payload may raise besides RecursionError
+            (``DECODE_ERRORS``): cbor2's C decoder wraps the errors of its tag decoders (a
+            bad date, decimal, regexp, ...) in CBORDecodeError; the pure-Python one lets
+            them through as they are.
+        options: the CBORDecoder's keyword arguments.
+        kinds: the name of each CBOR type, for messages.
+    """
+
+    def __init__(self) -> None:
+        import cbor2  # noqa: PLC0415 - see the class docstring
+
+        try:
+            cbor2.CBORDecoder(io.BytesIO(b""), allow_duplicate_keys=False)
+            cbor6 = True
+        except TypeError:
+            cbor6 = False
+        self.module: Any = cbor2 if cbor6 else importlib.import_module("cbor2._decoder")
+        self.brk: object = getattr(self.module, "break_marker", object())
+        self.errors: tuple[type[Exception], ...] = (
+            ValueError,
+            TypeError,
+            ArithmeticError,
+            LookupError,
+            self.module.CBORDecodeError,
+        )
+        self.options: dict[str, object] = {
+            "read_size": 1,  # so that stream.tell() is where the data item ends
+            **(
+                {
+                    "object_hook": _text_keys,
+                    "allow_duplicate_keys": False,
+                    "strict_hashable_types": True,
+                }
+                if cbor6
+                else {"object_hook": _text_keys_v5}
+            ),
+        }
+        self.kinds: Mapping[type, str] = {
+            list: "array",
+            str: "text string",
+            bytes: "byte string",
+            int: "integer",
+            float: "float",
+            bool: "boolean",
+            type(None): "null",
+            type(self.module.undefined): "undefined",
+            self.module.CBORTag: "tag",
+            self.module.CBORSimpleValue: "simple value",
+        }
 
 
-_CBOR6: Final = _cbor2_checks_duplicates()
-#: The cbor2 module that decodes payloads: its CBORDecoder, CBORDecodeError, CBORTag,
-#: CBORSimpleValue and undefined. cbor2 5's C decoder corrupts its heap when a long text
-#: string (over its 64 KiB read chunk) ends early, which a hostile payload under the size
-#: limit can do, so with cbor2 5 the pure-Python decoder (memory safe, ~10x slower) is used.
-CBOR_MODULE: Final = cbor2 if _CBOR6 else importlib.import_module("cbor2._decoder")
-#: The "break" stop code as a decoded value (cbor2 5's pure-Python decoder), or a sentinel.
-_CBOR_BREAK: Final[object] = getattr(CBOR_MODULE, "break_marker", object())
-#: What decoding a payload may raise besides RecursionError: cbor2's C decoder wraps the errors
-#: of its tag decoders (a bad date, decimal, regexp, ...) in CBORDecodeError; the pure-Python
-#: one lets them through as they are.
-DECODE_ERRORS: Final = (
-    ValueError,
-    TypeError,
-    ArithmeticError,
-    LookupError,
-    getattr(CBOR_MODULE, "CBORDecodeError", cbor2.CBORDecodeError),  # cbor2 5.6's _decoder lacks it
-)
+_CBOR: list[_Cbor] = []
+
+
+def _cbor() -> _Cbor:
+    """cbor2's parts, imported and set up the first time they are needed."""
+    if not _CBOR:
+        _CBOR.append(_Cbor())
+    return _CBOR[0]
+
+
+def _decode_errors() -> tuple[type[Exception], ...]:
+    return _cbor().errors
+
+
+def __getattr__(name: str) -> object:
+    """``CBOR_MODULE`` and ``DECODE_ERRORS`` (see :class:`_Cbor`), made on first use."""
+    if name == "CBOR_MODULE":
+        return _cbor().module
+    if name == "DECODE_ERRORS":
+        return _cbor().errors
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _describe(value: object) -> str:
@@ -243,11 +309,12 @@ def _describe(value: object) -> str:
         return f"an array of {len(value)} element{'' if len(value) == 1 else 's'}"
     if isinstance(value, dict):
         return "an object" if value else "an empty object"
-    if isinstance(value, CBOR_MODULE.CBORTag):
+    cbor = _cbor().module
+    if isinstance(value, cbor.CBORTag):
         return f"CBOR tag {value.tag}"
-    if isinstance(value, CBOR_MODULE.CBORSimpleValue):
+    if isinstance(value, cbor.CBORSimpleValue):
         return f"CBOR simple value {value.value}"
-    kinds = {bytes: "a byte string", type(CBOR_MODULE.undefined): "CBOR undefined"}
+    kinds = {bytes: "a byte string", type(cbor.undefined): "CBOR undefined"}
     return kinds.get(type(value), f"a CBOR {type(value).__name__} value")
 
 
@@ -527,16 +594,6 @@ def _text_keys_v5(_decoder: object, mapping: Mapping[object, object]) -> object:
     return _text_keys(mapping, False)
 
 
-_CBOR_OPTIONS: Final[dict[str, object]] = {
-    "read_size": 1,  # so that stream.tell() is where the data item ends
-    **(
-        {"object_hook": _text_keys, "allow_duplicate_keys": False, "strict_hashable_types": True}
-        if _CBOR6
-        else {"object_hook": _text_keys_v5}
-    ),
-}
-
-
 class _NotJsonOrCborError(ReportDecodeError):
     """A payload whose format was detected is text, but not JSON."""
 
@@ -557,9 +614,10 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
         if data.startswith(_SELF_DESCRIBED_CBOR):  # cbor2 would decode the rest as immutable
             data = data[len(_SELF_DESCRIBED_CBOR) :]
         stream = io.BytesIO(data)
-        decoder = CBOR_MODULE.CBORDecoder(stream, **_CBOR_OPTIONS)
+        cbor = _cbor()
+        decoder = cbor.module.CBORDecoder(stream, **cbor.options)
         doc: object = decoder.decode()
-        if doc is _CBOR_BREAK:  # cbor2 5's pure-Python decoder returns a lone "break" (0xff)
+        if doc is cbor.brk:  # cbor2 5's pure-Python decoder returns a lone "break" (0xff)
             raise ReportDecodeError("invalid CBOR: a break code (0xff) outside a container")
     except UnicodeDecodeError as exc:
         raise ReportDecodeError(
@@ -567,7 +625,7 @@ def _decode(data: bytes, fmt: PayloadFormat) -> object:
         ) from exc
     except RecursionError as exc:
         raise ReportDecodeError(f"invalid {fmt.name}: nested too deeply") from exc
-    except DECODE_ERRORS as exc:  # incl. JSONDecodeError and the hooks
+    except _decode_errors() as exc:  # incl. JSONDecodeError and the hooks
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         raise ReportDecodeError(" ".join(f"invalid {fmt.name}: {exc}{cause}".split())) from exc
     if stream.tell() != len(data):
@@ -612,18 +670,6 @@ def sniff_format(head: bytes) -> PayloadFormat:
     return PayloadFormat.CBOR
 
 
-_CBOR_KINDS: Final[Mapping[type, str]] = {
-    list: "array",
-    str: "text string",
-    bytes: "byte string",
-    int: "integer",
-    float: "float",
-    bool: "boolean",
-    type(None): "null",
-    type(CBOR_MODULE.undefined): "undefined",
-    CBOR_MODULE.CBORTag: "tag",
-    CBOR_MODULE.CBORSimpleValue: "simple value",
-}
 _JSON_KINDS: Final[Mapping[type, str]] = {
     list: "array",
     str: "string",
@@ -640,7 +686,7 @@ def _not_a_report(doc: object, fmt: PayloadFormat) -> str:
     >>> _not_a_report([], PayloadFormat.JSON)
     'a JSON array, not a report (a report is a JSON object)'
     """
-    kinds = _JSON_KINDS if fmt is PayloadFormat.JSON else _CBOR_KINDS
+    kinds = _JSON_KINDS if fmt is PayloadFormat.JSON else _cbor().kinds
     kind = kinds.get(type(doc), type(doc).__name__)
     what = "a JSON object" if fmt is PayloadFormat.JSON else "a CBOR map"
     return f"a {fmt.name} {kind}, not a report (a report is {what})"
