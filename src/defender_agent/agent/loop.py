@@ -115,7 +115,11 @@ class Agent:
         assert self.transport is not None
         transport = self.transport
         attempt = 0
-        where = f"{self.config.mqtt.endpoint}:{self.config.effective_port}"
+        # a transport that is not a broker connection (Greengrass IPC) names itself
+        where = getattr(transport, "where", None) or (
+            f"{self.config.mqtt.endpoint}:{self.config.effective_port} "
+            f"as {self.config.effective_client_id}"
+        )
         while not self.stop_event.is_set():
             try:
                 transport.connect()
@@ -136,9 +140,8 @@ class Agent:
                 self.clock.wait(self.stop_event, delay)
                 continue
             log.info(
-                "connected to %s as %s; reporting for thing %s on %s",
+                "connected to %s; reporting for thing %s on %s",
                 where,
-                self.config.effective_client_id,
                 self.thing,
                 self.topic,
             )

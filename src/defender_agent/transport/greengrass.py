@@ -138,6 +138,11 @@ class GreengrassTransport:
     # -- Transport ------------------------------------------------------------------------------
 
     @property
+    def where(self) -> str:
+        """What the transport connects to, for log lines."""
+        return f"the Greengrass nucleus (IPC {self._socket_path})"
+
+    @property
     def connected(self) -> bool:
         """Whether the IPC connection is up now."""
         with self._lock:
