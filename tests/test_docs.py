@@ -220,6 +220,7 @@ def test_every_relative_link_resolves(document: Path) -> None:
 #: Options of the AWS CLI itself, and its own additions to create-keys-and-certificate.
 CLI_OPTIONS = {
     "--region",
+    "--endpoint-url",
     "--query",
     "--output",
     "--certificate-pem-outfile",
