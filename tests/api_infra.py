@@ -54,7 +54,8 @@ class Api:
         )
 
 
-def _stats() -> RunnerStats:
+def zero_stats() -> RunnerStats:
+    """The counters of a service that has done nothing (for an HttpContext in tests)."""
     return RunnerStats(0, 0, 0, {}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -82,7 +83,7 @@ def running_api(tmp: Path, db_url: Optional[str] = None) -> Iterator[Api]:
     store = open_store(url)
     violations = DetectStore.beside(store)
     registry = open_registry(url, region=REGION, account=ACCOUNT)
-    context = HttpContext(config, url, registry, violations, _stats)
+    context = HttpContext(config, url, registry, violations, zero_stats)
     server = HttpServer("127.0.0.1", 0, context, [install])
     server.start()
     try:

@@ -17,12 +17,7 @@ from pathlib import Path
 import boto3  # type: ignore[import-untyped]
 
 from tests.integration.test_cli_run import EXE, run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.mqtt_infra.broker import free_port
 
 
 def _credentials(path: Path) -> tuple[str, str]:
@@ -36,10 +31,10 @@ def _credentials(path: Path) -> tuple[str, str]:
 
 def test_the_service_serves_the_api_while_waiting_for_its_broker(tmp_path: Path) -> None:
     key_id, secret = _credentials(tmp_path / "creds")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
-            *EXE, "service", "--no-tls", "--port", str(_free_port()),
+            *EXE, "service", "--no-tls", "--port", str(free_port()),
             "--state-dir", str(tmp_path / "state"),
             "--http", f"127.0.0.1:{port}", "--http-credentials-file", str(tmp_path / "creds"),
         ],

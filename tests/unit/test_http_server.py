@@ -13,7 +13,7 @@ from aiohttp import web
 from defender_agent.config import load_config
 from defender_agent.errors import ConfigError
 from defender_agent.service.http import HttpContext, HttpServer, check_exposure
-from defender_agent.service.runner import RunnerStats
+from tests.api_infra import zero_stats
 
 
 class _NoRegistry:
@@ -30,17 +30,13 @@ class _NoRegistry:
         return frozenset()
 
 
-def _stats() -> RunnerStats:
-    return RunnerStats(0, 0, 0, {}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-
-
 def _context() -> HttpContext:
     return HttpContext(
         config=load_config({"service_tls": False}, None, command="service"),
         db_url=":memory:",
         registry=_NoRegistry(),
         violations=None,
-        stats=_stats,
+        stats=zero_stats,
     )
 
 

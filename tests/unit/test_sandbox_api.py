@@ -10,11 +10,7 @@ from pathlib import Path
 import boto3  # type: ignore[import-untyped]
 
 from defender_agent.sandbox.api import PROFILE, REGION, SandboxApi, ensure_key_pair
-from defender_agent.service.runner import RunnerStats
-
-
-def _stats() -> RunnerStats:
-    return RunnerStats(0, 0, 0, {}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+from tests.api_infra import zero_stats
 
 
 def test_the_key_pair_is_made_once_and_private(tmp_path: Path) -> None:
@@ -25,7 +21,7 @@ def test_the_key_pair_is_made_once_and_private(tmp_path: Path) -> None:
 
 def test_the_printed_lines_work(tmp_path: Path) -> None:
     api = SandboxApi(tmp_path, str(tmp_path / "service.sqlite3"))
-    api.start(_stats)
+    api.start(zero_stats)
     try:
         lines = api.lines()
         text = "\n".join(lines)
