@@ -114,16 +114,28 @@ def test_fleet_page_counts_live_update_and_phone_width(browser: Any, seeded: Das
         # an alarm shows in the counts, filter and sort work
         seeded.open_violation("gw-1")
         w.page.wait_for_selector("#count-in_alarm .n:text-is('1')", timeout=15_000)
+        rows = "#fleet-table tbody tr"
         w.page.select_option("#state-filter", "alarm")
-        assert w.page.locator("#fleet-table tbody tr").count() == 1
+        w.page.wait_for_function(
+            "() => document.querySelectorAll('#fleet-table tbody tr').length === 1"
+        )
+        assert w.page.locator(rows).first.get_attribute("data-thing") == "gw-1"
         w.page.select_option("#state-filter", "")
-        w.page.fill("#filter", "8080")
-        assert w.page.locator("#fleet-table tbody tr").count() == 1
+        w.page.fill("#filter", "GW-2")  # case-insensitive, on the server
+        w.page.wait_for_function(
+            "() => document.querySelectorAll('#fleet-table tbody tr').length === 1"
+        )
+        assert w.page.locator(rows).first.get_attribute("data-thing") == "gw-2"
         w.page.fill("#filter", "")
+        w.page.wait_for_function(
+            "() => document.querySelectorAll('#fleet-table tbody tr').length === 4"
+        )
         w.page.click('th[data-key="reports"]')
+        w.page.wait_for_selector('th[data-key="reports"].sorted-asc')
+        assert w.page.locator(rows).first.get_attribute("data-thing") == "gw-new"  # 1 report
         w.page.click('th[data-key="reports"]')  # descending: the most reports first
-        first = w.page.locator("#fleet-table tbody tr").first.get_attribute("data-thing")
-        assert first in ("gw-1", "gw-2")
+        w.page.wait_for_selector('th[data-key="reports"].sorted-desc')
+        assert w.page.locator(rows).first.get_attribute("data-thing") in ("gw-1", "gw-2")
         w.page.set_viewport_size({"width": 390, "height": 844})
         w.shot("fleet-phone")
         width = w.page.evaluate("document.documentElement.scrollWidth")

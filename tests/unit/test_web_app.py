@@ -215,3 +215,20 @@ def test_metrics_parse_and_move(tmp_path: Path) -> None:
     for name in METRIC_NAMES:
         if "thing_" not in name:
             assert any(n.startswith(name) for n in names), name
+
+
+def test_fleet_filters_sorts_and_pages_on_the_server(tmp_path: Path) -> None:
+    with dashboard(tmp_path) as d:
+        for i in range(12):
+            for k in range(i + 1):  # thing i has i + 1 reports
+                store_report(d.store, f"gw-{i:02d}", report(k + 1, [22], 1), NOW - 60 * (i - k))
+        url = f"{d.url}/dashboard/api/fleet"
+        page = get_json(f"{url}?sort=reports&desc=1&limit=5&offset=5")
+        found = get_json(f"{url}?q=GW-1")
+        silent = get_json(f"{url}?state=silent")
+        bad = call(f"{url}?sort=password")[0], call(f"{url}?limit=x")[0]
+    assert page["counts"]["things"] == 12 and page["matched"] == 12
+    assert [t["name"] for t in page["things"]] == [f"gw-{i:02d}" for i in (6, 5, 4, 3, 2)]
+    assert [t["name"] for t in found["things"]] == ["gw-10", "gw-11"]
+    assert silent["matched"] == 0 and silent["counts"]["things"] == 12
+    assert bad == (400, 400)

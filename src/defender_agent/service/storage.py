@@ -129,6 +129,17 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE things ADD COLUMN last_format TEXT",
         ),
     ),
+    Migration(
+        3,
+        "the per-thing metric index also holds count and number (charts read only the index)",
+        (
+            "DROP INDEX metric_values_thing_metric",
+            (
+                "CREATE INDEX metric_values_thing_metric ON metric_values"
+                " (thing, metric, received_at, id, count, number)"
+            ),
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -223,12 +223,34 @@ class Dashboard:
         raise web.HTTPFound("/dashboard/")
 
     # ------------------------------------------------------------------ data
-    async def fleet(self, _request: web.Request) -> web.StreamResponse:
-        """The fleet page's data."""
+    async def fleet(self, request: web.Request) -> web.StreamResponse:
+        """The fleet page's data.
+
+        Query: ``q`` (name contains), ``state``, ``sort``, ``desc``, ``offset``, ``limit``
+        (at most 1000).
+        """
+        q = request.query
+        try:
+            query = data.FleetQuery(
+                text=q.get("q", "")[:128],
+                state=q.get("state", ""),
+                sort=q.get("sort", "name"),
+                descending=q.get("desc", "") in ("1", "true"),
+                offset=int(q.get("offset", "0")),
+                limit=min(int(q.get("limit", "200")), 1000),
+            )
+        except ValueError:
+            return _bad("offset and limit must be integers")
+        if query.sort not in data.SORT_KEYS:
+            return _bad(f"sort: one of {', '.join(data.SORT_KEYS)}")
         things = self.context.stats().things
         doc = await self._run(
             lambda: data.fleet(
-                self.store(), self._clock(), things=things, violations=self.violations
+                self.store(),
+                self._clock(),
+                things=things,
+                violations=self.violations,
+                query=query,
             )
         )
         return _json(doc)

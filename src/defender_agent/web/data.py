@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Optional
 
@@ -37,13 +37,14 @@ __all__ = [
     "LATE_FACTOR",
     "MAX_POINTS",
     "SILENT_FACTOR",
+    "SORT_KEYS",
     "Appearance",
+    "FleetQuery",
     "active_violations",
     "appearances",
     "behavior_words",
     "bucket_width",
     "fleet",
-    "fleet_counts",
     "ports_of",
     "thing_detail",
     "thing_state",
@@ -94,22 +95,6 @@ def thing_state(now: float, first: float, last: float, reports: int) -> tuple[st
     if age > LATE_FACTOR * interval:
         return "late", interval
     return "reporting", interval
-
-
-def fleet_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """The counts at the top of the fleet page.
-
-    >>> fleet_counts([{"state": "reporting", "violations": 1}, {"state": "silent",
-    ...               "violations": 0}, {"state": "late", "violations": 0}])
-    {'things': 3, 'reporting': 1, 'late': 1, 'silent': 1, 'in_alarm': 1}
-    """
-    counts = {"things": 0, "reporting": 0, "late": 0, "silent": 0, "in_alarm": 0}
-    for row in rows:
-        counts["things"] += 1
-        counts[str(row["state"])] += 1
-        if row["violations"]:
-            counts["in_alarm"] += 1
-    return counts
 
 
 def ports_of(text: Optional[str]) -> list[int]:
@@ -169,34 +154,39 @@ class Appearance:
         }
 
 
-def appearances(values: Sequence[tuple[float, Sequence[object]]]) -> list[Appearance]:
-    """When each member of a set metric appeared, from its values oldest first.
+def appearances(groups: Sequence[tuple[Sequence[object], float, float]]) -> list[Appearance]:
+    """When each member of a set metric appeared, from the distinct values in a range.
 
-    Newest appearance first (what a security engineer wants to see: what is new), then by
-    value.
+    Each group is one distinct value (a list of members) with the first and last time it
+    was reported in the range; the database groups the values, so the work grows with the
+    number of *different* sets, not of reports. The value at the range's first time says
+    what was there at its start, the one at its newest time what is there now. Newest
+    appearance first (what a security engineer wants to see: what is new), then by value.
 
-    >>> got = appearances([(10.0, [22]), (20.0, [22, 8080]), (30.0, [22])])
+    >>> got = appearances([([22], 10.0, 30.0), ([22, 8080], 20.0, 20.0)])
     >>> [(a.value, a.first, a.last, a.present, a.at_start) for a in got]
     [('8080', 20.0, 20.0, False, False), ('22', 10.0, 30.0, True, True)]
     >>> appearances([])
     []
     """
-    if not values:
+    if not groups:
         return []
+    start = min(first for _m, first, _l in groups)
+    newest = max(last for _m, _f, last in groups)
     first: dict[str, float] = {}
     last: dict[str, float] = {}
-    for at, members in values:
-        for member in members:
-            key = str(member)
-            first.setdefault(key, at)
-            last[key] = at
-    newest = values[-1][0]
-    at_start = {str(m) for m in values[0][1]}
-    latest = {str(m) for m in values[-1][1]}
-    out = [
-        Appearance(v, first[v], last[v], v in latest and last[v] == newest, v in at_start)
-        for v in first
-    ]
+    at_start: set[str] = set()
+    latest: set[str] = set()
+    for members, group_first, group_last in groups:
+        keys = {str(m) for m in members}
+        for key in keys:
+            first[key] = min(first.get(key, group_first), group_first)
+            last[key] = max(last.get(key, group_last), group_last)
+        if group_first == start:
+            at_start |= keys
+        if group_last == newest:
+            latest |= keys
+    out = [Appearance(v, first[v], last[v], v in latest, v in at_start) for v in first]
     out.sort(key=lambda a: (-a.first, a.value))
     return out
 
@@ -239,91 +229,201 @@ def active_violations(
     return items
 
 
+@dataclass(frozen=True)
+class FleetQuery:
+    """Which rows of the fleet the page shows: filter, sort and one page.
+
+    Attributes:
+        text: Only things whose name contains this (case-insensitive).
+        state: Only things in this state (``reporting``, ``late``, ``silent``), or ``alarm``.
+        sort: One of :data:`SORT_KEYS`.
+        descending: Largest first.
+        offset: Rows to skip (after filter and sort).
+        limit: Rows to return.
+    """
+
+    text: str = ""
+    state: str = ""
+    sort: str = "name"
+    descending: bool = False
+    offset: int = 0
+    limit: int = 200
+
+
+#: What the fleet can be sorted by.
+SORT_KEYS: Final = ("name", "state", "last_seen", "reports", "accepted", "rejected", "violations")
+_STATE_ORDER: Final = {"silent": 0, "late": 1, "reporting": 2}
+
+
 def fleet(
     store: Store,
     now: float,
     *,
     things: Mapping[str, ThingCounts],
     violations: Optional[Violations],
+    query: FleetQuery = FleetQuery(),
 ) -> dict[str, Any]:
-    """The fleet page's data: counts and one row per thing (by name).
+    """The fleet page's data: counts over every thing, then one page of matching rows.
+
+    Filtering and sorting happen here, so that a fleet of 10 000 things sends the browser
+    one page (``query.limit`` rows) every few seconds, not the whole fleet.
 
     Args:
         store: The dashboard's store.
         now: The time to judge late and silent against.
         things: The service's reply counts per thing name (``RunnerStats.things``).
         violations: Detect's violations (None: Detect is off, nothing is in alarm).
+        query: Filter, sort and page.
     """
-    tcp = _PORTS_SQL[store.dialect].format("listening_tcp_ports")
-    udp = _PORTS_SQL[store.dialect].format("listening_udp_ports")
-    rows = store.query(
-        f"SELECT name, first_seen, last_seen, reports, {tcp}, {udp} FROM things ORDER BY name"  # noqa: S608 - constants
-    )
     alarms: dict[str, int] = {}
     for violation in active_violations(violations):
         name = str(violation.get("thingName", ""))
         alarms[name] = alarms.get(name, 0) + 1
-    out = []
-    for name, first, last, reports, tcp_ports, udp_ports in rows:
+    counts = {"things": 0, "reporting": 0, "late": 0, "silent": 0, "in_alarm": 0}
+    needle = query.text.lower()
+    matched: list[tuple[Any, ...]] = []
+    for name, first, last, reports in store.query(
+        "SELECT name, first_seen, last_seen, reports FROM things"
+    ):
         state, interval = thing_state(now, float(first), float(last), int(reports))
-        counts = things.get(name)
-        out.append(
+        alarm = alarms.get(name, 0)
+        counts["things"] += 1
+        counts[state] += 1
+        counts["in_alarm"] += bool(alarm)
+        if needle and needle not in name.lower():
+            continue
+        if query.state and (not alarm if query.state == "alarm" else state != query.state):
+            continue
+        matched.append((name, float(first), float(last), int(reports), state, interval, alarm))
+    key = _sort_key(query.sort if query.sort in SORT_KEYS else "name", things)
+    matched.sort(key=lambda r: r[0])
+    matched.sort(key=key, reverse=query.descending)
+    page = matched[max(0, query.offset) : max(0, query.offset) + max(0, query.limit)]
+    ports = _ports(store, [r[0] for r in page])
+    rows = []
+    for name, first, last, reports, state, interval, alarm in page:
+        thing_counts = things.get(name)
+        tcp, udp = ports.get(name, ([], []))
+        rows.append(
             {
                 "name": name,
-                "first_seen": float(first),
-                "last_seen": float(last),
-                "reports": int(reports),
+                "first_seen": first,
+                "last_seen": last,
+                "reports": reports,
                 "interval": interval,
                 "state": state,
-                "accepted": None if counts is None else counts.accepted,
-                "rejected": {} if counts is None else dict(counts.rejected),
-                "violations": alarms.get(name, 0),
-                "tcp_ports": ports_of(tcp_ports),
-                "udp_ports": ports_of(udp_ports),
+                "accepted": None if thing_counts is None else thing_counts.accepted,
+                "rejected": {} if thing_counts is None else dict(thing_counts.rejected),
+                "violations": alarm,
+                "tcp_ports": tcp,
+                "udp_ports": udp,
             }
         )
-    return {"now": now, "counts": fleet_counts(out), "things": out}
+    return {"now": now, "counts": counts, "matched": len(matched), "things": rows}
 
 
-def _series(store: Store, thing: str, since: float, until: float) -> list[dict[str, Any]]:
-    """Every numeric metric of the thing in the range, bucketed to at most MAX_POINTS."""
+def _sort_key(sort: str, things: Mapping[str, ThingCounts]) -> Any:  # noqa: ANN401
+    """A key over the rows of :func:`fleet` (name, first, last, reports, state, _, alarm)."""
+    if sort == "state":
+        return lambda r: _STATE_ORDER[r[4]]
+    if sort == "last_seen":
+        return lambda r: r[2]
+    if sort == "reports":
+        return lambda r: r[3]
+    if sort == "violations":
+        return lambda r: r[6]
+    if sort == "accepted":
+        return lambda r: getattr(things.get(r[0]), "accepted", -1)
+    if sort == "rejected":
+        return lambda r: sum(things[r[0]].rejected.values()) if r[0] in things else 0
+    return lambda r: r[0]
+
+
+def _ports(store: Store, names: Sequence[str]) -> dict[str, tuple[list[int], list[int]]]:
+    """The listening TCP and UDP ports of each thing's last report (one query per 500)."""
+    tcp = _PORTS_SQL[store.dialect].format("listening_tcp_ports")
+    udp = _PORTS_SQL[store.dialect].format("listening_udp_ports")
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = store.query(
+            f"SELECT name, {tcp}, {udp} FROM things WHERE name IN ({marks})",  # noqa: S608
+            chunk,
+        )
+        for name, tcp_text, udp_text in rows:
+            out[str(name)] = (ports_of(tcp_text), ports_of(udp_text))
+    return out
+
+
+_METRICS_OF: Final = """WITH RECURSIVE m(metric) AS (
+    SELECT MIN(metric) FROM metric_values WHERE thing = ?
+    UNION ALL
+    SELECT (SELECT MIN(metric) FROM metric_values WHERE thing = ? AND metric > m.metric)
+    FROM m WHERE m.metric IS NOT NULL
+) SELECT metric FROM m WHERE metric IS NOT NULL"""
+
+
+def _metrics_of(store: Store, thing: str) -> list[str]:
+    """The thing's metric names, sorted.
+
+    One index seek per name (a loose index scan), not a scan of all the thing's values.
+    """
+    return [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
+
+
+def _series(
+    store: Store, thing: str, metrics: Sequence[str], since: float, until: float
+) -> list[dict[str, Any]]:
+    """Every numeric metric of the thing in the range, bucketed to at most MAX_POINTS.
+
+    One query per metric over the range of the (thing, metric, received_at, id, count,
+    number) index: the table itself is not read.
+    """
     width = bucket_width(since, until)
     bucket = _BUCKET_SQL[store.dialect]
-    rows = store.query(
-        f"SELECT metric, {bucket} AS b, MAX(received_at), AVG(COALESCE(number, count))"  # noqa: S608
-        " FROM metric_values WHERE thing = ? AND received_at >= ? AND received_at < ?"
-        " AND (number IS NOT NULL OR count IS NOT NULL)"
-        " GROUP BY metric, b ORDER BY metric, b",
-        (since, width, thing, since, until),
+    sql = (
+        f"SELECT {bucket} AS b, MAX(received_at), AVG(COALESCE(number, count))"  # noqa: S608
+        " FROM metric_values WHERE thing = ? AND metric = ? AND received_at >= ?"
+        " AND received_at < ? AND (number IS NOT NULL OR count IS NOT NULL)"
+        " GROUP BY b ORDER BY b"
     )
     by_metric: dict[str, list[list[float]]] = {}
-    for metric, _b, at, value in rows:
-        by_metric.setdefault(str(metric), []).append([float(at), float(value)])
+    for metric in metrics:
+        rows = store.query(sql, (since, width, thing, metric, since, until))
+        if rows:
+            by_metric[metric] = [[float(at), float(value)] for _b, at, value in rows]
     order = {name: i for i, name in enumerate(CHARTED)}
     names = sorted(by_metric, key=lambda m: (order.get(m, len(order)), m))
     return [{"metric": m, "points": by_metric[m], "bucket_s": width} for m in names]
 
 
-def _sets(store: Store, thing: str, since: float, until: float) -> list[dict[str, Any]]:
+def _sets(
+    store: Store, thing: str, metrics: Sequence[str], since: float, until: float
+) -> list[dict[str, Any]]:
     """Every list-valued metric (ports, addresses, strings, numbers) with its appearances."""
-    rows = store.query(
-        "SELECT metric, received_at, value FROM metric_values WHERE thing = ?"
-        " AND received_at >= ? AND received_at < ? AND count IS NULL AND number IS NULL"
-        " ORDER BY metric, received_at, id",
-        (thing, since, until),
+    sql = (
+        "SELECT value, MIN(received_at), MAX(received_at) FROM metric_values"
+        " WHERE thing = ? AND metric = ? AND received_at >= ? AND received_at < ?"
+        " AND count IS NULL AND number IS NULL GROUP BY value"
     )
-    by_metric: dict[str, list[tuple[float, Sequence[object]]]] = {}
-    for metric, at, text in rows:
+    rows = [
+        (metric, *row)
+        for metric in metrics
+        for row in store.query(sql, (thing, metric, since, until))
+    ]
+    by_metric: dict[str, list[tuple[Sequence[object], float, float]]] = {}
+    for metric, text, first, last in rows:
         try:
             doc = json.loads(text)
         except ValueError:
             continue
         members = next((v for v in doc.values() if isinstance(v, list)), None) if doc else None
         if members is not None:
-            by_metric.setdefault(str(metric), []).append((float(at), members))
+            by_metric.setdefault(str(metric), []).append((members, float(first), float(last)))
     return [
-        {"metric": metric, "items": [a.to_json() for a in appearances(values)]}
-        for metric, values in sorted(by_metric.items())
+        {"metric": metric, "items": [a.to_json() for a in appearances(groups)]}
+        for metric, groups in sorted(by_metric.items())
     ]
 
 
@@ -346,6 +446,7 @@ def thing_detail(
     if not rows:
         return None
     first, last, reports, fmt, document = rows[0]
+    metrics = _metrics_of(store, thing)
     state, interval = thing_state(now, float(first), float(last), int(reports))
     where = ViolationFilter(thing_name=thing)
     active = active_violations(violations, where)
@@ -368,8 +469,8 @@ def thing_detail(
         "state": state,
         "accepted": None if counts is None else counts.accepted,
         "rejected": {} if counts is None else dict(counts.rejected),
-        "series": _series(store, thing, since, until),
-        "sets": _sets(store, thing, since, until),
+        "series": _series(store, thing, metrics, since, until),
+        "sets": _sets(store, thing, metrics, since, until),
         "active": active,
         "events": events,
         "last_report": None

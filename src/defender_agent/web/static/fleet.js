@@ -4,19 +4,22 @@
 (function () {
   const { el, clear, getJSON, time, ago, thingLink, status, rejectedText } = DA;
   const REFRESH_MS = 5000;
+  const PAGE = 200;
   const columns = [
     { key: "name", label: "Thing" },
     { key: "state", label: "State" },
     { key: "last_seen", label: "Last report" },
     { key: "reports", label: "Stored", cls: "hide-narrow" },
     { key: "accepted", label: "Accepted", cls: "hide-narrow" },
-    { key: "rejected_total", label: "Rejected" },
+    { key: "rejected", label: "Rejected" },
     { key: "violations", label: "Violations" },
-    { key: "ports", label: "Listening ports" },
+    { key: null, label: "Listening ports" },
   ];
   let sortKey = "name";
-  let sortDir = 1;
+  let descending = false;
+  let offset = 0;
   let last = null;
+  let pending = null;
 
   const box = document.getElementById("fleet");
   const countsBox = document.getElementById("counts");
@@ -24,22 +27,11 @@
   const stateFilter = document.getElementById("state-filter");
   const statusBox = document.getElementById("status");
 
-  function rejectedTotal(t) {
-    return Object.values(t.rejected || {}).reduce((a, b) => a + b, 0);
-  }
-
   function portsText(t) {
     const parts = [];
     if (t.tcp_ports.length) parts.push("TCP " + t.tcp_ports.join(", "));
     if (t.udp_ports.length) parts.push("UDP " + t.udp_ports.join(", "));
     return parts.join("; ") || "—";
-  }
-
-  function value(t, key) {
-    if (key === "rejected_total") return rejectedTotal(t);
-    if (key === "ports") return t.tcp_ports.length + t.udp_ports.length;
-    if (key === "accepted") return t.accepted === null ? -1 : t.accepted;
-    return t[key];
   }
 
   function renderCounts(counts) {
@@ -53,39 +45,41 @@
     }
   }
 
-  function visible(things) {
-    const needle = filter.value.trim().toLowerCase();
-    const state = stateFilter.value;
-    return things.filter((t) => {
-      if (state === "alarm" ? !t.violations : state && t.state !== state) return false;
-      if (!needle) return true;
-      return t.name.toLowerCase().includes(needle) || portsText(t).toLowerCase().includes(needle);
-    }).sort((a, b) => {
-      const x = value(a, sortKey), y = value(b, sortKey);
-      return (x < y ? -1 : x > y ? 1 : 0) * sortDir || (a.name < b.name ? -1 : 1);
-    });
+  function pager() {
+    const shown = last.things.length;
+    const info = el("span", { class: "muted", id: "range-info", text: shown
+      ? (offset + 1) + "–" + (offset + shown) + " of " + last.matched : "" });
+    const prev = el("button", { type: "button", id: "prev", text: "‹ previous" });
+    const next = el("button", { type: "button", id: "next", text: "next ›" });
+    prev.disabled = offset === 0;
+    next.disabled = offset + shown >= last.matched;
+    prev.addEventListener("click", () => { offset = Math.max(0, offset - PAGE); refresh(); });
+    next.addEventListener("click", () => { offset += PAGE; refresh(); });
+    return el("div", { class: "controls pager" }, [prev, " ", next, " ", info]);
   }
 
   function render() {
     if (!last) return;
     renderCounts(last.counts);
     clear(box);
-    if (!last.things.length) {
+    if (!last.counts.things) {
       box.appendChild(el("p", { class: "empty", id: "empty", text:
         "No thing has reported yet. Reports accepted by the service appear here within seconds." }));
       return;
     }
     const head = el("tr", {}, columns.map((c) => {
-      const th = el("th", { class: "sortable " + (c.cls || ""), "data-key": c.key, text: c.label });
-      if (c.key === sortKey) th.classList.add(sortDir > 0 ? "sorted-asc" : "sorted-desc");
+      const th = el("th", { class: (c.key ? "sortable " : "") + (c.cls || ""), "data-key": c.key, text: c.label });
+      if (!c.key) return th;
+      if (c.key === sortKey) th.classList.add(descending ? "sorted-desc" : "sorted-asc");
       th.addEventListener("click", () => {
-        sortDir = sortKey === c.key ? -sortDir : 1;
+        descending = sortKey === c.key ? !descending : false;
         sortKey = c.key;
-        render();
+        offset = 0;
+        refresh();
       });
       return th;
     }));
-    const rows = visible(last.things).map((t) => el("tr", { "data-thing": t.name }, [
+    const rows = last.things.map((t) => el("tr", { "data-thing": t.name }, [
       el("td", {}, [thingLink(t.name)]),
       el("td", { class: "state state-" + t.state, text: t.state }),
       el("td", { title: time(t.last_seen), text: ago(t.last_seen, last.now) }),
@@ -98,11 +92,16 @@
     const table = el("table", { id: "fleet-table" }, [el("thead", {}, [head]), el("tbody", {}, rows)]);
     box.appendChild(el("div", { class: "table-wrap" }, [table]));
     if (!rows.length) box.appendChild(el("p", { class: "empty", text: "No thing matches the filter." }));
+    if (last.matched > PAGE) box.appendChild(pager());
   }
 
   async function refresh() {
+    const q = new URLSearchParams({ sort: sortKey, desc: descending ? "1" : "0",
+      offset: String(offset), limit: String(PAGE) });
+    if (filter.value.trim()) q.set("q", filter.value.trim());
+    if (stateFilter.value) q.set("state", stateFilter.value);
     try {
-      last = await getJSON("/dashboard/api/fleet");
+      last = await getJSON("/dashboard/api/fleet?" + q.toString());
       render();
       status(statusBox, "updated " + time(last.now), false);
     } catch (e) {
@@ -110,8 +109,11 @@
     }
   }
 
-  filter.addEventListener("input", render);
-  stateFilter.addEventListener("change", render);
+  filter.addEventListener("input", () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => { offset = 0; refresh(); }, 250);
+  });
+  stateFilter.addEventListener("change", () => { offset = 0; refresh(); });
   refresh();
   setInterval(refresh, REFRESH_MS);
 })();
