@@ -216,7 +216,8 @@ def _execute(db: str, dialect: str, statements: list[str], fetch: bool = False) 
     try:
         lite.execute("BEGIN")
         for sql in statements:
-            found = lite.execute(sql).fetchone() if fetch else None
+            cursor = lite.execute(sql)
+            found = cursor.fetchone() if fetch else None
             if found:
                 out.append(int(found[0]))
         lite.execute("COMMIT")

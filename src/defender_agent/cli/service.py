@@ -269,10 +269,11 @@ def start_detect(loaded: Config, db_url: str) -> Optional[DetectRuntime]:
 
 
 def http_installers() -> list[Installer]:
-    """What the HTTP server serves: the AWS IoT API for Detect (the dashboard adds its own)."""
+    """What the HTTP server serves: the AWS IoT API for Detect, the dashboard and /metrics."""
     from defender_agent.service.api.handlers import install  # noqa: PLC0415 - aiohttp
+    from defender_agent.web.app import install as install_dashboard  # noqa: PLC0415
 
-    return [install]
+    return [install, install_dashboard]
 
 
 def start_http(
@@ -308,4 +309,5 @@ def start_http(
         registry.close()
         raise
     log.info("AWS IoT API for Detect on %s (aws iot ... --endpoint-url %s)", server.url, server.url)
+    log.info("dashboard on %s/dashboard/, Prometheus metrics on %s/metrics", server.url, server.url)
     return server

@@ -171,6 +171,8 @@ class RunnerStats:
         store_down: Whether the store is failing now (no ACCEPTED replies meanwhile).
         after_store_errors: Batches the ``after_store`` hook (Detect) failed on.
         store_latency: How long each committed transaction took (``/metrics``).
+        detect_latency: How long the ``after_store`` hook (Detect's evaluation) took per
+            batch; None without the hook.
         things: Replies per thing name (accepted, rejected by code) for the names the
             responder tracks (``max_tracked_things``, most recent); this process only.
     """
@@ -194,11 +196,12 @@ class RunnerStats:
     store_down: bool = False
     after_store_errors: int = 0
     store_latency: Optional[LatencySnapshot] = None
+    detect_latency: Optional[LatencySnapshot] = None
     things: Mapping[str, ThingCounts] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_json(self) -> dict[str, object]:
         """The counters as a JSON object (without the latency and the per-thing counts)."""
-        skip = ("store_latency", "things")
+        skip = ("store_latency", "detect_latency", "things")
         doc = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in skip}
         doc["rejected"] = dict(self.rejected)
         return doc
@@ -299,6 +302,7 @@ class _Writer:
         self._publish = publish
         self._after_store = after_store
         self.after_store_errors = 0  # batches the after_store hook failed on
+        self.after_store_latency = Latency()  # of each batch the hook took (Detect's time)
         self._queue: deque[_Accepted] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -476,8 +480,10 @@ class _Writer:
         """
         if self._after_store is None:
             return
+        began = time.monotonic()
         try:
             self._after_store([(item.thing, item.received_at, item.report) for item, _ in done])
+            self.after_store_latency.observe(time.monotonic() - began)
         except Exception as exc:  # Detect's error must never cost storage or replies
             with self._cond:
                 self.after_store_errors += 1
@@ -766,6 +772,9 @@ class DeviceDefenderService:
             store_down=writer.down if writer else False,
             after_store_errors=writer.after_store_errors if writer else 0,
             store_latency=writer.latency.snapshot() if writer else None,
+            detect_latency=writer.after_store_latency.snapshot()
+            if writer and self._after_store is not None
+            else None,
             things=responder.things,
         )
 

@@ -71,7 +71,6 @@ class ServiceCollector(Collector):
         stats: The running service's counters.
         store: The dashboard's store (for the things table).
         violations: Detect's violations, or None.
-        detect_latency: Detect's evaluation times, when its engine exposes them.
         per_thing: Also export a series per thing (small fleets only).
         clock: Epoch seconds (for reporting / late / silent).
     """
@@ -82,14 +81,12 @@ class ServiceCollector(Collector):
         store: Store,
         violations: Optional[Violations],
         *,
-        detect_latency: Optional[Callable[[], Optional[LatencySnapshot]]] = None,
         per_thing: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._stats = stats
         self._store = store
         self._violations = violations
-        self._detect_latency = detect_latency
         self._per_thing = per_thing
         self._clock = clock
 
@@ -134,9 +131,10 @@ class ServiceCollector(Collector):
         yield _histogram(
             "store_seconds", "Time of each committed store transaction", stats.store_latency
         )
-        detect = self._detect_latency() if self._detect_latency else None
         yield _histogram(
-            "detect_evaluation_seconds", "Time Detect took to evaluate a batch of reports", detect
+            "detect_evaluation_seconds",
+            "Time Detect took to evaluate each stored batch of reports",
+            stats.detect_latency,
         )
         yield from self._violation_metrics()
         yield from self._thing_metrics()
