@@ -38,7 +38,7 @@ def opened(url: str) -> Iterator[tuple[Store, DetectStore]]:
 def test_violation_lifecycle_and_events(opened: tuple[Store, DetectStore]) -> None:
     _service, store = opened
     with store.batch(["gw-1"], now=T0) as tx:
-        assert tx.states == {"gw-1": {}} and tx.active == {}
+        assert tx.states["gw-1"] == {} and tx.active == {}
         tx.states["gw-1"]["p/ports"] = {"violating": 1}
         tx.save_state("gw-1", T0)
         row = tx.open_violation("gw-1", "p", B1, "STATIC", False, {"ports": [8123]}, T0)

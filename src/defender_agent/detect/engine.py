@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 _TICK_S: Final = 1.0  # the ticker wakes this often to see what is due
 _STALE_EVERY_S: Final = 5.0  # checks for silent things at most this often
 _NO_WINDOW_S: Final = 3600.0  # a statistical behavior without durationSeconds, invalidate_after 0
+_DECODED_MAX: Final = 20_000  # things whose decoded states are kept between batches
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ class DetectEngine:
         self._plan: Optional[_Plan] = None
         self._groups: dict[str, frozenset[str]] = {}
         self._thresholds: dict[tuple[str, str], Optional[float]] = {}
+        # thing -> (the states' JSON text this process last wrote, those states decoded)
+        self._decoded: dict[str, tuple[str, dict[str, BehaviorState]]] = {}
         self._next_statistics = 0.0
         self._next_stale = 0.0
         self._stop = threading.Event()
@@ -427,15 +430,36 @@ class DetectEngine:
                 self._judge_report(tx, item, rules, mine)
                 tx.save_state(item.thing, item.received_at)
             for thing, mine in states.items():
-                tx.states[thing] = {key: state.to_json() for key, state in mine.items()}
+                text = json.dumps(
+                    {key: state.to_json() for key, state in mine.items()}, separators=(",", ":")
+                )
+                tx.texts[thing] = text
+                self._remember(thing, text, mine)
             return list(tx.events)
 
-    @staticmethod
-    def _load_states(tx: Batch, thing: str, rules: Sequence[_Rule]) -> dict[str, BehaviorState]:
-        raw = tx.states.get(thing, {})
+    def _remember(self, thing: str, text: str, states: dict[str, BehaviorState]) -> None:
+        """Keep the decoded states of the text just written (bounded, least recent out)."""
+        cache = self._decoded
+        cache.pop(thing, None)
+        cache[thing] = (text, dict(states))
+        while len(cache) > _DECODED_MAX:
+            del cache[next(iter(cache))]
+
+    def _load_states(
+        self, tx: Batch, thing: str, rules: Sequence[_Rule]
+    ) -> dict[str, BehaviorState]:
+        """The thing's states as loaded; decoded again only when another writer changed them."""
+        text = tx.texts.get(thing, "{}")
+        known = self._decoded.get(thing)
+        if known is not None and known[0] == text:  # this process wrote it last
+            return dict(known[1])
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raw = {}
         mine: dict[str, BehaviorState] = {}
         for rule in rules:
-            doc = raw.get(rule.key)
+            doc = raw.get(rule.key) if isinstance(raw, dict) else None
             if doc is None:
                 continue
             try:

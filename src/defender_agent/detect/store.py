@@ -326,6 +326,19 @@ class _PostgresDb(PostgresStore):
     _VERSION_TABLE = "detect_schema_version"
 
 
+class _States(dict[str, dict[str, Any]]):
+    """Thing -> its decoded states, decoded from ``texts`` on first use."""
+
+    texts: Mapping[str, str] = {}
+
+    def __missing__(self, thing: str) -> dict[str, Any]:
+        if thing not in self.texts:
+            raise KeyError(thing)
+        doc = _loads(self.texts[thing]) or {}
+        self[thing] = doc
+        return doc
+
+
 @dataclass
 class Batch:
     """One judging transaction over some things, their rows locked (see :meth:`DetectStore.batch`).
@@ -335,14 +348,18 @@ class Batch:
 
     Attributes:
         now: The time of the batch (for the rows it writes).
-        states: Thing -> its ``{"PROFILE/BEHAVIOR": state}`` object (a new thing: ``{}``).
+        states: Thing -> its ``{"PROFILE/BEHAVIOR": state}`` object (a new thing: ``{}``),
+            decoded from :attr:`texts` when first used.
+        texts: Thing -> the JSON text of its states as loaded; set it to the new text to
+            write (the engine encodes once, and skips decoding a text it wrote itself).
         last_report: Thing -> when its last evaluated report arrived (0: never).
         active: ``(thing, profile, behavior name)`` -> its active violation.
         events: The events recorded in this batch, in order.
     """
 
     now: float
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    states: _States = field(default_factory=_States)
+    texts: dict[str, str] = field(default_factory=dict)
     last_report: dict[str, float] = field(default_factory=dict)
     active: dict[tuple[str, str, str], ActiveRow] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
@@ -545,11 +562,12 @@ class DetectStore:
                 params,
             )
         for thing, states, last in cur.fetchall():
-            batch.states[thing] = _loads(states) or {}
+            batch.texts[thing] = str(states)
             batch.last_report[thing] = float(last)
         for name in names:
-            batch.states.setdefault(name, {})
+            batch.texts.setdefault(name, "{}")
             batch.last_report.setdefault(name, 0.0)
+        batch.states.texts = batch.texts
         where = "thing = ANY(?)" if self._pg else f"thing IN {marks}"
         cur.execute(
             f"SELECT {_VIOLATION_COLUMNS} FROM detect_violations"  # noqa: S608
@@ -565,7 +583,13 @@ class DetectStore:
             cur.executemany(
                 _UPSERT_STATE,
                 [
-                    (thing, _dumps(batch.states.get(thing, {})), last)
+                    (
+                        thing,
+                        _dumps(batch.states[thing])
+                        if thing in batch.states
+                        else batch.texts[thing],
+                        last,
+                    )
                     for thing, last in sorted(batch._saved.items())
                 ],
             )

@@ -1,0 +1,292 @@
+"""Detect's cost in the service: answered reports/s with and without evaluation, in one run.
+
+The machinery of ``bench_service_load.py`` (a fresh mosquitto, ``defender-agent service``
+processes, 1 000 simulated devices in 4 processes, closed loop, every reply counted) runs
+each store twice per repetition:
+
+* ``…-off``: ``[detect] enabled = false`` (the figure without Detect);
+* ``…-on``: 10 security profiles x 10 behaviors attached to every thing (5 to ``all/things``,
+  5 to ``all/registered-things``: AWS's limit is 5 per target; created in the database
+  before the service starts): listening TCP/UDP port allow-lists, bytes/packets
+  over 300/600 s windows, port and connection counts, a destination CIDR set, the custom
+  ``cpu_usage`` number, and one behavior per profile that every report violates (so every
+  device has 10 active violations: 10 000 in all, whose last value is updated by every
+  report).
+
+Figures: answered reports/s (median of the repetitions) and its ratio on/off per store
+(target ≥ 0.90), the engine's own time per report in µs (its ``detect stopped`` line:
+wall time in ``evaluate`` divided by reports, database work included), and
+``ListActiveViolations`` over the 10 000 active violations of the SQLite ``-on`` database,
+through the API with a real boto3 client (first page and a follow-on page of 250, and of
+25; target < 100 ms).
+
+Run: ``.venv/bin/python bench/bench_detect.py`` (about 5 minutes); ``--devices 200
+--repeat 1`` for a quick look. Raw JSON: ``bench/results/detect-<date>.json.tmp`` unless
+``--out`` names a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import bench_service_load as load  # noqa: E402
+
+REGION, ACCOUNT = "us-east-1", "123456789012"
+PROFILES, BEHAVIORS = 10, 10
+
+
+def behaviors(p: int) -> list[dict[str, Any]]:
+    """Ten behaviors; the last one is violated by every bench report (port 8080)."""
+
+    def b(name: str, metric: str, **criteria: Any) -> dict[str, Any]:
+        return {"name": f"{name}-{p}", "metric": metric, "criteria": criteria}
+
+    def lt(count: int, **extra: Any) -> dict[str, Any]:
+        return {"comparisonOperator": "less-than", "value": {"count": count}, **extra}
+
+    return [
+        b(
+            "tcp",
+            "aws:listening-tcp-ports",
+            comparisonOperator="in-port-set",
+            value={"ports": [22, 8080]},
+        ),
+        b(
+            "udp",
+            "aws:listening-udp-ports",
+            comparisonOperator="in-port-set",
+            value={"ports": [68]},
+        ),
+        b("out", "aws:all-bytes-out", **lt(10_000_000, durationSeconds=300)),
+        b("in", "aws:all-bytes-in", **lt(10_000_000, durationSeconds=600)),
+        b("pkts", "aws:all-packets-out", **lt(100_000, durationSeconds=300)),
+        b("ntcp", "aws:num-listening-tcp-ports", **lt(10)),
+        b("conns", "aws:num-established-tcp-connections", **lt(100)),
+        b(
+            "dest",
+            "aws:destination-ip-addresses",
+            comparisonOperator="in-cidr-set",
+            value={"cidrs": ["203.0.113.0/24", "2001:db8::/32"]},
+        ),
+        b("cpu", "cpu_usage", comparisonOperator="less-than-equals", value={"number": 90}),
+        b(
+            "only22",
+            "aws:listening-tcp-ports",
+            comparisonOperator="in-port-set",
+            value={"ports": [22]},
+        ),
+    ]
+
+
+def seed(db: str) -> None:
+    """The profiles and the custom metric, attached to every thing (idempotent)."""
+    from defender_agent.detect.registry import RegistryError, open_registry
+    from defender_agent.service.storage import open_store
+
+    open_store(db).close()
+    registry = open_registry(db, region=REGION, account=ACCOUNT)
+    try:
+        now = time.time()
+        try:
+            registry.create_custom_metric("cpu_usage", "number", None, now=now)
+        except RegistryError:
+            return  # seeded by an earlier start
+        for p in range(PROFILES):
+            registry.create_profile(f"bench-{p}", {"behaviors": behaviors(p)}, now=now)
+            # AWS allows 5 profiles per target: half on all/things, half on
+            # all/registered-things (every device here)
+            target = "all/things" if p % 2 else "all/registered-things"
+            registry.attach(f"bench-{p}", registry.arn(target))
+    finally:
+        registry.close()
+
+
+def serve_main(argv: list[str]) -> int:
+    """``serve on|off SERVICE-ARGS...``: seed (on), then become the service process."""
+    mode, rest = argv[0], argv[1:]
+    env = dict(os.environ)
+    if mode == "on":
+        seed(rest[rest.index("--db") + 1])
+        env["DEFENDER_AGENT_DETECT_ENABLED"] = "true"
+    else:
+        env["DEFENDER_AGENT_DETECT_ENABLED"] = "false"
+    os.execve(sys.executable, [sys.executable, "-m", "defender_agent", "service", *rest], env)
+    return 70  # not reached
+
+
+def _detect_line(log_file: Path) -> dict[str, float]:
+    text = log_file.read_text(errors="replace")
+    found = re.findall(r"detect stopped: (\d+) reports judged \((\d+) us each\)", text)
+    if not found:
+        return {}
+    reports, us = found[-1]
+    return {"judged": int(reports), "us_per_report": int(us)}
+
+
+def list_active(db: str, work: Path) -> dict[str, Any]:
+    """ListActiveViolations through the API (boto3) over the database's violations."""
+    sys.path.insert(0, str(load.REPO))
+    from tests.api_infra import running_api
+
+    timings: dict[str, Any] = {}
+    (work / "api").mkdir(exist_ok=True)
+    with running_api(work / "api", db) as api:
+        client = api.client()
+        client.list_active_violations(maxResults=25)  # warm: connection, first query plan
+        count = 0
+        token = None
+        began = time.perf_counter()
+        while True:
+            kwargs: dict[str, Any] = {"maxResults": 250}
+            if token:
+                kwargs["nextToken"] = token
+            page = client.list_active_violations(**kwargs)
+            count += len(page["activeViolations"])
+            token = page.get("nextToken")
+            if not token:
+                break
+        timings["active_violations"] = count
+        timings["all_pages_of_250_s"] = round(time.perf_counter() - began, 3)
+        for size in (250, 25):
+            samples = []
+            token = None
+            for _ in range(5):
+                t = time.perf_counter()
+                page = client.list_active_violations(
+                    maxResults=size, **({"nextToken": token} if token else {})
+                )
+                samples.append((time.perf_counter() - t) * 1000)
+                token = page.get("nextToken")
+            timings[f"page_of_{size}_ms_median_max"] = [
+                round(statistics.median(samples), 1),
+                round(max(samples), 1),
+            ]
+        t = time.perf_counter()
+        client.list_active_violations(thingName="t00042", maxResults=250)
+        timings["one_thing_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    return timings
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        return serve_main(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--reports", type=int, default=10, help="per device")
+    parser.add_argument("--device-procs", type=int, default=4)
+    parser.add_argument("--stores", default="sqlite,pg")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    load._raise_nofile()
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    work = Path(tempfile.mkdtemp(prefix="dd-bench-detect-"))
+    pg = load.Postgres() if "pg" in stores else None
+    runs: list[dict[str, Any]] = []
+    listing: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        for rep in range(args.repeat):
+            for store in stores:
+                base = "sqlite-1" if store == "sqlite" else "pg-1"
+                for mode in ("off", "on"):
+                    name = f"{base}-detect-{mode}"
+                    load.SCENARIOS[name] = dict(load.SCENARIOS[base])
+                    load._service_argv = (  # type: ignore[assignment]
+                        lambda mode=mode: [
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "serve",
+                            mode,
+                        ]
+                    )
+                    print(f"-- {name} (run {rep + 1}) ...", file=sys.stderr, flush=True)
+                    root = work / f"run{rep}"
+                    run = load.run_scenario(name, args, root, None, pg)
+                    run.update(_detect_line(root / name / "service-0.log"))
+                    run["run"] = rep + 1
+                    run["store"] = store
+                    run["detect"] = mode
+                    print(f"   {json.dumps(run)}", file=sys.stderr, flush=True)
+                    runs.append(run)
+                    if mode == "on" and store == "sqlite" and rep == 0:
+                        listing = list_active(str(root / name / "service.sqlite3"), root)
+                        print(f"   list: {json.dumps(listing)}", file=sys.stderr, flush=True)
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    summary = []
+    print(
+        "| store | answered/s without Detect | with 10 x 10 behaviors | ratio | "
+        "engine µs per report | replies all delivered |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for store in stores:
+        off = [r["answered_per_s"] for r in runs if r["store"] == store and r["detect"] == "off"]
+        on = [r["answered_per_s"] for r in runs if r["store"] == store and r["detect"] == "on"]
+        us = [
+            r.get("us_per_report", 0) for r in runs if r["store"] == store and r["detect"] == "on"
+        ]
+        ok = all(r["ok"] for r in runs if r["store"] == store)
+        row = {
+            "store": store,
+            "answered_per_s_off_median": statistics.median(off),
+            "answered_per_s_on_median": statistics.median(on),
+            "ratio": round(statistics.median(on) / statistics.median(off), 3),
+            "ratios_per_repeat": [round(b / a, 3) for a, b in zip(off, on)],
+            "engine_us_per_report_median": statistics.median(us),
+            "ok": ok,
+        }
+        summary.append(row)
+        print(
+            f"| {store} | {row['answered_per_s_off_median']:.0f} ({min(off):.0f}-{max(off):.0f})"
+            f" | {row['answered_per_s_on_median']:.0f} ({min(on):.0f}-{max(on):.0f})"
+            f" | {row['ratio']:.2f} | {row['engine_us_per_report_median']:.0f} | {ok} |"
+        )
+    if listing:
+        print(
+            f"\nListActiveViolations over {listing['active_violations']} active violations "
+            f"(boto3, SQLite): page of 250 {listing['page_of_250_ms_median_max']} ms "
+            f"(median, max), page of 25 {listing['page_of_25_ms_median_max']} ms, one thing "
+            f"{listing['one_thing_ms']} ms"
+        )
+    doc = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "load_at_end": os.getloadavg(),
+        },
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "runtime_s": round(time.monotonic() - started, 1),
+        "summary": summary,
+        "list_active_violations": listing,
+        "runs": runs,
+    }
+    out = args.out or BENCH / "results" / f"detect-{dt.date.today().isoformat()}.json.tmp"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"\nwritten {out}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
