@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -115,7 +115,7 @@ def seed(db: str) -> None:
         registry.close()
 
 
-def serve_main(argv: list[str]) -> int:
+def serve_main(argv: list[str]) -> NoReturn:
     """``serve on|off SERVICE-ARGS...``: seed (on), then become the service process."""
     mode, rest = argv[0], argv[1:]
     env = dict(os.environ)
@@ -125,7 +125,11 @@ def serve_main(argv: list[str]) -> int:
     else:
         env["DEFENDER_AGENT_DETECT_ENABLED"] = "false"
     os.execve(sys.executable, [sys.executable, "-m", "defender_agent", "service", *rest], env)
-    return 70  # not reached
+
+
+def _service_argv(mode: str) -> Callable[[], list[str]]:
+    """bench_service_load's service command, through ``serve MODE`` of this script."""
+    return lambda: [sys.executable, str(Path(__file__).resolve()), "serve", mode]
 
 
 def _detect_line(log_file: Path) -> dict[str, float]:
@@ -208,14 +212,7 @@ def main() -> int:
                 for mode in ("off", "on"):
                     name = f"{base}-detect-{mode}"
                     load.SCENARIOS[name] = dict(load.SCENARIOS[base])
-                    load._service_argv = (  # type: ignore[assignment]
-                        lambda mode=mode: [
-                            sys.executable,
-                            str(Path(__file__).resolve()),
-                            "serve",
-                            mode,
-                        ]
-                    )
+                    load._service_argv = _service_argv(mode)
                     print(f"-- {name} (run {rep + 1}) ...", file=sys.stderr, flush=True)
                     root = work / f"run{rep}"
                     run = load.run_scenario(name, args, root, None, pg)
