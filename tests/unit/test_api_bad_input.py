@@ -161,3 +161,11 @@ def test_unknown_route(api: Api) -> None:
     assert (status, code) == (404, "UnknownOperationException")
     # and the server still answers
     assert _send(api, "GET", "/custom-metrics")[0] == 200
+
+
+def test_a_retained_metric_must_exist(api: Api) -> None:
+    body = {"behaviors": [PORTS], "additionalMetricsToRetainV2": [{"metric": "no_such"}]}
+    status, code, message = _create(api, body)
+    assert (status, code) == (400, "InvalidRequestException")
+    assert message.startswith("additionalMetricsToRetainV2[0].metric: 'no_such' is neither")
+    assert _no_profiles(api)

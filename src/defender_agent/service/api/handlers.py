@@ -151,10 +151,28 @@ class Api:
         return validate_behaviors(behaviors, self.registry.custom_metric_types())
 
     def _check_behaviors(self, params: Params) -> None:
-        if "behaviors" in params and params["behaviors"] is not None:
-            errors = self._behavior_errors(params["behaviors"])
-            if errors:
-                raise ApiError(_INVALID, "; ".join(errors[:10]))
+        """Detect's rules for ``behaviors``; the metrics to retain must exist."""
+        from defender_agent.detect.behaviors import metric_kind  # noqa: PLC0415
+
+        errors = []
+        if params.get("behaviors") is not None:
+            errors += self._behavior_errors(params["behaviors"])
+        custom = self.registry.custom_metric_types()
+        retained = [
+            (f"additionalMetricsToRetainV2[{i}].metric", entry.get("metric", ""))
+            for i, entry in enumerate(params.get("additionalMetricsToRetainV2") or ())
+        ]
+        retained += [
+            (f"additionalMetricsToRetain[{i}]", name)
+            for i, name in enumerate(params.get("additionalMetricsToRetain") or ())
+        ]
+        for where, metric in retained:
+            if metric_kind(metric, custom) is None:
+                errors.append(
+                    f"{where}: {metric!r} is not a metric Detect knows or a custom metric"
+                )
+        if errors:
+            raise ApiError(_INVALID, "; ".join(errors[:10]))
 
     def _violations(self) -> Any:  # noqa: ANN401 - contract.Violations
         if self.context.violations is None:
