@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -232,3 +233,20 @@ def test_fleet_filters_sorts_and_pages_on_the_server(tmp_path: Path) -> None:
     assert [t["name"] for t in found["things"]] == ["gw-10", "gw-11"]
     assert silent["matched"] == 0 and silent["counts"]["things"] == 12
     assert bad == (400, 400)
+
+
+def test_the_sandbox_prints_a_working_dashboard_url(tmp_path: Path) -> None:
+    from defender_agent.sandbox.api import SandboxApi
+    from tests.api_infra import zero_stats
+
+    api = SandboxApi(tmp_path, str(tmp_path / "service.sqlite3"))
+    api.start(zero_stats)
+    try:
+        text = "\n".join(api.lines())
+        found = re.search(r"Dashboard (http://127\.0\.0\.1:\d+/dashboard/)", text)
+        assert found, text
+        status, _headers, body = call(found[1])
+        assert status == 200 and b"<title>Fleet" in body
+        assert get_json(found[1] + "api/fleet")["counts"]["things"] == 0
+    finally:
+        api.stop()

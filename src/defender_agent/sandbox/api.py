@@ -121,6 +121,7 @@ class SandboxApi:
         from defender_agent.detect.registry import open_registry  # noqa: PLC0415
         from defender_agent.service.api.handlers import install  # noqa: PLC0415 - aiohttp
         from defender_agent.service.http import HttpContext, HttpServer  # noqa: PLC0415
+        from defender_agent.web.app import install as install_dashboard  # noqa: PLC0415
 
         key_id, secret, path = ensure_key_pair(self.state_dir)
         self._key = (key_id, secret)
@@ -132,17 +133,18 @@ class SandboxApi:
         if violations is None:
             violations = self._own_violations = _open_violations(self.db_url)
         context = HttpContext(config, self.db_url, registry, violations, stats)
-        server = HttpServer("127.0.0.1", 0, context, [install])
+        server = HttpServer("127.0.0.1", 0, context, [install, install_dashboard])
         server.start()
         self.server = server
         return server
 
     def lines(self) -> list[str]:
-        """What the sandbox prints: the credentials lines and an example command."""
+        """What the sandbox prints: the dashboard URL, the credentials lines, a command."""
         if self.server is None:
             return []
         url = self.server.url
         return [
+            f"  Dashboard {url}/dashboard/ (open it in a browser; Prometheus: {url}/metrics)",
             f"  API      the AWS IoT API for Detect on {url}; add to ~/.aws/credentials:",
             *(f"             {line}" for line in credentials_lines(*self._key)),
             (
