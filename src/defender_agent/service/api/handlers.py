@@ -168,9 +168,7 @@ class Api:
         ]
         for where, metric in retained:
             if metric_kind(metric, custom) is None:
-                errors.append(
-                    f"{where}: {metric!r} is not a metric Detect knows or a custom metric"
-                )
+                errors.append(f"{where}: {metric!r} is neither a Detect metric nor a custom metric")
         if errors:
             raise ApiError(_INVALID, "; ".join(errors[:10]))
 
