@@ -12,6 +12,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -19,6 +20,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from defender_agent.service.api import handlers
 from tests.api_infra import REGION, Api, running_api
 
 PORTS = {
@@ -169,3 +171,25 @@ def test_a_retained_metric_must_exist(api: Api) -> None:
     assert (status, code) == (400, "InvalidRequestException")
     assert message.startswith("additionalMetricsToRetainV2[0].metric: 'no_such' is neither")
     assert _no_profiles(api)
+
+
+def test_a_database_failure_is_503(tmp_path: Path) -> None:
+    with running_api(tmp_path) as own:
+        own.registry.close()  # every registry call now fails with StateError
+        status, code, message = _error(_send(own, "GET", "/security-profiles"))
+        assert (status, code) == (503, "ServiceUnavailableException")
+        assert message == "the service's database failed"
+
+
+def test_a_bug_is_500_and_the_server_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(self: object, params: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(handlers.Api, "list_custom_metrics", boom)
+    with running_api(tmp_path) as own:
+        status, code, message = _error(_send(own, "GET", "/custom-metrics"))
+        assert (status, code, message) == (500, "InternalFailureException", "internal error")
+        assert _send(own, "GET", "/security-profiles")[0] == 200
+    assert "ListCustomMetrics failed" in caplog.text
