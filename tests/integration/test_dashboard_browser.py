@@ -7,6 +7,7 @@ Screenshots of every page go to ``test-output/screenshots/`` for a reviewer.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,13 @@ import pytest
 
 from defender_agent.service.metrics_map import MetricValue
 from defender_agent.service.responder import ThingCounts
+from tests.integration.test_detect_e2e import (  # noqa: F401 - hooks, service: fixtures
+    PORTS,
+    hooks,
+    ports_report,
+    service,
+)
+from tests.mqtt_infra.broker import connect_device
 from tests.web_infra import (
     XSS_NAME,
     XSS_STRING,
@@ -256,3 +264,79 @@ def test_empty_service_pages_say_so(browser: Any, tmp_path: Path) -> None:
             assert w.problems == []
         finally:
             w.close()
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        sample.name + "".join(f",{k}={v}" for k, v in sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_service_process_fed_through_mosquitto(
+    browser: Any, request: pytest.FixtureRequest, mosquitto: Any
+) -> None:
+    """``defender-agent service --http`` with Detect, reports from a device on mosquitto: the
+    pages and /metrics follow what arrives, and Detect's violation shows on the page."""
+    client, _proc = request.getfixturevalue("service")  # test_detect_e2e's: Detect on
+    url = client.meta.endpoint_url
+    client.create_security_profile(securityProfileName="e2e", behaviors=[PORTS])
+    client.attach_security_profile(
+        securityProfileName="e2e",
+        securityProfileTargetArn="arn:aws:iot:us-east-1:123456789012:all/things",
+    )
+    replies: queue.Queue[str] = queue.Queue()
+    device = connect_device(mosquitto, "gw-1", lambda t, _p: replies.put(t))
+    topic = "$aws/things/gw-1/defender/metrics/json"
+
+    def send(payload: bytes, outcome: str = "/accepted") -> None:
+        device.publish(topic, payload).result(10)
+        assert replies.get(timeout=15).endswith(outcome)
+
+    w = Watched(browser)
+    try:
+        before = _scrape(url)
+        w.page.goto(url + "/dashboard/")
+        w.page.wait_for_selector("#empty")
+        send(ports_report(1, 22, 443))
+        row = w.page.wait_for_selector('tr[data-thing="gw-1"]', timeout=15_000)  # no reload
+        assert "TCP 22, 443" in row.inner_text()
+        send(b"{not json", "/rejected")
+        w.page.wait_for_selector('tr[data-thing="gw-1"] td:has-text("InvalidPayload 1")')
+        w.shot("e2e-fleet")
+        after = _scrape(url)
+        assert (
+            after["defender_agent_reports_accepted_total"]
+            == before["defender_agent_reports_accepted_total"] + 1
+        )
+        assert after["defender_agent_reports_rejected_total,code=InvalidPayload"] == 1
+        assert after["defender_agent_reports_received_total"] >= 2
+        assert after["defender_agent_reports_stored_total"] >= 1
+
+        w.page.goto(url + "/dashboard/violations")
+        w.page.wait_for_selector("#empty")
+        send(ports_report(2, 22, 8123))  # a port outside the profile's set opens
+        deadline = time.monotonic() + 15
+        while w.page.locator('#violations-table tr:has-text("gw-1")').count() == 0:
+            assert time.monotonic() < deadline, "no violation on the page"
+            w.page.click("button[type=submit]")
+            time.sleep(0.5)
+        assert "8123" in w.page.inner_text("#violations-table")
+        w.shot("e2e-violations")
+        final = _scrape(url)
+        assert final["defender_agent_violations_active,behavior=ports,profile=e2e"] == 1
+        w.page.goto(url + "/dashboard/thing?name=gw-1")
+        w.page.wait_for_selector('.chart[data-metric="aws:listening-tcp-ports"] td.new')
+        assert "8123" in w.page.inner_text('.chart[data-metric="aws:listening-tcp-ports"]')
+        w.shot("e2e-thing")
+        assert w.problems == []
+    finally:
+        w.close()
+        device.disconnect()
