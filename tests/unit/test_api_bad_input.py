@@ -193,3 +193,25 @@ def test_a_bug_is_500_and_the_server_goes_on(
         assert (status, code, message) == (500, "InternalFailureException", "internal error")
         assert _send(own, "GET", "/security-profiles")[0] == 200
     assert "ListCustomMetrics failed" in caplog.text
+
+
+def test_keys_rotate_without_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with running_api(tmp_path) as own:
+        old_id, old_secret = own.key_id, own.secret
+        own.credentials_file.write_text(
+            "[new]\naws_access_key_id = AKIANEWKEY0000000001\n"
+            "aws_secret_access_key = the-new-secret-of-the-rotated-key\n",
+            encoding="utf-8",
+        )
+        assert _error(_send(own, "GET", "/custom-metrics"))[:2] == (
+            403,
+            "UnrecognizedClientException",
+        )
+        own.key_id, own.secret = "AKIANEWKEY0000000001", "the-new-secret-of-the-rotated-key"
+        assert _send(own, "GET", "/custom-metrics")[0] == 200
+        # a file that breaks keeps the keys read last, with one warning
+        own.credentials_file.write_bytes(b"\xff\xfe not text")
+        assert _send(own, "GET", "/custom-metrics")[0] == 200
+        assert _send(own, "GET", "/custom-metrics")[0] == 200
+    assert caplog.text.count("keeping the keys read before") == 1
+    assert old_secret not in caplog.text and old_id not in caplog.text

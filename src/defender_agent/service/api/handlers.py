@@ -74,8 +74,13 @@ class _Keys:
         self._path = path
         self._stamp: Optional[tuple[int, int]] = None
         self._keys: dict[str, str] = {}
-        if path is not None:
+        self._problem = ""
+        if path is None:
+            log.warning("no [http] credentials_file: every request to the Detect API is refused")
+        else:
             self._load()
+            if not self._keys:
+                log.warning("%s holds no access key: every API request is refused", path)
 
     def _load(self) -> None:
         assert self._path is not None
@@ -89,11 +94,15 @@ class _Keys:
             raise ConfigError(f"http credentials_file {self._path}: {exc}") from exc
 
     def secret_of(self, key_id: str) -> Optional[str]:
+        """The secret of an access key id (None: unknown); the file is re-read if changed."""
         if self._path is not None:
             try:
                 self._load()
-            except ConfigError as exc:  # keep the keys read last; say so once per change
-                log.warning("%s (keeping the keys read before)", exc)
+                self._problem = ""
+            except ConfigError as exc:  # keep the keys read last; say so once per problem
+                if str(exc) != self._problem:
+                    self._problem = str(exc)
+                    log.warning("%s (keeping the keys read before)", exc)
         return self._keys.get(key_id)
 
 
