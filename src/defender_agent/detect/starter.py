@@ -94,5 +94,7 @@ def ensure_starter_profile(
             registry.update_profile(
                 STARTER_PROFILE, {"behaviors": behaviors}, expected_version=None, now=now
             )
-    registry.attach(STARTER_PROFILE, registry.arn("all/things"))
+    target = registry.arn("all/things")
+    if not any(p.name == STARTER_PROFILE and target in p.targets for p in registry.profiles()):
+        registry.attach(STARTER_PROFILE, target)
     return changed
