@@ -9,7 +9,11 @@ listeners and UDP sockets). Then it runs, one after the other:
 1. ``defender-agent run ... -i 2 --allow-short-interval --splay 0
    --include-loopback-connections`` (ours);
 2. the same with ``--include-custom-metrics`` (ours + ``cpu_usage``);
-3. the public sample ``python -m AWSIoTDeviceDefenderAgentSDK.agent ... -i 2``
+3. with ``--greengrass``: ``defender-agent greengrass`` (the Greengrass v2 component, the
+   same settings from its component configuration) through ``tests/gg_infra``'s fake
+   nucleus, which runs in this process and bridges IPC to the broker's plain listener (the
+   nucleus's own cost is not the component's and is not counted);
+4. the public sample ``python -m AWSIoTDeviceDefenderAgentSDK.agent ... -i 2``
    (``AWSIoTDeviceDefenderAgentSDK==2.0.0`` in ``bench/.venvs/sample``). It has no port
    option: awsiotsdk picks 443 with ALPN ``x-amzn-mqtt-ca`` when ALPN is available (it is,
    on Linux), else 8883, so the broker gets a second TLS listener (same CA, ACL and
@@ -69,6 +73,7 @@ for _p in (str(REPO), str(BENCH)):  # tests.mqtt_infra (PKI, broker) and the ben
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from tests.gg_infra.nucleus import FakeNucleus  # noqa: E402
 from tests.mqtt_infra.broker import Mosquitto  # noqa: E402
 from tests.mqtt_infra.pki import Pki, make_pki  # noqa: E402
 
@@ -555,6 +560,18 @@ def ours_variant(pki: Pki, port: int, workdir: Path, label: str, *extra: str) ->
     return Variant(label, cmd, dict(os.environ), state)
 
 
+def greengrass_variant(nucleus: FakeNucleus, workdir: Path) -> Variant:
+    """The Greengrass component with ``run``'s settings, from its component configuration."""
+    state = workdir / "state-greengrass"
+    nucleus.configuration = {
+        "agent": {"interval": 2, "allow_short_interval": True, "splay": 0},
+        "collector": {"include_loopback_connections": True},
+    }
+    cmd = [str(VENV_BIN / "defender-agent"), "greengrass", "--state-dir", str(state)]
+    note = "IPC to tests/gg_infra's fake nucleus (in the bench process, not counted)"
+    return Variant("greengrass", cmd, {**os.environ, **nucleus.env()}, state, note)
+
+
 SHIM = (
     "import runpy, sys\n"
     "import awsiot.mqtt_connection_builder as b\n"
@@ -709,6 +726,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="max s to wait before each agent for the host's sockets to drop near the fixture's",
     )
     p.add_argument("--no-sample", action="store_true")
+    p.add_argument(
+        "--greengrass", action="store_true", help="also the Greengrass v2 component (fake nucleus)"
+    )
     p.add_argument("--max-seconds", type=float, default=170.0, help="whole-run time bound")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = p.parse_args(argv)
@@ -801,6 +821,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             ours_variant(pki, broker.port, tmp, "ours"),
             ours_variant(pki, broker.port, tmp, "ours+cpu_usage", "--include-custom-metrics"),
         ]
+        if args.greengrass:
+            nucleus = FakeNucleus(tmp / "ipc.sock", broker.plain, thing=THING)
+            nucleus.start()
+            stack.callback(nucleus.stop, True)
+            variants.append(greengrass_variant(nucleus, tmp))
         if sample_port:
             variants.append(sample_variant(pki, sample_port, bool(shim), default_port))
         for v in variants:

@@ -148,7 +148,7 @@ class FakeNucleus:
                 MqttSettings(
                     endpoint="127.0.0.1",
                     port=self.broker_port,
-                    client_id=self.thing,
+                    client_id=f"nucleus-{self.thing}",  # not the thing: a device may share the broker
                     use_tls=False,
                     reconnect_min_s=1.0,
                     reconnect_max_s=2.0,
