@@ -218,3 +218,18 @@ def test_inside_a_core_it_starts_at_import_with_the_sdk(tmp_path: Path) -> None:
     assert "thing core1, every 300 s" in err
     assert (tmp_path / "state" / "status.json").exists()  # the loop wrote its "started" status
     assert time.monotonic() - started < 60
+
+
+def test_cbor_reports_encode_here(tmp_path: Path) -> None:
+    """The collector and the CBOR encoder on the v1 Lambda's Python and its cbor2 (5.x on 3.8)."""
+    import cbor2
+
+    from defender_agent.cycle import Collector, CollectorConfig
+    from defender_agent.report.fit import encode_fitted
+
+    collector = Collector(CollectorConfig(proc_root=proc_fixture("gateway_dualstack")))
+    assert collector.cycle() is None
+    report = collector.cycle()
+    assert report is not None
+    encoded = encode_fitted(report, "cbor", short_names=True)
+    assert cbor2.loads(encoded.payload)["hed"]["rid"] == report.report_id

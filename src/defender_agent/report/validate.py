@@ -208,6 +208,17 @@ class _ListOf:
 _Spec = Union[_Obj, _ListOf, _Check]
 
 
+def _pure_decoder() -> Any:  # noqa: ANN401 - a module
+    """cbor2 5's pure-Python decoder: ``cbor2._decoder`` (5.5+), ``cbor2.decoder`` (5.4).
+
+    cbor2 5.4 is what greengrasssdk (Greengrass v1 Lambdas, Python 3.8) pins.
+    """
+    try:
+        return importlib.import_module("cbor2._decoder")
+    except ImportError:
+        return importlib.import_module("cbor2.decoder")
+
+
 class _Cbor:
     """What the validator takes from cbor2, set up on first use: JSON alone never needs cbor2.
 
@@ -239,14 +250,14 @@ class _Cbor:
             cbor6 = True
         except TypeError:
             cbor6 = False
-        self.module: Any = cbor2 if cbor6 else importlib.import_module("cbor2._decoder")
+        self.module: Any = cbor2 if cbor6 else _pure_decoder()
         self.brk: object = getattr(self.module, "break_marker", object())
         self.errors: tuple[type[Exception], ...] = (
             ValueError,
             TypeError,
             ArithmeticError,
             LookupError,
-            self.module.CBORDecodeError,
+            getattr(self.module, "CBORDecodeError", cbor2.CBORDecodeError),  # 5.6's _decoder
         )
         self.options: dict[str, object] = {
             "read_size": 1,  # so that stream.tell() is where the data item ends
