@@ -215,3 +215,17 @@ def test_keys_rotate_without_a_restart(tmp_path: Path, caplog: pytest.LogCapture
         assert _send(own, "GET", "/custom-metrics")[0] == 200
     assert caplog.text.count("keeping the keys read before") == 1
     assert old_secret not in caplog.text and old_id not in caplog.text
+
+
+def test_each_change_is_one_audit_line(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="defender_agent.service.api.handlers")
+    body = json.dumps({"behaviors": [PORTS]}).encode()
+    assert _send(api, "POST", "/security-profiles/audited%0Aline", body)[0] == 400  # bad name
+    assert _send(api, "POST", "/security-profiles/audited", body)[0] == 200
+    assert _send(api, "GET", "/security-profiles/audited")[0] == 200
+    assert _send(api, "DELETE", "/security-profiles/audited")[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("api: ")]
+    assert lines == [
+        f"api: CreateSecurityProfile 'audited' by {api.key_id}",
+        f"api: DeleteSecurityProfile 'audited' by {api.key_id}",
+    ]

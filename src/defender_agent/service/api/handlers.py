@@ -457,6 +457,25 @@ def _arn_tail(arn: Optional[str], marker: str) -> Optional[str]:
     return arn.rsplit(marker, 1)[1] or None
 
 
+def _subject(params: Params) -> str:
+    """What a change was about, for its log line (names from the network, escaped).
+
+    >>> _subject({"securityProfileName": "p", "securityProfileTargetArn": "arn:x"})
+    "'p' 'arn:x'"
+    """
+    names = (
+        "securityProfileName",
+        "metricName",
+        "thingGroupName",
+        "thingGroupArn",
+        "thingName",
+        "thingArn",
+        "violationId",
+        "securityProfileTargetArn",
+    )
+    return " ".join(shown(params[n], 200) for n in names if params.get(n)) or "-"
+
+
 def _snake(name: str) -> str:
     """``CreateSecurityProfile`` -> ``create_security_profile``.
 
@@ -499,7 +518,7 @@ def _endpoint(api: Api, operation: str) -> Handler:
                     f"the request body is larger than {MAX_BODY} bytes",
                 ) from None
             try:
-                verify(
+                key_id = verify(
                     request.method,
                     request.rel_url.raw_path,
                     request.rel_url.raw_query_string,
@@ -537,6 +556,8 @@ def _endpoint(api: Api, operation: str) -> Handler:
             log.exception("%s failed", operation)
             error = ApiError("InternalFailureException", "internal error")
             return _error_response(error, request_id)
+        if route.method != "GET" and operation != "ValidateSecurityProfileBehaviors":
+            log.info("api: %s %s by %s", operation, _subject(params), key_id)
         headers = {"x-amzn-RequestId": request_id}
         if result is None:
             return web.Response(status=route.status, headers=headers)
