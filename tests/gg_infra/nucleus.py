@@ -14,7 +14,8 @@ component uses:
 
 Access control: ``allow_publish``/``allow_subscribe`` are the topic names the
 component's ``accessControl`` grants (``None``: everything); anything else is
-answered with ``UnauthorizedError``, worded like the nucleus's. Any other
+answered with ``UnauthorizedError``, worded like the nucleus's; with
+``publish_error`` set, every publish is answered with that error. Any other
 operation gets ``ServiceError``. :meth:`stop` closes the socket and every
 connection (a nucleus restart); :meth:`start` serves again on the same path.
 """
@@ -97,6 +98,8 @@ class FakeNucleus:
         self.configuration: dict[str, Any] = dict(configuration or {})
         self.allow_publish: Optional[Collection[str]] = None
         self.allow_subscribe: Optional[Collection[str]] = None
+        #: an error model (``aws.greengrass#ServiceError``) every publish is answered with
+        self.publish_error: Optional[str] = None
         self.published: list[tuple[str, str, bytes]] = []  # (topic, qos, payload)
         self.connects = 0
         self.rejected_tokens = 0
@@ -325,6 +328,9 @@ class FakeNucleus:
         topic = str(body.get("topicName", ""))
         if self.allow_publish is not None and topic not in self.allow_publish:
             self._unauthorized(client, sid, operation, topic)
+            return
+        if self.publish_error is not None:
+            self._error(client, sid, self.publish_error, "the MQTT spooler is full")
             return
         payload = base64.b64decode(body.get("payload", ""))
         with self._lock:

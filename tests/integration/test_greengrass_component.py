@@ -249,3 +249,23 @@ def test_outside_a_nucleus_is_one_line_and_exit_2(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert err.count("\n") == 1 and "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT" in err
+
+
+def test_service_errors_in_a_row_make_the_connection_afresh(
+    dd: Service, nucleus: FakeNucleus, component: Callable[..., AgentProcess]
+) -> None:
+    nucleus.configuration = {"agent": dict(FAST)}
+    nucleus.start()
+    agent = component(nucleus.env())
+    agent.wait(lambda: agent.counter("accepted") >= 1)
+    connects = nucleus.connects
+    nucleus.publish_error = "aws.greengrass#ServiceError"
+    agent.wait(lambda: "3 ServiceErrors in a row" in agent.logtext())
+    nucleus.publish_error = None
+    agent.wait(lambda: "the IPC connection to the nucleus is back" in agent.logtext())
+    accepted = agent.counter("accepted")
+    agent.wait(lambda: agent.counter("accepted") >= accepted + 2)
+    assert nucleus.connects == connects + 1
+    failed = [ln for ln in agent.logtext().splitlines() if "spooler is full" in ln]
+    assert len(failed) >= 3  # each failed report is one line with the nucleus's message
+    assert agent.stop() == 0

@@ -52,6 +52,8 @@ SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"  # noqa: S105 - the variable's name, not a secret
 #: The IPC service whose policies grant PublishToIoTCore and SubscribeToIoTCore.
 IPC_POLICY = "aws.greengrass.ipc.mqttproxy"
+#: After this many ServiceErrors in a row, the IPC connection is made afresh.
+SERVICE_ERRORS_RECONNECT = 3
 
 
 def ipc_reason(exc: BaseException) -> str:
@@ -132,6 +134,8 @@ class GreengrassTransport:
         self._reconnector: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._unauthorized: set[str] = set()  # topics whose missing grant was logged
+        self._service_errors = 0  # ServiceErrors in a row
+        self._drop_reason: Optional[str] = None  # why we closed the connection to reconnect
         self._watcher: Optional[Callable[[], None]] = None  # told of configuration updates
         self._watch: Optional[Any] = None  # its open SubscribeToConfigurationUpdate
 
@@ -206,9 +210,13 @@ class GreengrassTransport:
             exc = fut.exception()
             if exc is None:
                 self._unauthorized.discard(topic)
+                with self._lock:
+                    self._service_errors = 0
                 result.set_result(None)
             else:
                 result.set_exception(PublishError(self._failure("PublishToIoTCore", topic, exc)))
+                if type(exc).__name__ == "ServiceError":
+                    self._service_error(client)
 
         sent.add_done_callback(done)
         return result
@@ -419,6 +427,16 @@ class GreengrassTransport:
         except Exception:  # a listener's bug must not unwind into awscrt's thread
             log.exception("the connection listener failed")
 
+    def _service_error(self, client: GreengrassCoreIPCClientV2) -> None:
+        """A ServiceError: after a few in a row, close the connection (it is then reconnected)."""
+        with self._lock:
+            self._service_errors += 1
+            if self._service_errors < SERVICE_ERRORS_RECONNECT or self._client is not client:
+                return
+            self._service_errors = 0
+            self._drop_reason = f"{SERVICE_ERRORS_RECONNECT} ServiceErrors in a row"
+        _close_quietly(client)  # its on_disconnect starts the reconnect
+
     def _lost(self, generation: int, reason: Optional[Exception]) -> None:
         """The IPC connection closed (lifecycle callback): reconnect unless we closed it."""
         with self._lock:
@@ -433,7 +451,8 @@ class GreengrassTransport:
                 target=self._reconnect, name="defender-agent-ipc-reconnect", daemon=True
             )
             self._reconnector = thread
-        why = "closed by the nucleus" if reason is None else ipc_reason(reason)
+            dropped, self._drop_reason = self._drop_reason, None
+        why = dropped or ("closed by the nucleus" if reason is None else ipc_reason(reason))
         log.warning("the IPC connection to the nucleus is down (%s); reconnecting", why)
         self._notify(False, why)
         thread.start()
