@@ -20,9 +20,10 @@ from a client process (like a browser):
 each ``--runs`` times (median, max; the first, cold, reported apart). Then ingest: batches
 of 500 reports (9 values each, the writer's ``record_many``) written for ``--ingest-s``
 seconds into the same database in this process (where the service's HTTP server also runs)
-with no dashboard client, then with ``--browsers`` dashboards open (each polls the fleet
-every 5 s and a thing page every 10 s, as the pages do), then with one client asking for the
-fleet without pause (a worst case); reports/s and the ratio to the run without a client.
+with no dashboard client, with ``--browsers`` dashboards open (each polls the fleet every 5 s
+and a thing page every 10 s, as the pages do), and with one client asking for the fleet
+without pause (a worst case); the three alternate for ``--rounds`` rounds (the machine is
+shared: its load falls on all three alike), and the medians of reports/s are compared.
 
 Run: ``.venv/bin/python bench/bench_dashboard.py`` (SQLite and PostgreSQL, about 10 minutes
 here); ``--db sqlite --things 1000 --reports 20`` for a quick look. JSON to ``--out``.
@@ -102,7 +103,7 @@ print(n)
 def _numbers(n: int, name: str, dialect: str) -> str:
     """A row source of 0..n-1 as column ``name``."""
     if dialect == "postgresql":
-        return f"generate_series(0, {n - 1}) AS g({name})"
+        return f"generate_series(0, {n - 1}) AS g_{name}({name})"
     return (
         f"(WITH RECURSIVE c({name}) AS (SELECT 0 UNION ALL SELECT {name} + 1 FROM c "
         f"WHERE {name} < {n - 1}) SELECT {name} FROM c)"
@@ -319,17 +320,33 @@ def run_case(db: str, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {key}: {result[key]}", flush=True)
         store = open_store(db)
         try:
-            ingest: dict[str, Any] = {}
-            for mode, count in (("none", 0), ("browser", args.browsers), ("hammer", 1)):
-                procs = _pollers(url, mode, count, args.ingest_s) if count else []
-                rate = _ingest(store, args.ingest_s, len(ingest) * 100_000)
-                requests = sum(int(p.communicate(timeout=120)[0] or 0) for p in procs)
-                ingest[mode] = {"reports_per_s": round(rate), "dashboard_requests": requests}
-                print(f"  ingest with {mode}: {ingest[mode]}", flush=True)
-            base = ingest["none"]["reports_per_s"]
-            for mode in ("browser", "hammer"):
-                ingest[mode]["ratio"] = round(ingest[mode]["reports_per_s"] / base, 3)
-            result["ingest"] = ingest
+            # the modes alternate, round after round, so that the load the other users of
+            # the machine put on it falls on all of them alike; medians are compared
+            rates: dict[str, list[float]] = {"none": [], "browser": [], "hammer": []}
+            requests = dict.fromkeys(rates, 0)
+            counts = {"none": 0, "browser": args.browsers, "hammer": 1}
+            for round_no in range(args.rounds):
+                for mode, count in counts.items():
+                    procs = _pollers(url, mode, count, args.ingest_s) if count else []
+                    offset = (round_no * 3 + len(rates[mode])) * 100_000 + hash(mode) % 1000
+                    rates[mode].append(_ingest(store, args.ingest_s, offset))
+                    requests[mode] += sum(int(p.communicate(timeout=120)[0] or 0) for p in procs)
+                print(
+                    f"  ingest round {round_no + 1}: "
+                    + ", ".join(f"{m} {r[-1]:.0f}/s" for m, r in rates.items()),
+                    flush=True,
+                )
+            base = statistics.median(rates["none"])
+            result["ingest"] = {
+                mode: {
+                    "reports_per_s": [round(r) for r in rates[mode]],
+                    "median": round(statistics.median(rates[mode])),
+                    "ratio": round(statistics.median(rates[mode]) / base, 3),
+                    "dashboard_requests": requests[mode],
+                }
+                for mode in rates
+            }
+            print(f"  ingest: {result['ingest']}", flush=True)
         finally:
             store.close()
     finally:
@@ -344,7 +361,8 @@ def main() -> int:
     parser.add_argument("--reports", type=int, default=112)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--browsers", type=int, default=4)
-    parser.add_argument("--ingest-s", type=float, default=15.0)
+    parser.add_argument("--ingest-s", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out: dict[str, Any] = {

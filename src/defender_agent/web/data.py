@@ -364,12 +364,22 @@ _METRICS_OF: Final = """WITH RECURSIVE m(metric) AS (
 ) SELECT metric FROM m WHERE metric IS NOT NULL"""
 
 
-def _metrics_of(store: Store, thing: str) -> list[str]:
-    """The thing's metric names, sorted.
+_IS_NUMBER: Final = """SELECT count IS NOT NULL OR number IS NOT NULL FROM metric_values
+    WHERE thing = ? AND metric = ? ORDER BY received_at DESC LIMIT 1"""
 
-    One index seek per name (a loose index scan), not a scan of all the thing's values.
+
+def _metrics_of(store: Store, thing: str) -> tuple[list[str], list[str]]:
+    """The thing's numeric and set-valued metric names, each sorted.
+
+    One index seek per name (a loose index scan), not a scan of all the thing's values, and
+    one more for its kind (its newest value has a count or a number, or neither).
     """
-    return [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
+    names = [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
+    numeric, sets = [], []
+    for name in names:
+        rows = store.query(_IS_NUMBER, (thing, name))
+        (numeric if rows and rows[0][0] else sets).append(name)
+    return numeric, sets
 
 
 def _series(
@@ -446,7 +456,7 @@ def thing_detail(
     if not rows:
         return None
     first, last, reports, fmt, document = rows[0]
-    metrics = _metrics_of(store, thing)
+    numeric, sets = _metrics_of(store, thing)
     state, interval = thing_state(now, float(first), float(last), int(reports))
     where = ViolationFilter(thing_name=thing)
     active = active_violations(violations, where)
@@ -469,8 +479,8 @@ def thing_detail(
         "state": state,
         "accepted": None if counts is None else counts.accepted,
         "rejected": {} if counts is None else dict(counts.rejected),
-        "series": _series(store, thing, metrics, since, until),
-        "sets": _sets(store, thing, metrics, since, until),
+        "series": _series(store, thing, numeric, since, until),
+        "sets": _sets(store, thing, sets, since, until),
         "active": active,
         "events": events,
         "last_report": None
