@@ -375,7 +375,8 @@ def _metrics_of(store: Store, thing: str) -> tuple[list[str], list[str]]:
     one more for its kind (its newest value has a count or a number, or neither).
     """
     names = [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
-    numeric, sets = [], []
+    numeric: list[str] = []
+    sets: list[str] = []
     for name in names:
         rows = store.query(_IS_NUMBER, (thing, name))
         (numeric if rows and rows[0][0] else sets).append(name)
