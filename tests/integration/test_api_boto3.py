@@ -330,3 +330,17 @@ def test_concurrent_updates_one_wins(api: Api) -> None:
         t.join()
     assert sorted(results) == ["VersionConflictException"] * 3 + ["ok"]
     assert iot.describe_security_profile(securityProfileName="p")["version"] == 2
+
+
+def test_a_retried_custom_metric_create_answers_as_the_first(api: Api) -> None:
+    iot = api.client()
+    first = iot.create_custom_metric(
+        metricName="m", metricType="number", clientRequestToken="token-1"
+    )
+    again = iot.create_custom_metric(
+        metricName="m", metricType="number", clientRequestToken="token-1"
+    )
+    assert again["metricArn"] == first["metricArn"]
+    with pytest.raises(ClientError) as exc:
+        iot.create_custom_metric(metricName="m", metricType="number", clientRequestToken="t-2")
+    assert _code(exc) == ("ResourceAlreadyExistsException", 409)

@@ -118,6 +118,11 @@ REGISTRY_MIGRATIONS: Final[tuple[Migration, ...]] = (
             "INSERT INTO registry_generation (id, value) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        2,
+        "CreateCustomMetric's clientRequestToken (a retried create answers as the first did)",
+        ("ALTER TABLE custom_metrics ADD COLUMN client_token TEXT",),
+    ),
 )
 
 #: The members of a profile kept in its JSON document.
@@ -475,19 +480,34 @@ class SqlRegistry(Store):
 
     # ------------------------------------------------------------------ custom metrics
     def create_custom_metric(
-        self, name: str, metric_type: str, display_name: Optional[str], *, now: float
+        self,
+        name: str,
+        metric_type: str,
+        display_name: Optional[str],
+        *,
+        now: float,
+        client_token: Optional[str] = None,
     ) -> dict[str, str]:
-        """A new custom metric; returns ``metricName`` and ``metricArn``."""
+        """A new custom metric; returns ``metricName`` and ``metricArn``.
+
+        The same ``client_token`` again (a client's retry) gets the same answer, as AWS's
+        ``clientRequestToken``; another create of an existing name is refused.
+        """
         arn = self.arn(f"custommetric/{name}")
         with self._change() as cur:
-            cur.execute("SELECT 1 FROM custom_metrics WHERE name = ?", (name,))
-            if cur.fetchone() is not None:
+            cur.execute(
+                "SELECT metric_type, client_token FROM custom_metrics WHERE name = ?", (name,)
+            )
+            row = cur.fetchone()
+            if row is not None:
+                if client_token and row[1] == client_token and row[0] == metric_type:
+                    return {"metricName": name, "metricArn": arn}
                 raise RegistryError(EXISTS, f"Custom metric {name} already exists")
             cur.execute(
                 "INSERT INTO custom_metrics"
-                " (name, arn, metric_type, display_name, created, modified)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, arn, metric_type, display_name, now, now),
+                " (name, arn, metric_type, display_name, created, modified, client_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, arn, metric_type, display_name, now, now, client_token),
             )
         return {"metricName": name, "metricArn": arn}
 

@@ -294,7 +294,11 @@ class Api:
     def create_custom_metric(self, p: Params) -> Result:
         """``CreateCustomMetric``."""
         return self.registry.create_custom_metric(
-            p["metricName"], p["metricType"], p.get("displayName"), now=time.time()
+            p["metricName"],
+            p["metricType"],
+            p.get("displayName"),
+            now=time.time(),
+            client_token=p.get("clientRequestToken"),
         )
 
     def describe_custom_metric(self, p: Params) -> Result:
