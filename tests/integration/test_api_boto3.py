@@ -212,7 +212,10 @@ def test_every_operation_round_trips(api: Api) -> None:
     # deletions
     iot.remove_thing_from_thing_group(thingGroupName="room7", thingName="gw-7")
     assert iot.list_things_in_thing_group(thingGroupName="room7")["things"] == []
-    iot.delete_thing_group(thingGroupName="room7")
+    with pytest.raises(ClientError) as conflict:
+        iot.delete_thing_group(thingGroupName="room7", expectedVersion=2)
+    assert _code(conflict) == ("VersionConflictException", 409)
+    iot.delete_thing_group(thingGroupName="room7", expectedVersion=1)
     iot.delete_security_profile(securityProfileName="other")
     iot.delete_security_profile(securityProfileName="baseline", expectedVersion=3)
     assert iot.list_security_profiles()["securityProfileIdentifiers"] == []

@@ -626,9 +626,17 @@ class SqlRegistry(Store):
             "status": "ACTIVE",
         }
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str, *, expected_version: Optional[int] = None) -> None:
         """Delete a group, its memberships and the attachments to it (missing: no error)."""
         with self._change() as cur:
+            cur.execute("SELECT version FROM thing_groups WHERE name = ?", (name,))
+            row = cur.fetchone()
+            if row is not None and expected_version not in (None, int(row[0])):
+                raise RegistryError(
+                    CONFLICT,
+                    f"Thing group {name} is at version {int(row[0])}, "
+                    f"not the expected {expected_version}",
+                )
             cur.execute("SELECT properties FROM thing_groups", ())
             for (props,) in cur.fetchall():
                 if json.loads(props).get("parentGroupName") == name:

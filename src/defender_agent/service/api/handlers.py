@@ -395,7 +395,7 @@ class Api:
 
     def delete_thing_group(self, p: Params) -> Result:
         """``DeleteThingGroup``."""
-        self.registry.delete_group(p["thingGroupName"])
+        self.registry.delete_group(p["thingGroupName"], expected_version=p.get("expectedVersion"))
         return None
 
     def list_thing_groups(self, p: Params) -> Result:
@@ -405,7 +405,7 @@ class Api:
             token=p.get("nextToken"),
             parent=p.get("parentGroup"),
             prefix=p.get("namePrefixFilter"),
-            recursive=p.get("recursive", True),
+            recursive=bool(p.get("recursive")),
         )
         return {"thingGroups": items, "nextToken": token}
 
