@@ -138,30 +138,34 @@ class Component:
                 self.apply_update()
 
     # ------------------------------------------------------------------ running
-    def connect(self) -> bool:
-        """Connect to the nucleus, backing off while it is not up; ``False`` when stopped."""
+    def connect(self) -> Optional[dict[str, Any]]:
+        """Connect and read the configuration, backing off while the nucleus is not up.
+
+        Returns:
+            The component configuration, or ``None`` when stopped meanwhile.
+        """
         attempt = 0
         while not self.stop_event.is_set():
             try:
                 self.transport.connect()
-            except TransportError as exc:
+                return self.transport.get_configuration()
+            except TransportError as exc:  # not up, refused, or dropped before the answer
                 delay = backoff_delay(attempt, rng=self.rng)
                 attempt += 1
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 self.stop_event.wait(delay)
-                continue
-            return True
-        return False
+        return None
 
     def run(self) -> int:
         """Run until :meth:`stop`: 0, or 2 after a fatal error (logged in one line)."""
         try:
-            if not self.connect():
+            value = self.connect()
+            if value is None:
                 return 0
             try:
-                config = self.load(self.transport.get_configuration())
+                config = self.load(value)
                 collector = self.make_collector(config)
-            except (ConfigError, TransportError) as exc:
+            except ConfigError as exc:
                 log.error("cannot start: %s", exc)  # noqa: TRY400 - one line
                 return 2
             self.config = config
