@@ -27,22 +27,16 @@ from defender_agent.report.decode import read_report_id
 from defender_agent.report.validate import decode_payload
 from tests.conftest import proc_fixture
 from tests.gg_infra.nucleus import FakeNucleus
-from tests.integration.test_agent_mqtt import AgentProcess, Service, start_service
+from tests.integration import test_agent_mqtt
+from tests.integration.test_agent_mqtt import AgentProcess, Service
 from tests.mqtt_infra.broker import Mosquitto
 
 THING = "thing1"
 FAST = {"interval": 1, "splay": 0, "allow_short_interval": True}
 REPORTS = f"$aws/things/{THING}/defender/metrics/"
 
-
-@pytest.fixture
-def dd(mosquitto: Mosquitto) -> Iterator[Service]:
-    svc = start_service(mosquitto)
-    try:
-        yield svc
-    finally:
-        svc.service.stop()
-        svc.transport.disconnect()
+#: The Device Defender responder on the broker (the fixture of the agent's MQTT tests).
+dd = test_agent_mqtt.dd
 
 
 @pytest.fixture
