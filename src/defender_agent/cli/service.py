@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Final, Optional
 from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser, setup_logging, stop_on_signals
 from defender_agent.cli._settings import SettingOptions, load_for
 from defender_agent.config import Config, plaintext_warning
-from defender_agent.errors import ConnectError
+from defender_agent.errors import ConfigError, ConnectError
 from defender_agent.report.validate import ValidationPolicy
 from defender_agent.schedule import backoff_delay
 from defender_agent.service.responder import ResponderPolicy
@@ -291,12 +291,18 @@ def start_http(
     if loaded.http.listen is None:
         return None
     from defender_agent.detect.registry import open_registry  # noqa: PLC0415
-    from defender_agent.service.http import (  # noqa: PLC0415 - aiohttp, only when serving
-        HttpContext,
-        HttpServer,
-        check_exposure,
-        parse_listen,
-    )
+
+    try:
+        from defender_agent.service.http import (  # noqa: PLC0415 - aiohttp, only when serving
+            HttpContext,
+            HttpServer,
+            check_exposure,
+            parse_listen,
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            f"--http ([http] listen) needs aiohttp: pip install 'defender-agent[service]' ({exc})"
+        ) from None
 
     host, port = parse_listen(loaded.http.listen)
     check_exposure(host, loaded.http.credentials_file)
