@@ -37,6 +37,7 @@ from defender_agent.detect.registry import RegistryError, SqlRegistry
 from defender_agent.errors import ConfigError, StateError
 from defender_agent.logs import shown
 from defender_agent.service.api.errors import ApiError
+from defender_agent.service.api.model import MODEL
 from defender_agent.service.api.protocol import ROUTES, dumps, parse_input
 from defender_agent.service.api.sigv4 import SignatureError, load_keys, verify
 from defender_agent.service.http import MAX_BODY, HttpContext
@@ -46,7 +47,6 @@ __all__ = ["OPERATIONS", "Api", "install"]
 log = logging.getLogger(__name__)
 
 _INVALID: Final = "InvalidRequestException"
-_NOT_FOUND: Final = "ResourceNotFoundException"
 _DEFAULT_PAGE: Final = 100
 _AUTH_CODES: Final = frozenset(
     {
@@ -494,14 +494,24 @@ def _error_response(error: ApiError, request_id: str) -> web.Response:
     return web.Response(status=error.status, body=error.body(), headers=headers)
 
 
-def _declared(operation: str, code: str) -> str:
-    """The code to answer: one the operation declares (else InvalidRequestException)."""
-    from defender_agent.service.api.model import MODEL  # noqa: PLC0415
+#: The errors each operation declares in the model.
+_ERRORS: Final = {
+    name: frozenset(e["shape"] for e in op.get("errors", ()))
+    for name, op in MODEL["operations"].items()
+}
 
-    if code in _AUTH_CODES:
+
+def _declared(operation: str, code: str) -> str:
+    """The code to answer: one the operation declares (else InvalidRequestException).
+
+    >>> _declared("DeleteCustomMetric", "ResourceNotFoundException")
+    'InvalidRequestException'
+    >>> _declared("DescribeCustomMetric", "ResourceNotFoundException")
+    'ResourceNotFoundException'
+    """
+    if code in _AUTH_CODES or code in _ERRORS[operation]:
         return code
-    errors = {e["shape"] for e in MODEL["operations"][operation].get("errors", ())}
-    return code if code in errors else _INVALID
+    return _INVALID
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
