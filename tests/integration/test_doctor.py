@@ -256,3 +256,16 @@ def test_publish_test_sends_one_report_and_waits_for_its_reply(
     test = by_name(doc)["test report"]
     assert test["status"] == "fail" and "no reply within 10 s" in test["detail"]
     assert mosquitto.log().count("Received PUBLISH from thing1") == 1
+
+
+def test_a_refused_connect_names_the_likely_policy_problem(pki: Pki, tmp_path: Path) -> None:
+    """The TLS handshake works, the broker refuses the CONNECT (CONNACK not authorized)."""
+    with Mosquitto(tmp_path / "refusing", pki, refuse_connect=True) as broker:
+        code, doc, _ = doctor(tmp_path, broker.port, pki, "thing1")
+    assert code == 1, doc
+    assert failed(doc) == ["MQTT CONNECT"], doc
+    connect = by_name(doc)["MQTT CONNECT"]
+    # awscrt reports mosquitto's refusal as a protocol error; AWS IoT closes the connection
+    assert connect["detail"].startswith("as client id thing1: "), connect
+    assert "iot:Connect" in connect["fix"] and "client/thing1" in connect["fix"]
+    assert by_name(doc)["TLS handshake"]["status"] == "ok"

@@ -18,7 +18,8 @@ anonymous access: it is for a local responder on a plain connection.
 mosquitto's ``acl_file`` grants every SUBSCRIBE and filters at delivery; AWS IoT refuses
 the SUBSCRIBE itself (SUBACK 0x80). ``allow_subscribe`` imitates that with mosquitto's
 dynamic-security plugin instead of the ACL file: the TLS clients may subscribe to the
-listed topic filters only (and publish nowhere).
+listed topic filters only (and publish nowhere). ``refuse_connect`` refuses every CONNECT
+after a good TLS handshake (CONNACK "not authorized"), as a policy without ``iot:Connect``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Mosquitto:
         acl: bool = True,
         plain_port: bool = False,
         allow_subscribe: Optional[dict[str, list[str]]] = None,
+        refuse_connect: bool = False,
     ) -> None:
         self.directory = directory
         self.pki = pki
@@ -116,6 +118,7 @@ class Mosquitto:
         self.plain: Optional[int] = free_port() if plain_port else None
         self.acl = acl
         self.allow_subscribe = allow_subscribe  # client CN -> topic filters it may subscribe to
+        self.refuse_connect = refuse_connect  # CONNACK "not authorized" after a good handshake
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self.conf = directory / "mosquitto.conf"
         self.log_file = directory / "mosquitto.log"
@@ -147,6 +150,10 @@ class Mosquitto:
             "use_identity_as_username true",
             "allow_anonymous false",
         ]
+        if self.refuse_connect:  # a password nobody has: every CONNECT is refused
+            passwords = self.directory / "passwords"
+            passwords.write_text("")
+            lines[-2:] = ["allow_anonymous false", f"password_file {passwords}"]
         if self.allow_subscribe is not None:
             lines += self._dynsec()
         elif self.acl:
