@@ -580,19 +580,23 @@ class DetectStore:
 
     def _flush(self, cur: Any, batch: Batch) -> None:  # noqa: ANN401
         if batch._saved:
-            cur.executemany(
-                _UPSERT_STATE,
-                [
-                    (
-                        thing,
-                        _dumps(batch.states[thing])
-                        if thing in batch.states
-                        else batch.texts[thing],
-                        last,
-                    )
-                    for thing, last in sorted(batch._saved.items())
-                ],
-            )
+            rows = [
+                (
+                    thing,
+                    _dumps(batch.states[thing]) if thing in batch.states else batch.texts[thing],
+                    last,
+                )
+                for thing, last in sorted(batch._saved.items())
+            ]
+            if self._pg:  # the rows exist (locked): one statement, a column array each
+                cur.execute(
+                    "UPDATE detect_things t SET states = u.s, last_report = u.l FROM"
+                    " unnest(?::text[], ?::text[], ?::double precision[]) AS u(t, s, l)"
+                    " WHERE t.thing = u.t",
+                    [list(column) for column in zip(*rows)],
+                )
+            else:
+                cur.executemany(_UPSERT_STATE, rows)
         ended = {row.violation_id: at for at, row in batch._ended}
         fresh = {row.violation_id for row in batch._new}
         closing = [(at, r) for at, r in batch._ended if r.violation_id not in fresh]
@@ -624,7 +628,18 @@ class DetectStore:
                 ],
             )
         updated = [r for vid, r in batch._updated.items() if vid not in ended and vid not in fresh]
-        if updated:
+        if updated and self._pg:
+            cur.execute(
+                "UPDATE detect_violations v SET last_value = u.val, last_time = u.t FROM"
+                " unnest(?::text[], ?::text[], ?::double precision[]) AS u(id, val, t)"
+                " WHERE v.violation_id = u.id",
+                [
+                    [r.violation_id for r in updated],
+                    [_dumps(r.last_value) for r in updated],
+                    [r.last_time for r in updated],
+                ],
+            )
+        elif updated:
             cur.executemany(
                 "UPDATE detect_violations SET last_value = ?, last_time = ? WHERE violation_id = ?",
                 [(_dumps(r.last_value), r.last_time, r.violation_id) for r in updated],
