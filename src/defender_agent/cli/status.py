@@ -235,7 +235,10 @@ def command(args: argparse.Namespace) -> int:
     if args.check:
         return _check(args, state, name)
     status = state.load(name)
-    if status is not None and args.service:
+    if args.service:  # the service's status file, as it is
+        if status is None:
+            print(f"no service status in {state.path} (is 'defender-agent service' running?)")
+            return EXIT_INVALID
         print(json.dumps(status, indent=2, sort_keys=True))
         return EXIT_OK
     if status is None:
