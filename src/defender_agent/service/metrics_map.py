@@ -110,8 +110,9 @@ class MetricValue:
         >>> MetricValue("aws:listening-tcp-ports", ports=(22, 443)).to_json()
         {'ports': [22, 443]}
         """
-        value = getattr(self, self.kind)
-        return {self.kind: list(value) if isinstance(value, tuple) else value}
+        kind = self.kind
+        value = getattr(self, kind)
+        return {kind: list(value) if isinstance(value, tuple) else value}
 
     @classmethod
     def from_json(cls, metric: str, doc: Mapping[str, object]) -> MetricValue:

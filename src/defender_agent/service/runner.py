@@ -224,6 +224,10 @@ class _Accepted:
     reply: Optional[Reply] = None  # published once stored (None: it went out already)
 
 
+#: ``json.dumps(document, allow_nan=False)`` with one encoder (not one per call).
+_ENCODE_JSON: Final = json.JSONEncoder(allow_nan=False).encode
+
+
 def _replies(count: int) -> str:
     """``1 reply``, ``2 replies``."""
     return f"{count} {'reply' if count == 1 else 'replies'}"
@@ -432,7 +436,7 @@ class _Writer:
                     logging.ERROR, "cannot map the report of %s to values: %s", item.thing, exc
                 )
                 continue
-            document = json.dumps(to_document(item.report, NameStyle.LONG), allow_nan=False)
+            document = _ENCODE_JSON(to_document(item.report, NameStyle.LONG))
             stored = StoredReport(
                 item.thing, item.report_id, item.received_at, item.fmt.value, values, document
             )
