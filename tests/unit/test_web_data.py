@@ -9,12 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from defender_agent.errors import ConfigError
+from defender_agent.service.storage import open_store
 from defender_agent.web.auth import Authenticator, AuthSettings, FailureLimiter
 from defender_agent.web.data import (
     DEFAULT_INTERVAL_S,
     appearances,
     bucket_width,
     ports_of,
+    state_counts,
     thing_state,
 )
 
@@ -116,3 +118,29 @@ def test_failure_limiter_is_per_client_and_bounded() -> None:
     for i in range(20_000):
         limiter.fail(f"c{i}")
     assert len(limiter._clients) <= 10_000
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 1e6), st.floats(0, 1e6), st.integers(1, 10_000)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.floats(0, 2e6),
+)
+def test_the_database_judges_states_as_thing_state_does(
+    rows: list[tuple[float, float, int]], now: float
+) -> None:
+    store = open_store(":memory:")
+    try:
+        for i, (first, last, reports) in enumerate(rows):
+            store.query(
+                "INSERT INTO things (name, first_seen, last_seen, reports) VALUES (?, ?, ?, ?)",
+                (f"t{i}", first, last, reports),
+            )
+        expected = {"silent": 0, "late": 0, "reporting": 0}
+        for first, last, reports in rows:
+            expected[thing_state(now, first, last, reports)[0]] += 1
+        assert state_counts(store, now) == expected
+    finally:
+        store.close()

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_POINTS",
     "SILENT_FACTOR",
     "SORT_KEYS",
+    "STATE_SQL",
     "Appearance",
     "FleetQuery",
     "active_violations",
@@ -46,6 +47,7 @@ __all__ = [
     "bucket_width",
     "fleet",
     "ports_of",
+    "state_counts",
     "thing_detail",
     "thing_state",
 ]
@@ -255,6 +257,55 @@ SORT_KEYS: Final = ("name", "state", "last_seen", "reports", "accepted", "reject
 _STATE_ORDER: Final = {"silent": 0, "late": 1, "reporting": 2}
 
 
+#: A thing's mean interval, as :func:`thing_state` computes it, in SQL.
+_INTERVAL_SQL: Final = (
+    "(CASE WHEN reports > 1 AND last_seen > first_seen"
+    f" THEN (last_seen - first_seen) / (reports - 1) ELSE {DEFAULT_INTERVAL_S} END)"
+)
+#: Its state as :func:`thing_state` says (0 silent, 1 late, 2 reporting); two ``now`` params.
+STATE_SQL: Final = (
+    f"(CASE WHEN ? - last_seen > {SILENT_FACTOR} * {_INTERVAL_SQL} THEN 0"
+    f" WHEN ? - last_seen > {LATE_FACTOR} * {_INTERVAL_SQL} THEN 1 ELSE 2 END)"
+)
+_STATES: Final = ("silent", "late", "reporting")
+_SQL_SORTS: Final = {
+    "name": "name",
+    "state": f"{STATE_SQL}",
+    "last_seen": "last_seen",
+    "reports": "reports",
+}
+
+
+def state_counts(store: Store, now: float) -> dict[str, int]:
+    """How many things are reporting, late and silent now (counted by the database)."""
+    counts = dict.fromkeys(_STATES, 0)
+    rows = store.query(
+        f"SELECT st, COUNT(*) FROM (SELECT {STATE_SQL} AS st FROM things) AS s GROUP BY st",  # noqa: S608
+        (now, now),
+    )
+    for state, count in rows:
+        counts[_STATES[int(state)]] = int(count)
+    return counts
+
+
+def _alarms(violations: Optional[Violations]) -> dict[str, int]:
+    alarms: dict[str, int] = {}
+    for violation in active_violations(violations):
+        name = str(violation.get("thingName", ""))
+        alarms[name] = alarms.get(name, 0) + 1
+    return alarms
+
+
+def _like(text: str) -> str:
+    r"""A LIKE pattern for "contains ``text``" (``\`` escapes ``%`` and ``_``).
+
+    >>> _like("gw_1%")
+    '%gw\\_1\\%%'
+    """
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def fleet(
     store: Store,
     now: float,
@@ -265,8 +316,11 @@ def fleet(
 ) -> dict[str, Any]:
     """The fleet page's data: counts over every thing, then one page of matching rows.
 
-    Filtering and sorting happen here, so that a fleet of 10 000 things sends the browser
-    one page (``query.limit`` rows) every few seconds, not the whole fleet.
+    Filtering, sorting and paging happen in the database (the state as :data:`STATE_SQL`),
+    so that 10 000 things cost the service a few queries and the browser one page
+    (``query.limit`` rows) every few seconds. Sorting by accepted, rejected or violations,
+    and the ``alarm`` filter, use what only this process knows (its counters, Detect's
+    violations): those read every name and sort here.
 
     Args:
         store: The dashboard's store.
@@ -275,63 +329,78 @@ def fleet(
         violations: Detect's violations (None: Detect is off, nothing is in alarm).
         query: Filter, sort and page.
     """
-    alarms: dict[str, int] = {}
-    for violation in active_violations(violations):
-        name = str(violation.get("thingName", ""))
-        alarms[name] = alarms.get(name, 0) + 1
-    counts = {"things": 0, "reporting": 0, "late": 0, "silent": 0, "in_alarm": 0}
-    needle = query.text.lower()
-    matched: list[tuple[Any, ...]] = []
-    for name, first, last, reports in store.query(
-        "SELECT name, first_seen, last_seen, reports FROM things"
-    ):
+    alarms = _alarms(violations)
+    counts: dict[str, int] = {"things": 0, **state_counts(store, now), "in_alarm": len(alarms)}
+    counts["things"] = sum(counts[s] for s in _STATES)
+    where: list[str] = ["1 = 1"]
+    params: list[object] = []
+    if query.text:
+        where.append("LOWER(name) LIKE ? ESCAPE '\\'")
+        params.append(_like(query.text))
+    if query.state in _STATES:
+        where.append(f"{STATE_SQL} = ?")
+        params += [now, now, _STATES.index(query.state)]
+    condition = " AND ".join(where)
+    offset, limit = max(0, query.offset), max(0, query.limit)
+    if query.sort in _SQL_SORTS and query.state != "alarm":
+        matched = int(
+            store.query(f"SELECT COUNT(*) FROM things WHERE {condition}", params)[0][0]  # noqa: S608
+        )
+        order = _SQL_SORTS[query.sort]
+        order_params = [now, now] if query.sort == "state" else []
+        direction = "DESC" if query.descending else "ASC"
+        page = store.query(
+            f"SELECT name, first_seen, last_seen, reports FROM things WHERE {condition}"  # noqa: S608
+            f" ORDER BY {order} {direction}, name LIMIT ? OFFSET ?",
+            [*params, *order_params, limit, offset],
+        )
+    else:
+        rows = store.query(
+            f"SELECT name, first_seen, last_seen, reports FROM things WHERE {condition}",  # noqa: S608
+            params,
+        )
+        if query.state == "alarm":
+            rows = [r for r in rows if r[0] in alarms]
+        key = _sort_key(query.sort if query.sort in SORT_KEYS else "name", things, alarms, now)
+        rows.sort(key=lambda r: r[0])
+        rows.sort(key=key, reverse=query.descending)
+        matched, page = len(rows), rows[offset : offset + limit]
+    ports = _ports(store, [str(r[0]) for r in page])
+    out = []
+    for name, first, last, reports in page:
         state, interval = thing_state(now, float(first), float(last), int(reports))
-        alarm = alarms.get(name, 0)
-        counts["things"] += 1
-        counts[state] += 1
-        counts["in_alarm"] += bool(alarm)
-        if needle and needle not in name.lower():
-            continue
-        if query.state and (not alarm if query.state == "alarm" else state != query.state):
-            continue
-        matched.append((name, float(first), float(last), int(reports), state, interval, alarm))
-    key = _sort_key(query.sort if query.sort in SORT_KEYS else "name", things)
-    matched.sort(key=lambda r: r[0])
-    matched.sort(key=key, reverse=query.descending)
-    page = matched[max(0, query.offset) : max(0, query.offset) + max(0, query.limit)]
-    ports = _ports(store, [r[0] for r in page])
-    rows = []
-    for name, first, last, reports, state, interval, alarm in page:
         thing_counts = things.get(name)
         tcp, udp = ports.get(name, ([], []))
-        rows.append(
+        out.append(
             {
                 "name": name,
-                "first_seen": first,
-                "last_seen": last,
-                "reports": reports,
+                "first_seen": float(first),
+                "last_seen": float(last),
+                "reports": int(reports),
                 "interval": interval,
                 "state": state,
                 "accepted": None if thing_counts is None else thing_counts.accepted,
                 "rejected": {} if thing_counts is None else dict(thing_counts.rejected),
-                "violations": alarm,
+                "violations": alarms.get(name, 0),
                 "tcp_ports": tcp,
                 "udp_ports": udp,
             }
         )
-    return {"now": now, "counts": counts, "matched": len(matched), "things": rows}
+    return {"now": now, "counts": counts, "matched": matched, "things": out}
 
 
-def _sort_key(sort: str, things: Mapping[str, ThingCounts]) -> Any:  # noqa: ANN401
-    """A key over the rows of :func:`fleet` (name, first, last, reports, state, _, alarm)."""
+def _sort_key(
+    sort: str, things: Mapping[str, ThingCounts], alarms: Mapping[str, int], now: float
+) -> Any:  # noqa: ANN401
+    """A key over ``(name, first_seen, last_seen, reports)`` rows, for the sorts done here."""
     if sort == "state":
-        return lambda r: _STATE_ORDER[r[4]]
+        return lambda r: _STATE_ORDER[thing_state(now, r[1], r[2], r[3])[0]]
     if sort == "last_seen":
         return lambda r: r[2]
     if sort == "reports":
         return lambda r: r[3]
     if sort == "violations":
-        return lambda r: r[6]
+        return lambda r: alarms.get(r[0], 0)
     if sort == "accepted":
         return lambda r: getattr(things.get(r[0]), "accepted", -1)
     if sort == "rejected":

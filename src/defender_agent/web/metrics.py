@@ -30,7 +30,7 @@ from defender_agent.detect.contract import Violations
 from defender_agent.service.latency import LatencySnapshot
 from defender_agent.service.runner import RunnerStats
 from defender_agent.service.storage import Store
-from defender_agent.web.data import active_violations, thing_state
+from defender_agent.web.data import active_violations, state_counts
 
 __all__ = ["METRIC_NAMES", "ServiceCollector", "registry_for"]
 
@@ -156,8 +156,16 @@ class ServiceCollector(Collector):
 
     def _thing_metrics(self) -> Iterator[Metric]:
         now = self._clock()
-        states = {"reporting": 0, "late": 0, "silent": 0}
-        rows = self._store.query("SELECT name, first_seen, last_seen, reports FROM things")
+        family = GaugeMetricFamily(
+            _P + "things",
+            "Things that have reported, by state (late and silent: relative to their interval)",
+            labels=["state"],
+        )
+        for state, count in state_counts(self._store, now).items():
+            family.add_metric([state], count)
+        yield family
+        if not self._per_thing:
+            return
         last = GaugeMetricFamily(
             _P + "thing_last_report_timestamp_seconds",
             "When each thing's last report was stored (per_thing only)",
@@ -166,23 +174,13 @@ class ServiceCollector(Collector):
         reports = CounterMetricFamily(
             _P + "thing_reports", "Stored reports per thing (per_thing only)", labels=["thing"]
         )
-        for name, first, last_seen, count in rows:
-            state, _interval = thing_state(now, float(first), float(last_seen), int(count))
-            states[state] += 1
-            if self._per_thing:
-                last.add_metric([str(name)], float(last_seen))
-                reports.add_metric([str(name)], int(count))
-        family = GaugeMetricFamily(
-            _P + "things",
-            "Things that have reported, by state (late and silent: relative to their interval)",
-            labels=["state"],
-        )
-        for state, count in states.items():
-            family.add_metric([state], count)
-        yield family
-        if self._per_thing:
-            yield last
-            yield reports
+        for name, last_seen, count in self._store.query(
+            "SELECT name, last_seen, reports FROM things"
+        ):
+            last.add_metric([str(name)], float(last_seen))
+            reports.add_metric([str(name)], int(count))
+        yield last
+        yield reports
 
 
 def registry_for(collector: ServiceCollector) -> CollectorRegistry:
