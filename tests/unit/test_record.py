@@ -30,6 +30,7 @@ from defender_agent.model import (
 )
 from defender_agent.report.fit import EncodedReport
 from defender_agent.report.validate import Problem, Severity, ValidationPolicy, ValidationResult
+from defender_agent.service.metrics_map import MetricValue
 
 CONN = Connection("203.0.113.7", 8883, 50312, "eth0")
 PORTS = PortList((ListeningPort(22, "eth0"), ListeningPort(80)), 2)
@@ -57,6 +58,7 @@ CASES: dict[type[Any], tuple[bool, bool, tuple[Any, ...], tuple[Any, ...]]] = {
     ValidationPolicy: (True, False, (True,), ()),
     ValidationResult: (True, False, (None, None, None, ()), ({}, None, None, (Problem("$", "x"),))),
     EncodedReport: (True, False, (Report(1), {}, b"{}"), (Report(2), {"a": 1}, b"")),
+    MetricValue: (True, False, ("aws:all-bytes-in", 5), ("m", None, ("192.0.2.1/32",))),
 }
 
 
@@ -135,6 +137,7 @@ def test_hand_written_constructors_have_the_dataclass_signature() -> None:
         NetworkStats,
         CustomMetric,
         Report,
+        MetricValue,
     ):
         real = twin(cls, True, False)
         assert str(inspect.signature(cls)).replace("'", "") == str(inspect.signature(real)).replace(

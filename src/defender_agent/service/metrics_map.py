@@ -46,10 +46,10 @@ difference by then, and the payload is never decoded a second time.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Callable, Final, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 from defender_agent.model import (
     ConnectionList,
@@ -59,14 +59,19 @@ from defender_agent.model import (
     PortList,
     Report,
 )
-from defender_agent.rules import IPAddress, is_kept_number, is_kept_string, parse_ip, plain_ip
+from defender_agent.rules import is_kept_number, is_kept_string, parse_ip, plain_ip
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as record
+else:
+    from defender_agent._record import record
 
 __all__ = ["MetricValue", "metric_values"]
 
 _MEMBERS: Final = ("count", "cidrs", "ports", "number", "numbers", "strings")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MetricValue:
     """One Device Defender metric value: the metric name and exactly one value member.
 
@@ -91,13 +96,25 @@ class MetricValue:
     numbers: Optional[tuple[float, ...]] = None
     strings: Optional[tuple[str, ...]] = None
 
-    def __post_init__(self) -> None:
-        set_ = [name for name in _MEMBERS if getattr(self, name) is not None]
-        if len(set_) != 1:
+    def __init__(  # noqa: PLR0917 - the dataclass's constructor: fields in order
+        self,
+        metric: str,
+        count: Optional[int] = None,
+        cidrs: Optional[tuple[str, ...]] = None,
+        ports: Optional[tuple[int, ...]] = None,
+        number: Optional[float] = None,
+        numbers: Optional[tuple[float, ...]] = None,
+        strings: Optional[tuple[str, ...]] = None,
+    ) -> None:
+        # written out (a record, not a dataclass): the service's writer makes ~11 per report
+        d = self.__dict__
+        d["metric"], d["count"], d["cidrs"], d["ports"] = metric, count, cidrs, ports
+        d["number"], d["numbers"], d["strings"] = number, numbers, strings
+        members = (count, cidrs, ports, number, numbers, strings)
+        if sum(member is not None for member in members) != 1:
+            set_ = [name for name, member in zip(_MEMBERS, members) if member is not None]
             got = ", ".join(set_) or "none"
-            raise ValueError(
-                f"{self.metric}: expected exactly one of {', '.join(_MEMBERS)}, got {got}"
-            )
+            raise ValueError(f"{metric}: expected exactly one of {', '.join(_MEMBERS)}, got {got}")
 
     @property
     def kind(self) -> str:
@@ -177,14 +194,18 @@ def _cidrs(texts: Iterable[str]) -> tuple[str, ...]:
     >>> _cidrs(["2001:db8::1", "10.0.0.2", "::ffff:9.9.9.9", "10.0.0.2", "nonsense"])
     ('9.9.9.9/32', '10.0.0.2/32', '2001:db8::1/128')
     """
-    plain: set[IPAddress] = set()
-    for text in texts:
-        try:
-            plain.add(plain_ip(parse_ip(text)))
-        except ValueError:
-            continue
-    ordered = sorted(plain, key=lambda a: (a.version, int(a)))
-    return tuple(f"{a}/{a.max_prefixlen}" for a in ordered)
+    found = {cidr for text in texts if (cidr := _cidr(text)) is not None}
+    return tuple(text for _version, _address, text in sorted(found))
+
+
+@functools.lru_cache(maxsize=4096)  # devices report the same peers again and again
+def _cidr(text: str) -> Optional[tuple[int, int, str]]:
+    """``(IP version, address, one-address CIDR)`` of an address text; None when it is none."""
+    try:
+        address = plain_ip(parse_ip(text))
+    except ValueError:
+        return None
+    return address.version, int(address), f"{address}/{address.max_prefixlen}"
 
 
 def _ports(group: Optional[PortList], count_name: str, set_name: str) -> list[MetricValue]:
