@@ -158,7 +158,8 @@ say "defender-agent $VERSION in $VENV"
 mkdir -p "$ROOT/usr/local/bin"
 ln -sfn "$PREFIX/bin/defender-agent" "$ROOT/usr/local/bin/defender-agent"
 
-# the configuration: made when missing, never overwritten; the examples are refreshed
+# the configuration: made when missing (then owned by root, group defender-agent, 0640),
+# never overwritten nor re-owned; the examples beside it are refreshed
 # the group that may read the configuration: the user's (a number under --root, whose
 # /etc/group is not this system's), or nothing when the user was not created
 config_group() {
@@ -169,8 +170,10 @@ config_group() {
     fi
 }
 GROUP=$(config_group)
-install -d -m 0750 "$ETC"
-[ -z "$GROUP" ] || chgrp "$GROUP" "$ETC"
+if [ ! -d "$ETC" ]; then
+    install -d -m 0750 "$ETC"
+    [ -z "$GROUP" ] || chgrp "$GROUP" "$ETC"
+fi
 for name in agent service; do
     example=$CHECKOUT/examples/$name.toml
     [ -f "$example" ] && install -m 0640 "$example" "$ETC/$name.toml.example"
@@ -191,6 +194,7 @@ if [ ! -e "$ETC/config.toml" ]; then
 interval = 300
 EOF
     chmod 0640 "$ETC/config.toml"
+    [ -z "$GROUP" ] || chgrp "$GROUP" "$ETC/config.toml"
     say "wrote $ETC/config.toml (fill it in)"
 else
     say "kept $ETC/config.toml"
@@ -204,9 +208,7 @@ state_dir = "/var/lib/defender-agent-service"
 # db = "postgresql://defender@localhost/defender"               # default: SQLite in state_dir
 EOF
     chmod 0640 "$ETC/service.toml"
-fi
-if [ -n "$GROUP" ]; then
-    chgrp "$GROUP" "$ETC/config.toml" "$ETC/service.toml"
+    [ -z "$GROUP" ] || chgrp "$GROUP" "$ETC/service.toml"
 fi
 
 # the units (ExecStart follows --prefix)

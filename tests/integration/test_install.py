@@ -144,6 +144,14 @@ def test_install_twice_upgrade_in_place_verify_then_uninstall(tmp_path: Path, wh
     config = root / "etc/defender-agent/config.toml"
     assert oct(config.stat().st_mode & 0o777) == "0o640" and str(config.stat().st_gid) == gid
     assert (root / "etc/defender-agent/agent.toml.example").exists()
+    # the configuration written is one the agent and the service read (no unknown keys)
+    from defender_agent.config import load_config
+
+    assert load_config({}, config, environ={}, command="status").agent.interval == 300
+    service_toml = root / "etc/defender-agent/service.toml"
+    assert str(load_config({}, service_toml, environ={}, command="status").service.state_dir) == (
+        "/var/lib/defender-agent-service"
+    )
     assert (
         'state_dir = "/var/lib/defender-agent-service"'
         in (root / "etc/defender-agent/service.toml").read_text()
