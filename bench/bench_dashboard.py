@@ -81,6 +81,7 @@ DOC = json.dumps(
 POLLER = r"""
 import sys, time, urllib.request
 url, mode, seconds, thing = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+time.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # started: wait for the window
 end = time.monotonic() + seconds
 n = 0
 next_fleet = next_thing = time.monotonic()
@@ -284,10 +285,16 @@ def _ingest(store: Store, seconds: float, offset: int) -> float:
     return done / (time.monotonic() - began)
 
 
-def _pollers(url: str, mode: str, count: int, seconds: float) -> list[subprocess.Popen[str]]:
+_SETTLE_S = 2.0  # pollers start (an interpreter each) before the measured window
+
+
+def _pollers(
+    url: str, mode: str, count: int, seconds: float, start_at: float
+) -> list[subprocess.Popen[str]]:
+    """Dashboard clients in processes of their own, polling from ``start_at`` on."""
     return [
         subprocess.Popen(
-            [sys.executable, "-c", POLLER, url, mode, str(seconds), "thing-00042"],
+            [sys.executable, "-c", POLLER, url, mode, str(seconds), "thing-00042", str(start_at)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -327,7 +334,9 @@ def run_case(db: str, args: argparse.Namespace) -> dict[str, Any]:
             counts = {"none": 0, "browser": args.browsers, "hammer": 1}
             for round_no in range(args.rounds):
                 for mode, count in counts.items():
-                    procs = _pollers(url, mode, count, args.ingest_s) if count else []
+                    start_at = time.time() + _SETTLE_S
+                    procs = _pollers(url, mode, count, args.ingest_s, start_at) if count else []
+                    time.sleep(max(0.0, start_at - time.time()))
                     offset = (round_no * 3 + len(rates[mode])) * 100_000 + hash(mode) % 1000
                     rates[mode].append(_ingest(store, args.ingest_s, offset))
                     requests[mode] += sum(int(p.communicate(timeout=120)[0] or 0) for p in procs)
@@ -401,6 +410,17 @@ def main() -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the PostgreSQL cluster and the files are removed."""
+    import signal
+
+    def stop(_signo: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    _stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
