@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -133,3 +134,58 @@ def test_a_dry_run_configuration_skips_the_network_and_passes(tmp_path: Path) ->
     assert names["TCP connect"] == "skip" and names["proc"] == "ok"
     assert as_json(results)["ok"] is True
     assert render(results, ascii_only=True).splitlines()[0].startswith("[skip] CA, certificate")
+
+
+def test_the_http_date_of_an_endpoint_on_443_measures_the_skew(tmp_path: Path) -> None:
+    """A TLS server on 127.0.0.1:443 (mutual TLS, ALPN http/1.1, like AWS IoT's HTTPS) whose
+    Date is 10 minutes behind: the skew is measured and the clock check fails."""
+    import email.utils
+    import socket
+    import ssl
+    import threading
+
+    from defender_agent.doctor.probe import server_time
+    from tests.mqtt_infra.pki import make_pki
+
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 443))
+    except OSError:
+        listener.close()
+        pytest.skip("port 443 is not available")
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    context.load_verify_locations(str(pki.ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["http/1.1"])
+    behind = time.time() - 600
+    listener.listen(4)
+
+    def serve() -> None:
+        for _ in range(2):  # the certificate fetch, then the HTTP request
+            conn, _addr = listener.accept()
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(4096)
+                    date = email.utils.formatdate(behind, usegmt=True)
+                    tls.sendall(f"HTTP/1.1 404 Not Found\r\nDate: {date}\r\n\r\n".encode())
+            except (OSError, ssl.SSLError):
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    cert, key = pki.client("thing1")
+    settings = MqttSettings(
+        endpoint="127.0.0.1", port=443, ca_file=pki.ca, cert_file=cert, key_file=key
+    )
+    try:
+        told = server_time(settings, 3.0)
+    finally:
+        listener.close()
+        thread.join(5)
+    assert told.source == "HTTP Date" and told.now is not None
+    assert abs(told.now - behind) < 2 and told.not_before is not None
+    result = check_clock(time.time(), None, told.not_before, told.now, told.source)
+    assert result.status == "fail"
+    assert re.search(r"; 60\d s from the HTTP Date of the endpoint$", result.detail), result.detail
