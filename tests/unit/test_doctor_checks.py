@@ -148,6 +148,7 @@ def test_the_http_date_of_an_endpoint_on_443_measures_the_skew(tmp_path: Path) -
     from tests.mqtt_infra.pki import make_pki
 
     listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # an earlier run's TIME_WAIT
     try:
         listener.bind(("127.0.0.1", 443))
     except OSError:
