@@ -165,3 +165,42 @@ def test_the_service_notifies_systemd_and_status_check_sees_the_broker_go(
         assert stop(proc) == 0, log.read_text()[-2000:]
     code, line = check(*service_check)
     assert code == 1 and line == f"UNHEALTHY: service not running (pid {proc.pid} is gone)"
+
+
+def test_with_a_service_answering_status_shows_the_acceptance_and_check_is_healthy(
+    mosquitto: Mosquitto, pki: Pki, tmp_path: Path, systemd: Systemd
+) -> None:
+    """The local service answers the agent's reports: STATUS= shows the acceptance as the
+    reply arrives (not at the next cycle), and --max-age 5 is met."""
+    cert, key = pki.client("responder")
+    service = spawn(
+        [
+            *("service", "--broker", "127.0.0.1", "--port", str(mosquitto.port)),
+            *("--ca-file", str(pki.ca), "--cert-file", str(cert), "--key-file", str(key)),
+            *("--db", str(tmp_path / "db.sqlite3"), "--min-delay", "0"),
+        ],
+        {"DEFENDER_AGENT_STATE_DIR": str(tmp_path / "service")},
+        tmp_path / "service.log",
+    )
+    cert, key = pki.client("thing1")
+    state = tmp_path / "state"
+    args = ["run", "-e", "127.0.0.1", "--port", str(mosquitto.port), "-r", str(pki.ca)]
+    args += ["-c", str(cert), "-k", str(key), "--client-id", "thing1", "-i", "2"]
+    args += ["--allow-short-interval", "--splay", "0", "--state-dir", str(state)]
+    log = tmp_path / "agent.log"
+    try:
+        wait_for(lambda: "service answering reports" in (tmp_path / "service.log").read_text(), 30)
+        agent = spawn(args, {"NOTIFY_SOCKET": systemd.name}, log)
+        try:
+            wait_for(lambda: any("accepted 1" in s for _, s in systemd.lines("STATUS")), 30)
+            lines = systemd.lines("STATUS")
+            index = next(i for i, (_, s) in enumerate(lines) if "accepted 1" in s)
+            assert lines[index][1].startswith("connected; sent ")
+            assert "; last accepted " in lines[index][1]
+            # sent when the reply came: well before the next cycle (2 s after the publish)
+            assert lines[index][0] - lines[index - 1][0] < 1.5, lines
+            wait_for(lambda: check("--state-dir", str(state), "--max-age", "5")[0] == 0, 10)
+        finally:
+            assert stop(agent) == 0, log.read_text()[-2000:]
+    finally:
+        assert stop(service) == 0

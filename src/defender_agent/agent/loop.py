@@ -154,7 +154,13 @@ class Agent:
     def _subscribe_replies(self) -> None:
         assert self.transport is not None
         for suffix in ("accepted", "rejected"):
-            self.transport.subscribe(f"{self.topic}/{suffix}", self.ledger.on_message)
+            self.transport.subscribe(f"{self.topic}/{suffix}", self._on_reply)
+
+    def _on_reply(self, topic: str, payload: bytes) -> None:
+        """A reply (awscrt's thread): counted by the ledger, then shown in systemd's STATUS=."""
+        self.ledger.on_message(topic, payload)
+        if self.notifier.enabled:
+            self.notifier.status(self._summary())
 
     def _check_replies(self) -> None:
         """Reports go unanswered in a row: subscribe again, then reconnect, in turn.
