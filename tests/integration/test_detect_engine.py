@@ -19,6 +19,7 @@ from defender_agent.detect.contract import ProfileView, ViolationFilter
 from defender_agent.detect.engine import DetectEngine, EngineSettings, Judged
 from defender_agent.detect.store import DetectStore, EventRow
 from defender_agent.model import (
+    ConnectionList,
     CustomMetric,
     CustomMetricType,
     ListeningPort,
@@ -371,3 +372,41 @@ def test_an_engine_without_profiles_does_nothing(rig: Rig) -> None:
 
 def replace_name(behavior: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(behavior, name=name)
+
+
+def test_ml_detect_learns_then_alarms_with_its_confidence(rig: Rig) -> None:
+    rig.registry.put(
+        "ml",
+        [
+            {
+                "name": "conns",
+                "metric": "aws:num-established-tcp-connections",
+                "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
+            }
+        ],
+    )
+
+    def conns(n: int) -> Report:
+        return Report(report_id=1, tcp_connections=ConnectionList((), n))
+
+    assert rig.send("gw-1", conns(500), T0) == []  # no baseline: nothing judged
+    assert rig.engine.ml_models("gw-1")["ml/conns"]["modelStatus"] == "PENDING_BUILD"
+    for i in range(30):
+        assert rig.send("gw-1", conns(4 + i % 3), T0 + 1 + i) == []
+    models = rig.engine.ml_models("gw-1")
+    assert models["ml/conns"] == {
+        "modelStatus": "ACTIVE",
+        "datapointsNeeded": 0,
+        "confidenceLevel": "HIGH",
+    }
+    assert rig.send("gw-1", conns(400), T0 + 40) == [("in-alarm", "conns")]
+    assert rig.events[-1].additional_info == {"confidenceLevel": "HIGH"}
+    (active,) = rig.active(behavior_criteria_type="MACHINE_LEARNING")
+    assert active["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
+    assert rig.engine.ml_models("gw-2") == {
+        "ml/conns": {
+            "modelStatus": "PENDING_BUILD",
+            "datapointsNeeded": 30,
+            "confidenceLevel": "HIGH",
+        }
+    }

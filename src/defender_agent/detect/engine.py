@@ -60,6 +60,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Optional
 
+from defender_agent.detect import ml
 from defender_agent.detect.alerts import Alerts
 from defender_agent.detect.behaviors import Behavior, parse_behavior
 from defender_agent.detect.contract import ProfileView, Registry
@@ -367,6 +368,30 @@ class DetectEngine:
                 self.settings.invalidate_after_s,
             )
         self._deliver(events)
+
+    def ml_models(self, thing: str) -> dict[str, dict[str, Any]]:
+        """The ML Detect models of a thing: ``{"PROFILE/BEHAVIOR": {"modelStatus", ...}}``.
+
+        ``modelStatus`` is ``PENDING_BUILD`` ("not enough data yet") until the baseline holds
+        enough datapoints, then ``ACTIVE``; ``datapointsNeeded`` says how many are missing.
+        """
+        now = self._clock()
+        with self._lock:
+            plan = self._current_plan(now)
+            rules = [r for r in self._rules_for(plan, thing) if r.behavior.kind == "ml"]
+        if not rules:
+            return {}
+        with self.store.batch([thing], now=now) as tx:  # (read under the row's lock)
+            raw = tx.states[thing]
+        out: dict[str, dict[str, Any]] = {}
+        for rule in rules:
+            model = (raw.get(rule.key) or {}).get("ml")
+            out[rule.key] = {
+                "modelStatus": ml.model_status(model),
+                "datapointsNeeded": ml.datapoints_needed(model),
+                "confidenceLevel": rule.behavior.confidence,
+            }
+        return out
 
     # ------------------------------------------------------------------ statistics
     def recompute_statistics(
