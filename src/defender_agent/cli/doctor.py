@@ -17,6 +17,7 @@ import time
 from defender_agent.cli._common import COMMANDS, EXIT_INVALID, EXIT_OK, Parser
 from defender_agent.cli._settings import load_for
 from defender_agent.cli.run import add_options
+from defender_agent.config import config_file_path
 from defender_agent.doctor import Result, as_json, exit_code, render, run_checks
 from defender_agent.errors import ConfigError
 
@@ -73,7 +74,8 @@ def command(args: argparse.Namespace) -> int:
     results: list[Result] = []
     try:
         config = load_for(args, "run")
-        source = args.config or "defaults, environment and options"
+        file = config_file_path(args.config)
+        source = f"file {file}, environment, options" if file else "environment and options"
         results.append(Result("configuration", "ok", f"valid ({source})"))
     except ConfigError as exc:
         results.append(
