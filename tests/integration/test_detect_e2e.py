@@ -134,7 +134,9 @@ def hooks() -> Iterator[Hooks]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, mosquitto: Mosquitto, hooks: Hooks) -> Iterator[tuple[Any, ServiceProcess]]:
+def service(
+    tmp_path: Path, mosquitto: Mosquitto, hooks: Hooks
+) -> Iterator[tuple[Any, ServiceProcess]]:
     key_id, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
     creds = tmp_path / "api-credentials"
     creds.write_text(f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")
