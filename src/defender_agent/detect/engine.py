@@ -466,7 +466,7 @@ class DetectEngine:
         """Keep the decoded states of the text just written (bounded, least recent out)."""
         cache = self._decoded
         cache.pop(thing, None)
-        cache[thing] = (text, dict(states))
+        cache[thing] = (text, states)  # (not changed after the batch: loads copy it)
         while len(cache) > _DECODED_MAX:
             del cache[next(iter(cache))]
 

@@ -447,13 +447,26 @@ class Batch:
         return event
 
 
+_BEHAVIORS: dict[str, Mapping[str, Any]] = {}  # behavior JSON text -> decoded (read-only use)
+
+
+def _behavior(text: str) -> Mapping[str, Any]:
+    """A violation's behavior, decoded once per distinct text (they repeat across things)."""
+    doc = _BEHAVIORS.get(text)
+    if doc is None:
+        if len(_BEHAVIORS) >= 4096:
+            _BEHAVIORS.clear()
+        doc = _BEHAVIORS[text] = _loads(text) or {}
+    return doc
+
+
 def _active_row(row: Sequence[Any]) -> ActiveRow:
     (vid, thing, profile, behavior, ctype, suppressed, start, value, last, info, state, desc) = row
     return ActiveRow(
         vid,
         thing,
         profile,
-        _loads(behavior) or {},
+        _behavior(behavior),
         ctype,
         bool(suppressed),
         float(start),
