@@ -23,7 +23,9 @@ seconds into the same database in this process (where the service's HTTP server 
 with no dashboard client, with ``--browsers`` dashboards open (each polls the fleet every 5 s
 and a thing page every 10 s, as the pages do), and with one client asking for the fleet
 without pause (a worst case); the three alternate for ``--rounds`` rounds (the machine is
-shared: its load falls on all three alike), and the medians of reports/s are compared.
+shared: its load falls on all three alike). Reported: the medians of reports/s and their
+ratio, and the median of the per-round ratios (each run against the run without a client
+just before it, which cancels the drift of a growing database and of others' load).
 
 Run: ``.venv/bin/python bench/bench_dashboard.py`` (SQLite and PostgreSQL, about 10 minutes
 here); ``--db sqlite --things 1000 --reports 20`` for a quick look. JSON to ``--out``.
@@ -351,6 +353,12 @@ def run_case(db: str, args: argparse.Namespace) -> dict[str, Any]:
                     "reports_per_s": [round(r) for r in rates[mode]],
                     "median": round(statistics.median(rates[mode])),
                     "ratio": round(statistics.median(rates[mode]) / base, 3),
+                    # each round against the run without a client just before it: drift
+                    # (the database grows, other users' load) cancels out
+                    "round_ratios": [round(r / n, 3) for r, n in zip(rates[mode], rates["none"])],
+                    "round_ratio_median": round(
+                        statistics.median(r / n for r, n in zip(rates[mode], rates["none"])), 3
+                    ),
                     "dashboard_requests": requests[mode],
                 }
                 for mode in rates

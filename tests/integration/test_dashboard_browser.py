@@ -178,6 +178,13 @@ def test_thing_page_charts_sets_and_last_report(browser: Any, seeded: Dashboard)
         raw = w.page.inner_text("#raw")
         assert '"report_id": 30' in raw
         w.shot("thing")
+        w.page.set_viewport_size({"width": 390, "height": 844})
+        w.page.reload()
+        w.page.wait_for_selector('.chart[data-metric="aws:all-bytes-out"] canvas')
+        w.shot("thing-phone")
+        width = w.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390 + 1, f"the thing page scrolls sideways on a phone: {width}px"
+        w.page.set_viewport_size({"width": 1280, "height": 900})
         # a past range with no data: clear empty states
         w.page.select_option("#range", "custom")
         w.page.fill("#from", "2001-01-01T00:00:00")
@@ -212,6 +219,10 @@ def test_violations_page_shows_a_new_violation_and_sets_its_state(
         w.page.click("button[type=submit]")
         w.page.wait_for_selector(f'tr[data-violation="{vid}"]')
         w.shot("violations")
+        w.page.set_viewport_size({"width": 390, "height": 844})
+        w.shot("violations-phone")
+        assert w.page.evaluate("document.documentElement.scrollWidth") <= 391
+        w.page.set_viewport_size({"width": 1280, "height": 900})
         w.page.select_option("#view", "history")
         w.page.click("button[type=submit]")
         w.page.wait_for_selector("#violations-table td:has-text('in-alarm')")
