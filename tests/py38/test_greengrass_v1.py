@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import pytest
 
-from defender_agent.errors import ConfigError
+from defender_agent.errors import ConfigError, ReportDecodeError
 from defender_agent.greengrass import v1
 from tests.conftest import proc_fixture
 from tests.sim_clock import SimClock
@@ -233,3 +233,22 @@ def test_cbor_reports_encode_here(tmp_path: Path) -> None:
     assert report is not None
     encoded = encode_fitted(report, "cbor", short_names=True)
     assert cbor2.loads(encoded.payload)["hed"]["rid"] == report.report_id
+
+
+def test_cbor_reports_decode_and_validate_here() -> None:
+    """The validator decodes CBOR with the v1 zip's cbor2 (5.4.6: its decoder takes no read_size)."""
+    from defender_agent.cycle import Collector, CollectorConfig
+    from defender_agent.report.fit import encode_fitted
+    from defender_agent.report.validate import PayloadFormat, decode_payload, validate_payload
+
+    collector = Collector(CollectorConfig(proc_root=proc_fixture("gateway_dualstack")))
+    collector.cycle()
+    report = collector.cycle()
+    assert report is not None
+    payload = encode_fitted(report, "cbor", short_names=True).payload
+    result = validate_payload(payload, PayloadFormat.CBOR)
+    assert result.problems == ()
+    assert result.report is not None
+    assert result.report.report_id == report.report_id
+    with pytest.raises(ReportDecodeError, match=r"1 trailing byte\(s\) after the data item"):
+        decode_payload(payload + b"\x00", PayloadFormat.CBOR)

@@ -259,18 +259,18 @@ class _Cbor:
             LookupError,
             getattr(self.module, "CBORDecodeError", cbor2.CBORDecodeError),  # 5.6's _decoder
         )
-        self.options: dict[str, object] = {
-            "read_size": 1,  # so that stream.tell() is where the data item ends
-            **(
-                {
-                    "object_hook": _text_keys,
-                    "allow_duplicate_keys": False,
-                    "strict_hashable_types": True,
-                }
-                if cbor6
-                else {"object_hook": _text_keys_v5}
-            ),
-        }
+        # read_size 1: cbor2 6 reads ahead otherwise, and stream.tell() must be where the
+        # data item ends; cbor2 5's pure decoder reads exactly (5.4's refuses read_size)
+        self.options: dict[str, object] = (
+            {
+                "read_size": 1,
+                "object_hook": _text_keys,
+                "allow_duplicate_keys": False,
+                "strict_hashable_types": True,
+            }
+            if cbor6
+            else {"object_hook": _text_keys_v5}
+        )
         self.kinds: Mapping[type, str] = {
             list: "array",
             str: "text string",
