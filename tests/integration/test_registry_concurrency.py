@@ -76,3 +76,62 @@ def test_racing_creates_one_exists_the_others_are_told(db_url: str) -> None:
     finally:
         for r in registries:
             r.close()
+
+
+@pytest.mark.parametrize("operation", ["CreateSecurityProfile", "UpdateSecurityProfile"])
+def test_a_custom_metric_deleted_during_a_profile_write_is_never_left_named(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """A DeleteCustomMetric (another process) arriving while the API checks a profile's
+    behaviors waits for the profile's write and is then refused: no profile names a
+    metric that does not exist."""
+    from defender_agent.detect import behaviors
+    from defender_agent.service.api.handlers import Api
+    from tests.api_infra import running_api
+
+    with running_api(tmp_path, db_url) as api:
+        handlers = Api(api.server.context)
+        other = _open(db_url)  # another process's connection
+        try:
+            api.registry.create_custom_metric("open_files", "number", None, now=1.0)
+            api.registry.create_profile("p", {"behaviors": []}, now=1.0)
+            deleted: list[str] = []
+            validate = behaviors.validate_behaviors
+
+            def delete() -> None:
+                try:
+                    other.delete_custom_metric("open_files")
+                    deleted.append("deleted")
+                except RegistryError as exc:
+                    deleted.append(exc.code)
+
+            def validate_while_deleting(*args: object, **kwargs: object) -> list[str]:
+                errors = validate(*args, **kwargs)  # type: ignore[arg-type]
+                deleter = threading.Thread(target=delete)
+                deleter.start()
+                deleter.join(1.0)  # the delete goes through unless the check holds the lock
+                return errors
+
+            monkeypatch.setattr(behaviors, "validate_behaviors", validate_while_deleting)
+            behavior = {
+                "name": "files",
+                "metric": "open_files",
+                "criteria": {"comparisonOperator": "less-than", "value": {"number": 5}},
+            }
+            params = {"securityProfileName": "q", "behaviors": [behavior]}
+            if operation == "UpdateSecurityProfile":
+                params["securityProfileName"] = "p"
+                handlers.update_security_profile(params)
+            else:
+                handlers.create_security_profile(params)
+            for _ in range(100):
+                if deleted:
+                    break
+                threading.Event().wait(0.05)
+            assert deleted == ["InvalidRequestException"]
+            assert api.registry.custom_metric_types() == {"open_files": "number"}
+            assert api.registry.profiles_using_metric("open_files") == [
+                params["securityProfileName"]
+            ]
+        finally:
+            other.close()

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, Optional
+from typing import Any, Callable, Final, Optional
 
 from defender_agent.dburl import is_keyword_string, mask_db_url
 from defender_agent.detect.contract import ProfileView
@@ -57,6 +57,7 @@ from defender_agent.service.storage import (
 __all__ = [
     "MAX_PROFILES_PER_TARGET",
     "REGISTRY_MIGRATIONS",
+    "MemberCheck",
     "PostgresRegistry",
     "RegistryError",
     "SQLiteRegistry",
@@ -136,6 +137,11 @@ PROFILE_MEMBERS: Final = (
 )
 
 
+#: Checks a profile's members against the custom metrics (name -> ``metricType``) read
+#: in the same transaction as the write; returns the problems (none: the write goes on).
+MemberCheck = Callable[[Mapping[str, str]], Sequence[str]]
+
+
 class RegistryError(AgentError):
     """A request the registry refuses; ``code`` is AWS's exception name."""
 
@@ -200,6 +206,20 @@ class SqlRegistry(Store):
         with self._guard(), self._write() as cur:
             cur.execute("UPDATE registry_generation SET value = value + 1 WHERE id = 1", ())
             yield cur
+
+    @staticmethod
+    def _run_check(cur: _Cursor, check: Optional[MemberCheck]) -> None:
+        """``check`` against the custom metrics as this transaction sees them.
+
+        Inside the change's transaction a ``DeleteCustomMetric`` cannot come between the
+        check and the write: it waits, then finds the metric in use.
+        """
+        if check is None:
+            return
+        cur.execute("SELECT name, metric_type FROM custom_metrics", ())
+        problems = check({str(n): str(t) for n, t in cur.fetchall()})
+        if problems:
+            raise RegistryError(INVALID, "; ".join(problems[:10]))
 
     def _profile_row(self, cur: _Cursor, name: str) -> tuple[Any, ...]:
         cur.execute(
@@ -268,12 +288,21 @@ class SqlRegistry(Store):
 
     # ------------------------------------------------------------------ security profiles
     def create_profile(
-        self, name: str, members: Mapping[str, Any], *, now: float
+        self,
+        name: str,
+        members: Mapping[str, Any],
+        *,
+        now: float,
+        check: Optional[MemberCheck] = None,
     ) -> dict[str, Any]:
-        """A new profile (version 1) of the given AWS members; returns name and ARN."""
+        """A new profile (version 1) of the given AWS members; returns name and ARN.
+
+        ``check`` (the API's behavior rules) runs inside the write's transaction.
+        """
         doc = json.dumps({k: members[k] for k in PROFILE_MEMBERS if members.get(k) is not None})
         arn = self.arn(f"securityprofile/{name}")
         with self._change() as cur:
+            self._run_check(cur, check)
             cur.execute("SELECT 1 FROM security_profiles WHERE name = ?", (name,))
             if cur.fetchone() is not None:
                 raise RegistryError(EXISTS, f"Security profile {name} already exists")
@@ -296,13 +325,17 @@ class SqlRegistry(Store):
         *,
         expected_version: Optional[int],
         now: float,
+        check: Optional[MemberCheck] = None,
     ) -> dict[str, Any]:
         """Set (a value) or remove (None) members; +1 version; the profile after it.
+
+        ``check`` (the API's behavior rules) runs inside the write's transaction.
 
         Raises:
             RegistryError: no such profile; ``expected_version`` is not its version.
         """
         with self._change() as cur:
+            self._run_check(cur, check)
             row = self._profile_row(cur, name)
             version = int(row[2])
             if expected_version is not None and expected_version != version:

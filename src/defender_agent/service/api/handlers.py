@@ -159,28 +159,6 @@ class Api:
 
         return validate_behaviors(behaviors, self.registry.custom_metric_types())
 
-    def _check_behaviors(self, params: Params) -> None:
-        """Detect's rules for ``behaviors``; the metrics to retain must exist."""
-        from defender_agent.detect.behaviors import metric_kind  # noqa: PLC0415
-
-        errors = []
-        if params.get("behaviors") is not None:
-            errors += self._behavior_errors(params["behaviors"])
-        custom = self.registry.custom_metric_types()
-        retained = [
-            (f"additionalMetricsToRetainV2[{i}].metric", entry.get("metric", ""))
-            for i, entry in enumerate(params.get("additionalMetricsToRetainV2") or ())
-        ]
-        retained += [
-            (f"additionalMetricsToRetain[{i}]", name)
-            for i, name in enumerate(params.get("additionalMetricsToRetain") or ())
-        ]
-        for where, metric in retained:
-            if metric_kind(metric, custom) is None:
-                errors.append(f"{where}: {metric!r} is neither a Detect metric nor a custom metric")
-        if errors:
-            raise ApiError(_INVALID, "; ".join(errors[:10]))
-
     def _violations(self) -> Any:  # noqa: ANN401 - contract.Violations
         if self.context.violations is None:
             raise ApiError(
@@ -191,8 +169,12 @@ class Api:
     # ------------------------------------------------------------------ security profiles
     def create_security_profile(self, p: Params) -> Result:
         """``CreateSecurityProfile``."""
-        self._check_behaviors(p)
-        return self.registry.create_profile(p["securityProfileName"], p, now=time.time())
+        return self.registry.create_profile(
+            p["securityProfileName"],
+            p,
+            now=time.time(),
+            check=functools.partial(_member_problems, p),
+        )
 
     def describe_security_profile(self, p: Params) -> Result:
         """``DescribeSecurityProfile``."""
@@ -227,12 +209,12 @@ class Api:
                 if member in changes:
                     raise ApiError(_INVALID, f"{flag}: cannot be true when {member} is given")
                 changes[member] = None
-        self._check_behaviors(p)
         return self.registry.update_profile(
             p["securityProfileName"],
             changes,
             expected_version=p.get("expectedVersion"),
             now=time.time(),
+            check=functools.partial(_member_problems, p),
         )
 
     def delete_security_profile(self, p: Params) -> Result:
@@ -453,6 +435,37 @@ class Api:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _member_problems(params: Params, custom: Mapping[str, str]) -> list[str]:
+    """Detect's rules for ``behaviors``; the metrics to retain must exist.
+
+    The registry calls it with the custom metrics (name -> type) read in the transaction
+    that writes the profile, so a ``DeleteCustomMetric`` cannot come in between.
+
+    >>> _member_problems({"additionalMetricsToRetain": ["aws:num-listening-tcp-ports", "gone"]}, {})
+    ["additionalMetricsToRetain[1]: 'gone' is neither a Detect metric nor a custom metric"]
+    """
+    from defender_agent.detect.behaviors import (  # noqa: PLC0415
+        metric_kind,
+        validate_behaviors,
+    )
+
+    errors = []
+    if params.get("behaviors") is not None:
+        errors += validate_behaviors(params["behaviors"], custom)
+    retained = [
+        (f"additionalMetricsToRetainV2[{i}].metric", entry.get("metric", ""))
+        for i, entry in enumerate(params.get("additionalMetricsToRetainV2") or ())
+    ]
+    retained += [
+        (f"additionalMetricsToRetain[{i}]", name)
+        for i, name in enumerate(params.get("additionalMetricsToRetain") or ())
+    ]
+    for where, metric in retained:
+        if metric_kind(metric, custom) is None:
+            errors.append(f"{where}: {metric!r} is neither a Detect metric nor a custom metric")
+    return errors
 
 
 def _arn_tail(arn: Optional[str], marker: str) -> Optional[str]:
