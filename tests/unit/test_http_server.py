@@ -79,3 +79,54 @@ def test_non_loopback_needs_credentials(tmp_path: Any) -> None:
         check_exposure("0.0.0.0", None)
     check_exposure("0.0.0.0", tmp_path / "credentials")
     check_exposure("::1", None)
+
+
+def test_closing_runs_once_after_stop_and_after_a_failed_start() -> None:
+    closed: list[str] = []
+    server = HttpServer(
+        "127.0.0.1", 0, _context(), [_hello], closing=[lambda: closed.append("registry")]
+    )
+    server.start()
+    assert closed == []
+    server.stop()
+    server.stop()
+    assert closed == ["registry"]
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        port = holder.getsockname()[1]
+        failed = HttpServer(
+            "127.0.0.1", port, _context(), [_hello], closing=[lambda: closed.append("again")]
+        )
+        with pytest.raises(ConfigError):
+            failed.start()
+        assert closed == ["registry", "again"]
+    finally:
+        holder.close()
+
+
+def test_the_service_closes_the_registry_it_opened_for_the_api(tmp_path: Any) -> None:
+    """``service --http``: the registry start_http opens is closed when the server stops."""
+    from defender_agent.cli.service import start_http
+    from defender_agent.errors import StateError
+
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AK\naws_secret_access_key = s\n")
+    config = load_config(
+        {
+            "service_tls": False,
+            "http_listen": "127.0.0.1:0",
+            "http_credentials_file": str(creds),
+        },
+        None,
+        command="service",
+    )
+    server = start_http(config, str(tmp_path / "service.sqlite3"), zero_stats)
+    assert server is not None
+    registry = server.context.registry
+    assert registry.generation() == 0
+    server.stop()
+    with pytest.raises(StateError):
+        registry.generation()

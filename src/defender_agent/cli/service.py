@@ -308,11 +308,11 @@ def start_http(
     check_exposure(host, loaded.http.credentials_file)
     registry = open_registry(db_url, region=loaded.http.region, account=loaded.http.account_id)
     context = HttpContext(loaded, db_url, registry, violations, stats)
-    server = HttpServer(host, port, context, http_installers())
+    server = HttpServer(host, port, context, http_installers(), closing=[registry.close])
     try:
         server.start()
     except BaseException:
-        registry.close()
+        registry.close()  # closing twice is harmless
         raise
     log.info("AWS IoT API for Detect on %s (aws iot ... --endpoint-url %s)", server.url, server.url)
     log.info("dashboard on %s/dashboard/, Prometheus metrics on %s/metrics", server.url, server.url)

@@ -131,12 +131,21 @@ class HttpServer:
         port: The port; 0 picks a free one (read it back from :attr:`port`).
         context: Handed to every installer.
         installers: Add the routes, in order.
+        closing: Called once the server has stopped (or failed to start), in order: what
+            the caller opened for the server alone, such as the context's registry.
     """
 
     def __init__(
-        self, host: str, port: int, context: HttpContext, installers: Sequence[Installer]
+        self,
+        host: str,
+        port: int,
+        context: HttpContext,
+        installers: Sequence[Installer],
+        *,
+        closing: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.host = host
+        self._closing = list(closing)
         self._requested_port = port
         self.context = context
         self._installers = tuple(installers)
@@ -184,12 +193,13 @@ class HttpServer:
             self._thread = None
             error = self._error
             self._error = None
+            self._close()
             raise ConfigError(
                 f"cannot serve HTTP on {self.host}:{self._requested_port}: {_reason(error)}"
             ) from error
 
     def stop(self) -> None:
-        """Stop serving (requests in flight get up to 2 s) and end the thread."""
+        """Stop serving (requests in flight get up to 2 s), end the thread, run ``closing``."""
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
@@ -197,6 +207,15 @@ class HttpServer:
             loop.call_soon_threadsafe(loop.stop)
         thread.join(_STOP_TIMEOUT_S)
         self._thread = None
+        self._close()
+
+    def _close(self) -> None:
+        closing, self._closing = self._closing, []
+        for close in closing:
+            try:
+                close()
+            except Exception:  # one failing close must not keep the others open
+                log.exception("closing after the HTTP server stopped failed")
 
     def _serve(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
