@@ -229,3 +229,92 @@ def test_each_change_is_one_audit_line(api: Api, caplog: pytest.LogCaptureFixtur
         f"api: CreateSecurityProfile 'audited' by {api.key_id}",
         f"api: DeleteSecurityProfile 'audited' by {api.key_id}",
     ]
+
+
+def test_failed_authentication_is_limited_per_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After MAX_FAILURES bad signatures an address is refused, even with the right key;
+    another address is not; unsigned requests do not count."""
+    import http.client
+
+    from defender_agent.web.auth import MAX_FAILURES
+
+    def unsigned_from(api: Api, source: str) -> str:
+        port = int(api.url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("GET", "/security-profiles")
+            return conn.getresponse().getheader("x-amzn-ErrorType") or ""
+        finally:
+            conn.close()
+
+    with running_api(tmp_path) as api:
+        for _ in range(2 * MAX_FAILURES):  # unsigned: not counted
+            assert unsigned_from(api, "127.0.0.1") == "MissingAuthenticationTokenException"
+        assert _send(api, "GET", "/security-profiles")[0] == 200
+        for _ in range(MAX_FAILURES):
+            assert _error(_send(api, "GET", "/security-profiles", secret="guess"))[:2] == (
+                403,
+                "InvalidSignatureException",
+            )
+        status, code, message = _error(_send(api, "GET", "/security-profiles"))
+        assert (status, code) == (429, "ThrottlingException")
+        assert "too many failed authentications" in message
+        assert unsigned_from(api, "127.0.0.2") == "MissingAuthenticationTokenException"
+        assert unsigned_from(api, "127.0.0.1") == "ThrottlingException"
+    warnings = [
+        r.getMessage() for r in caplog.records if "failed authentications" in r.getMessage()
+    ]
+    expected = (
+        f"api: {MAX_FAILURES} failed authentications from '127.0.0.1' within 60 s: its requests "
+        "are refused (ThrottlingException) until the window ends"
+    )
+    assert warnings == [expected]
+
+
+def test_boto3_raises_missing_authentication_token_for_an_unsigned_request(api: Api) -> None:
+    """AWS's front door answers an unsigned request so; botocore raises it as a ClientError."""
+    import boto3  # type: ignore[import-untyped]
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    unsigned = boto3.client(
+        "iot",
+        endpoint_url=api.url,
+        region_name=REGION,
+        config=Config(signature_version=UNSIGNED, retries={"total_max_attempts": 1}),
+    )
+    with pytest.raises(ClientError) as refused:
+        unsigned.list_security_profiles()
+    error = refused.value.response
+    assert error["Error"]["Code"] == "MissingAuthenticationTokenException"
+    assert error["Error"]["Message"] == "Missing Authentication Token"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_boto3_sees_a_blocked_address_as_throttling(tmp_path: Path) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from defender_agent.web.auth import MAX_FAILURES
+
+    with running_api(tmp_path) as api:
+        wrong = boto3.client(
+            "iot",
+            endpoint_url=api.url,
+            region_name=REGION,
+            aws_access_key_id=api.key_id,
+            aws_secret_access_key="guess",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        for _ in range(MAX_FAILURES):
+            with pytest.raises(ClientError) as failed:
+                wrong.list_security_profiles()
+            assert failed.value.response["Error"]["Code"] == "InvalidSignatureException"
+        right = api.client(config=Config(retries={"total_max_attempts": 1}))
+        with pytest.raises(ClientError) as refused:
+            right.list_security_profiles()
+        assert refused.value.response["Error"]["Code"] == "ThrottlingException"

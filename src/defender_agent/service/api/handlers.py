@@ -9,6 +9,14 @@ against botocore's model (:mod:`.protocol`), then handled in the event loop's ex
 error the operation does not declare in the model is answered as
 ``InvalidRequestException``, so botocore always raises a ``ClientError`` it knows.
 
+Failed authentications (a wrong signature, an unknown key; not a missing one) are
+counted per client address with the dashboard's limiter
+(:class:`~defender_agent.web.auth.FailureLimiter`, bounded memory): after
+:data:`~defender_agent.web.auth.MAX_FAILURES` within
+:data:`~defender_agent.web.auth.WINDOW_S` seconds, every request from that address is
+``ThrottlingException`` (429) until the window ends; signatures are compared in
+constant time (:mod:`.sigv4`).
+
 Choices where AWS leaves room (docs/detect.md, "The API"):
 
 * ``DeleteCustomMetric`` refuses (``InvalidRequestException``) a metric a security
@@ -41,6 +49,7 @@ from defender_agent.service.api.model import MODEL
 from defender_agent.service.api.protocol import ROUTES, dumps, parse_input
 from defender_agent.service.api.sigv4 import SignatureError, load_keys, verify
 from defender_agent.service.http import MAX_BODY, HttpContext
+from defender_agent.web.auth import MAX_FAILURES, WINDOW_S, FailureLimiter
 
 __all__ = ["OPERATIONS", "Api", "install"]
 
@@ -147,6 +156,8 @@ class Api:
         self.registry = registry
         self.context = context
         self.keys = _Keys(context.config.http.credentials_file)
+        #: Failed authentications per client address (the dashboard's limiter and limits).
+        self.failures = FailureLimiter()
         self.region = context.config.http.region
         self._store: Any = None
         self.handlers: dict[str, Callable[[Params], Result]] = {
@@ -530,13 +541,24 @@ def _declared(operation: str, code: str) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _refuse_if_blocked(api: Api, client: str) -> None:
+    """ThrottlingException while ``client`` has used up its failed authentications."""
+    if api.failures.blocked(client):
+        raise ApiError(
+            "ThrottlingException",
+            f"too many failed authentications from this address: try again in {int(WINDOW_S)} s",
+        )
+
+
 def _endpoint(api: Api, operation: str) -> Handler:
     route = ROUTES[operation]
     handle = api.handlers[operation]
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        client = request.remote or "?"
         try:
+            _refuse_if_blocked(api, client)
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
@@ -557,6 +579,16 @@ def _endpoint(api: Api, operation: str) -> Handler:
                     now=time.time(),
                 )
             except SignatureError as exc:
+                # a request without a signature cannot guess a secret: not counted
+                missing = exc.code == "MissingAuthenticationTokenException"
+                if not missing and api.failures.fail(client):
+                    log.warning(
+                        "api: %d failed authentications from %s within %d s: its requests "
+                        "are refused (ThrottlingException) until the window ends",
+                        MAX_FAILURES,
+                        shown(client),
+                        int(WINDOW_S),
+                    )
                 raise ApiError(exc.code, exc.message) from None
             params = parse_input(
                 operation,
