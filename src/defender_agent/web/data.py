@@ -433,23 +433,17 @@ _METRICS_OF: Final = """WITH RECURSIVE m(metric) AS (
 ) SELECT metric FROM m WHERE metric IS NOT NULL"""
 
 
-_IS_NUMBER: Final = """SELECT count IS NOT NULL OR number IS NOT NULL FROM metric_values
-    WHERE thing = ? AND metric = ? ORDER BY received_at DESC LIMIT 1"""
+def _metrics_of(store: Store, thing: str) -> list[str]:
+    """The thing's metric names, sorted.
 
-
-def _metrics_of(store: Store, thing: str) -> tuple[list[str], list[str]]:
-    """The thing's numeric and set-valued metric names, each sorted.
-
-    One index seek per name (a loose index scan), not a scan of all the thing's values, and
-    one more for its kind (its newest value has a count or a number, or neither).
+    One index seek per name (a loose index scan), not a scan of all the thing's values.
     """
-    names = [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
-    numeric: list[str] = []
-    sets: list[str] = []
-    for name in names:
-        rows = store.query(_IS_NUMBER, (thing, name))
-        (numeric if rows and rows[0][0] else sets).append(name)
-    return numeric, sets
+    return [str(row[0]) for row in store.query(_METRICS_OF, (thing, thing))]
+
+
+def _in(names: Sequence[str]) -> str:
+    """``IN (?, ?, ...)`` for ``names`` (never empty: a name no metric has stands in)."""
+    return "IN (" + ", ".join("?" * max(1, len(names))) + ")"
 
 
 def _series(
@@ -457,22 +451,21 @@ def _series(
 ) -> list[dict[str, Any]]:
     """Every numeric metric of the thing in the range, bucketed to at most MAX_POINTS.
 
-    One query per metric over the range of the (thing, metric, received_at, id, count,
-    number) index: the table itself is not read.
+    One query over the ranges of the (thing, metric, received_at, id, count, number) index,
+    one range per metric: the table itself is not read.
     """
     width = bucket_width(since, until)
     bucket = _BUCKET_SQL[store.dialect]
-    sql = (
-        f"SELECT {bucket} AS b, MAX(received_at), AVG(COALESCE(number, count))"  # noqa: S608
-        " FROM metric_values WHERE thing = ? AND metric = ? AND received_at >= ?"
+    rows = store.query(
+        f"SELECT metric, {bucket} AS b, MAX(received_at), AVG(COALESCE(number, count))"  # noqa: S608
+        f" FROM metric_values WHERE thing = ? AND metric {_in(metrics)} AND received_at >= ?"
         " AND received_at < ? AND (number IS NOT NULL OR count IS NOT NULL)"
-        " GROUP BY b ORDER BY b"
+        " GROUP BY metric, b ORDER BY metric, b",
+        (since, width, thing, *(metrics or [""]), since, until),
     )
     by_metric: dict[str, list[list[float]]] = {}
-    for metric in metrics:
-        rows = store.query(sql, (since, width, thing, metric, since, until))
-        if rows:
-            by_metric[metric] = [[float(at), float(value)] for _b, at, value in rows]
+    for metric, _b, at, value in rows:
+        by_metric.setdefault(str(metric), []).append([float(at), float(value)])
     order = {name: i for i, name in enumerate(CHARTED)}
     names = sorted(by_metric, key=lambda m: (order.get(m, len(order)), m))
     return [{"metric": m, "points": by_metric[m], "bucket_s": width} for m in names]
@@ -482,16 +475,12 @@ def _sets(
     store: Store, thing: str, metrics: Sequence[str], since: float, until: float
 ) -> list[dict[str, Any]]:
     """Every list-valued metric (ports, addresses, strings, numbers) with its appearances."""
-    sql = (
-        "SELECT value, MIN(received_at), MAX(received_at) FROM metric_values"
-        " WHERE thing = ? AND metric = ? AND received_at >= ? AND received_at < ?"
-        " AND count IS NULL AND number IS NULL GROUP BY value"
+    rows = store.query(
+        "SELECT metric, value, MIN(received_at), MAX(received_at) FROM metric_values"  # noqa: S608
+        f" WHERE thing = ? AND metric {_in(metrics)} AND received_at >= ? AND received_at < ?"
+        " AND count IS NULL AND number IS NULL GROUP BY metric, value",
+        (thing, *(metrics or [""]), since, until),
     )
-    rows = [
-        (metric, *row)
-        for metric in metrics
-        for row in store.query(sql, (thing, metric, since, until))
-    ]
     by_metric: dict[str, list[tuple[Sequence[object], float, float]]] = {}
     for metric, text, first, last in rows:
         try:
@@ -526,7 +515,7 @@ def thing_detail(
     if not rows:
         return None
     first, last, reports, fmt, document = rows[0]
-    numeric, sets = _metrics_of(store, thing)
+    metrics = _metrics_of(store, thing)
     state, interval = thing_state(now, float(first), float(last), int(reports))
     where = ViolationFilter(thing_name=thing)
     active = active_violations(violations, where)
@@ -537,6 +526,8 @@ def thing_detail(
                 where, start_time=since, end_time=until, limit=250, token=None
             ).items
         )
+    series = _series(store, thing, metrics, since, until)
+    charted = {s["metric"] for s in series}
     return {
         "name": thing,
         "since": since,
@@ -549,8 +540,8 @@ def thing_detail(
         "state": state,
         "accepted": None if counts is None else counts.accepted,
         "rejected": {} if counts is None else dict(counts.rejected),
-        "series": _series(store, thing, numeric, since, until),
-        "sets": _sets(store, thing, sets, since, until),
+        "series": series,
+        "sets": _sets(store, thing, [m for m in metrics if m not in charted], since, until),
         "active": active,
         "events": events,
         "last_report": None
