@@ -9,6 +9,7 @@ half-written and the server keeps serving.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -318,3 +319,36 @@ def test_boto3_sees_a_blocked_address_as_throttling(tmp_path: Path) -> None:
         with pytest.raises(ClientError) as refused:
             right.list_security_profiles()
         assert refused.value.response["Error"]["Code"] == "ThrottlingException"
+
+
+def test_hostile_bodies_tokens_and_times_are_400_not_500(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON nested past the parser's depth, a forged offset token too large for SQL, and
+    non-finite times: each one InvalidRequestException naming it, no traceback logged."""
+    import base64
+
+    deep = b'{"behaviors":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert _error(_send(api, "POST", "/security-profiles/deep", deep)) == (
+        400,
+        "InvalidRequestException",
+        "the request body is nested too deeply",
+    )
+    forged = base64.urlsafe_b64encode(b"o:" + b"9" * 40).decode()
+    values = (
+        "/metric-values?thingName=t&metricName=aws%3Anum-listening-tcp-ports"
+        "&startTime=1&endTime=2&nextToken=" + forged
+    )
+    assert _error(_send(api, "GET", values)) == (
+        400,
+        "InvalidRequestException",
+        "nextToken is not a token this service issued",
+    )
+    for bad in ("nan", "inf", "1e999"):
+        status, code, message = _error(
+            _send(api, "GET", f"/violation-events?startTime={bad}&endTime=2")
+        )
+        assert (status, code) == (400, "InvalidRequestException")
+        assert message == f"startTime: {bad!r} is not a valid timestamp"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert _no_profiles(api)

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _INVALID: Final = "InvalidRequestException"
 _DEFAULT_PAGE: Final = 100
+#: Larger than any offset this service issues in a nextToken (and than SQL integers take).
+_MAX_OFFSET: Final = 2**53
 _AUTH_CODES: Final = frozenset(
     {
         "MissingAuthenticationTokenException",
@@ -131,7 +133,7 @@ def _read_offset(token: Optional[str]) -> int:
         offset = int(text[2:]) if text.startswith("o:") else -1
     except (ValueError, UnicodeError):
         offset = -1
-    if offset < 0:
+    if not 0 <= offset <= _MAX_OFFSET:
         raise ApiError(_INVALID, "nextToken is not a token this service issued")
     return offset
 

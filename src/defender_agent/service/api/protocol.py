@@ -75,12 +75,20 @@ def parse_timestamp(text: str) -> float:
     (1796605323.0, 1796605323.5)
     >>> parse_timestamp("1796605323")
     1796605323.0
+    >>> parse_timestamp("nan")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'nan' is not a finite time
     """
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"{text!r} is not a finite time")
+        return seconds
     main, _, frac = text.rstrip("Z").partition(".")
     main = main.replace("+00:00", "")
     try:
@@ -161,6 +169,8 @@ def parse_input(
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(_INVALID, f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(_INVALID, "the request body is nested too deeply") from None
         if not isinstance(doc, dict):
             raise ApiError(_INVALID, "the request body must be a JSON object")
         for wire, value in doc.items():
@@ -208,7 +218,7 @@ def check(
         shown = json.dumps(value)[:60] if not isinstance(value, str) else repr(value[:60])
         return [f"{here}: expected {kind}, not {shown}"]
     problems: list[str] = []
-    if kind in ("double", "float") and not math.isfinite(float(value)):
+    if kind in ("double", "float", "timestamp") and not math.isfinite(float(value)):
         problems.append(f"{here}: must be a finite number")
     if kind == "string":
         assert isinstance(value, str)
