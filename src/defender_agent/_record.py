@@ -2,10 +2,11 @@
 
 :func:`dataclasses.dataclass` writes up to ten methods per class as source text and
 compiles each (and imports :mod:`inspect`): about 1 ms a class, which every start-up of
-``collect`` and ``run`` paid some twenty times. :func:`record` gives a class the same
-``__init__`` (one small compiled function: the signature, defaults and default factories
-of the dataclass), and shares one ``__repr__``, ``__eq__``, ``__hash__``, ordering and
-frozen ``__setattr__`` among all records instead of writing them per class. Behaviour is
+``collect`` and ``run`` paid some twenty times. :func:`record` gives a class an
+``__init__`` that takes the dataclass's arguments (positional or keyword, defaults, default
+factories) and raises its errors, unless the class writes its own (the classes built in
+bulk do: a generic one is slower per instance), and shares one ``__repr__``, ``__eq__``,
+``__hash__``, ordering and frozen ``__setattr__`` among all records. Behaviour is
 that of the dataclass with the same options: equality and ordering as tuples of the
 fields between instances of the same class, the hash of that tuple when frozen (none
 when ``eq`` without ``frozen``), :class:`dataclasses.FrozenInstanceError` on assignment,
