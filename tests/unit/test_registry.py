@@ -43,3 +43,24 @@ def test_a_newer_registry_schema_is_refused(tmp_path: Path) -> None:
     SQLiteRegistry(url, migrations=future).close()
     with pytest.raises(StateError, match="schema version 99, newer than"):
         open_registry(url, region="eu-west-1", account="111122223333")
+
+
+def test_recursive_child_groups_page_through_every_descendant() -> None:
+    """A later page's group below the parent through an earlier page's group is listed."""
+    registry = open_registry("sqlite://:memory:", region="eu-west-1", account="111122223333")
+    try:
+        registry.create_group("a", None, {}, now=1.0)
+        registry.create_group("b", "a", {}, now=1.0)
+        registry.create_group("c", "b", {}, now=1.0)
+        registry.create_group("d", "c", {}, now=1.0)
+        names, token = [], None
+        for _ in range(5):
+            page, token = registry.list_groups(limit=1, token=token, parent="a", recursive=True)
+            names += [g["groupName"] for g in page]
+            if token is None:
+                break
+        assert names == ["b", "c", "d"]
+        direct, _ = registry.list_groups(limit=10, token=None, parent="a", recursive=False)
+        assert [g["groupName"] for g in direct] == ["b"]
+    finally:
+        registry.close()

@@ -694,13 +694,12 @@ class SqlRegistry(Store):
         """``thingGroups`` (``groupName``, ``groupArn``) by name."""
         after = decode_token(token)
         with self._guard(), self._read() as cur:
-            cur.execute(
-                "SELECT name, arn, properties FROM thing_groups WHERE name > ? ORDER BY name",
-                (after,),
-            )
-            rows = [(str(n), str(a), json.loads(p)) for n, a, p in cur.fetchall()]
+            # every group: a later page's group may descend through an earlier page's
+            cur.execute("SELECT name, arn, properties FROM thing_groups ORDER BY name", ())
+            every = [(str(n), str(a), json.loads(p)) for n, a, p in cur.fetchall()]
+        rows = [r for r in every if r[0] > after]
         if parent is not None:
-            rows = [r for r in rows if _below(r[0], parent, rows, recursive)]
+            rows = [r for r in rows if _below(r[0], parent, every, recursive)]
         if prefix:
             rows = [r for r in rows if r[0].startswith(prefix)]
         items, next_token = _page(rows, limit, lambda r: r[0])
