@@ -352,3 +352,37 @@ def test_hostile_bodies_tokens_and_times_are_400_not_500(
         assert message == f"startTime: {bad!r} is not a valid timestamp"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert _no_profiles(api)
+
+
+def test_concurrent_first_metric_value_requests_open_one_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ListMetricValues opens its store on first use; two at once open one (none leaks)."""
+    import threading
+    import time
+
+    from defender_agent.service import storage
+
+    opened: list[object] = []
+    real_open = storage.open_store
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # both requests are past the "no store yet" test before this returns
+        store = real_open(*args, **kwargs)
+        opened.append(store)
+        return store
+
+    with running_api(tmp_path) as running:
+        monkeypatch.setattr(storage, "open_store", slow_open)
+        api = handlers.Api(running.server.context)
+        params: dict[str, Any] = {"thingName": "t", "metricName": "aws:num-listening-tcp-ports"}
+        params.update(startTime=0.0, endTime=1.0)
+        threads = [
+            threading.Thread(target=api.list_metric_values, args=(params,)) for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        api.close()
+        assert len(opened) == 1

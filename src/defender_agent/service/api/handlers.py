@@ -32,6 +32,7 @@ import asyncio
 import base64
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -162,6 +163,7 @@ class Api:
         self.failures = FailureLimiter()
         self.region = context.config.http.region
         self._store: Any = None
+        self._store_lock = threading.Lock()  # handlers run on the executor's threads
         self.handlers: dict[str, Callable[[Params], Result]] = {
             name: getattr(self, _snake(name)) for name in ROUTES
         }
@@ -357,10 +359,11 @@ class Api:
         """``ListMetricValues``."""
         if p.get("dimensionName"):
             raise ApiError(_INVALID, "dimensionName: dimensions are not stored by this service")
-        if self._store is None:
-            from defender_agent.service.storage import open_store  # noqa: PLC0415
+        with self._store_lock:  # two first requests at once open one store, not two
+            if self._store is None:
+                from defender_agent.service.storage import open_store  # noqa: PLC0415
 
-            self._store = open_store(self.context.db_url, create=False)
+                self._store = open_store(self.context.db_url, create=False)
         offset, limit = _read_offset(p.get("nextToken")), _limit(p)
         values = self._store.metric_values(
             p["thingName"],
@@ -445,9 +448,10 @@ class Api:
 
     def close(self) -> None:
         """Close the metric-value store this API opened (the registry is the caller's)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
 
 def _member_problems(params: Params, custom: Mapping[str, str]) -> list[str]:
