@@ -1,4 +1,4 @@
-"""A check's result, and the ways of showing a list of them (pure).
+r"""A check's result, and the ways of showing a list of them (pure).
 
 Example:
     >>> results = [Result("configuration", "ok", "valid"),
@@ -9,6 +9,13 @@ Example:
            fix: open the port
     >>> exit_code(results), as_json(results)["ok"]
     (1, False)
+
+Text from the network (a server certificate's names, a broker's reason) is shown with
+its control characters escaped, so each check stays one line and a hostile server
+cannot send escape sequences to the terminal:
+
+    >>> print(render([Result("TLS handshake", "fail", "for evil\x1b[2J\nok")], ascii_only=True))
+    [FAIL] TLS handshake: for evil\x1b[2J\nok
 """
 
 from __future__ import annotations
@@ -48,14 +55,25 @@ class Result:
     seconds: float = 0.0
 
 
+def _printable(text: str) -> str:
+    r"""``text`` with each non-printable character as its escape (``\n``, ``\x1b``).
+
+    >>> _printable("a\tb ✓")
+    'a\\tb ✓'
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def render(results: Sequence[Result], *, ascii_only: bool = False) -> str:
     """One line per check (✓ ✗ ! -), and an indented ``fix:`` line under each that has one."""
     lines = []
     for result in results:
         mark = MARKS[result.status][1 if ascii_only else 0]
-        lines.append(f"{mark} {result.name}: {result.detail}")
+        lines.append(f"{mark} {_printable(result.name)}: {_printable(result.detail)}")
         if result.fix and result.status in ("fail", "warn"):
-            lines.append(" " * (len(mark) + 1) + f"fix: {result.fix}")
+            lines.append(" " * (len(mark) + 1) + f"fix: {_printable(result.fix)}")
     return "\n".join(lines)
 
 
