@@ -408,3 +408,47 @@ def test_any_series_alternates_alarms_and_survives_storage(
         assert 0 <= state.violating_run <= 10 and 0 <= state.conforming_run <= 10
         assert state.violating_run == 0 or state.conforming_run == 0
         state = BehaviorState.from_json(json.loads(json.dumps(state.to_json())))
+
+
+def test_equal_sets_of_other_types_show_their_own_type() -> None:
+    # Ports({1}) == Numbers({1.0}) as frozensets: the shown value must still follow the type
+    ports = parse_behavior(
+        {
+            "name": "p",
+            "metric": "aws:listening-tcp-ports",
+            "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [1]}},
+        }
+    )
+    numbers = parse_behavior(
+        {
+            "name": "n",
+            "metric": "m",
+            "criteria": {"comparisonOperator": "in-set", "value": {"numbers": [1.0]}},
+        }
+    )
+    assert step(ports, INITIAL, Ports({1}), 1.0)[0].last_value == {"ports": [1]}
+    assert step(numbers, INITIAL, Numbers({1.0}), 1.0)[0].last_value == {"numbers": [1.0]}
+
+
+def test_an_address_set_is_judged_by_each_behavior_own_networks() -> None:
+    allow = parse_behavior(
+        {
+            "name": "a",
+            "metric": "aws:destination-ip-addresses",
+            "criteria": {"comparisonOperator": "in-cidr-set", "value": {"cidrs": ["10.0.0.0/8"]}},
+        }
+    )
+    deny = parse_behavior(
+        {
+            "name": "d",
+            "metric": "aws:destination-ip-addresses",
+            "criteria": {
+                "comparisonOperator": "not-in-cidr-set",
+                "value": {"cidrs": ["10.0.0.0/8"]},
+            },
+        }
+    )
+    point = Addresses({ipaddress.ip_address("10.1.2.3")})
+    for _ in range(2):  # (the second time from the cache)
+        assert step(allow, INITIAL, point, 1.0)[0].violating_run == 0
+        assert step(deny, INITIAL, point, 1.0)[0].violating_run == 1

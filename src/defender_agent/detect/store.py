@@ -7,7 +7,8 @@ thing's reports as one (whichever process received each):
 
 ``detect_things``
     One row per thing: ``states``, the JSON object ``{"PROFILE/BEHAVIOR": state}`` of every
-    behavior's :class:`~defender_agent.detect.evaluate.BehaviorState` (``to_json``), and
+    behavior's :class:`~defender_agent.detect.evaluate.BehaviorState` (``to_json``; the
+    engine leaves out ``last_value``/``last_time``, which the violation rows keep), and
     ``last_report``, when its last evaluated report arrived. The engine judges a batch of
     reports inside one transaction that first locks the rows of the batch's things, in name
     order (PostgreSQL: the rows are created if missing, then ``SELECT … FOR UPDATE``;
