@@ -212,3 +212,43 @@ def test_an_update_is_applied_a_bad_one_refused_in_one_line(
     assert "previous one stays" in line and "agent.interval" in line
     assert comp.config is not None and comp.config.agent.interval == 600
     assert len(agent.calls) == 2
+
+
+def test_an_update_that_fails_unexpectedly_does_not_stop_later_updates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher thread outlives a failure no one foresaw (here the agent's reconfigure)."""
+    import threading
+
+    ipc = FakeIpc({"agent": {"interval": 300}})
+    comp, agent = component(ipc, tmp_path)
+    applied = threading.Event()
+    fail = [True]
+
+    def reconfigure(config: Config, collector: Optional[Collector] = None) -> None:
+        if fail.pop() if fail else False:
+            raise RuntimeError("a bug")
+        agent.calls.append((config, collector))
+        applied.set()
+
+    agent.reconfigure = reconfigure  # type: ignore[method-assign]
+    watcher = threading.Thread(target=comp._watch_updates, daemon=True)
+    watcher.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            ipc.value = {"agent": {"interval": 600}}
+            comp._on_update()
+            for _ in range(100):
+                if any("update failed" in r.getMessage() for r in caplog.records):
+                    break
+                threading.Event().wait(0.05)
+            comp.config = comp.load({"agent": {"interval": 300}})  # that update was lost
+            ipc.value = {"agent": {"interval": 900}}
+            comp._on_update()
+            assert applied.wait(10)
+        assert agent.calls[-1][0].agent.interval == 900
+        assert watcher.is_alive()
+    finally:
+        comp.stop_event.set()
+        comp._on_update()
+        watcher.join(5)

@@ -134,8 +134,12 @@ class Component:
                 return
             self.stop_event.wait(SETTLE_S)  # updates of one deployment come one key at a time
             self._changed.clear()
-            if not self.stop_event.is_set():
+            if self.stop_event.is_set():
+                return
+            try:
                 self.apply_update()
+            except Exception:  # a bug: this update is lost, later ones are still applied
+                log.exception("applying the configuration update failed; the previous one stays")
 
     # ------------------------------------------------------------------ running
     def connect(self) -> Optional[dict[str, Any]]:
