@@ -386,3 +386,21 @@ def test_concurrent_first_metric_value_requests_open_one_store(
             t.join(10)
         api.close()
         assert len(opened) == 1
+
+
+def test_a_mangled_credentials_file_never_shows_a_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line that is not ``name = value`` (here a secret wrapped onto its own line) keeps
+    the keys read last, with one warning naming the line number, never its text."""
+    leaked = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYLEAKED"
+    with running_api(tmp_path) as own:
+        own.credentials_file.write_text(
+            f"[default]\naws_access_key_id = {own.key_id}\naws_secret_access_key =\n{leaked}\n",
+            encoding="utf-8",
+        )
+        assert _send(own, "GET", "/custom-metrics")[0] == 200
+        assert _send(own, "GET", "/custom-metrics")[0] == 200
+    (warning,) = [r.getMessage() for r in caplog.records if "keeping the keys" in r.getMessage()]
+    assert "line 4 is not 'name = value'" in warning
+    assert leaked not in caplog.text and own.secret not in caplog.text

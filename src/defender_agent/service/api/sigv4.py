@@ -244,11 +244,43 @@ def load_keys(text: str) -> dict[str, str]:
     >>> load_keys("[default]\naws_access_key_id = AK1\naws_secret_access_key = s1\n"
     ...           "[other]\naws_access_key_id=AK2\naws_secret_access_key=s2\n")
     {'AK1': 's1', 'AK2': 's2'}
+
+    A file that does not parse is a ValueError naming the line, never its text (it may be
+    a secret):
+
+    >>> load_keys("[default]\naws_access_key_id = AK1\nwJalrXUtnFEMI/K7MDENG\n")
+    Traceback (most recent call last):
+    ...
+    ValueError: not an AWS credentials file: line 3 is not 'name = value'
+
+    Raises:
+        ValueError: The text is not an INI file of ``[profile]`` sections.
     """
     import configparser  # noqa: PLC0415 - only when loading
 
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(text)
+    try:
+        parser.read_string(text)
+    except configparser.MissingSectionHeaderError as exc:
+        raise ValueError(
+            f"not an AWS credentials file: line {exc.lineno} comes before any [profile]"
+        ) from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(number) for number, _line in exc.errors)
+        raise ValueError(
+            f"not an AWS credentials file: line {lines} is not 'name = value'"
+        ) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ValueError(
+            f"not an AWS credentials file: profile [{exc.section}] twice (line {exc.lineno})"
+        ) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ValueError(
+            f"not an AWS credentials file: {exc.option} twice in [{exc.section}] "
+            f"(line {exc.lineno})"
+        ) from None
+    except configparser.Error:
+        raise ValueError("not an AWS credentials file") from None
     keys: dict[str, str] = {}
     for name in parser.sections():
         section = parser[name]
