@@ -185,7 +185,12 @@ def test_the_v1_lambda_zip_runs_on_python_38(tmp_path: Path) -> None:
         names = zipped.namelist()
         zipped.extractall(unpacked)
     assert not [n for n in names if n.endswith(".so")]  # pure Python: any core's CPU
-    script = "import time, defender_agent.greengrass.v1 as v1, cbor2; time.sleep(2.5)"
+    script = (
+        "import time, defender_agent.greengrass.v1 as v1, cbor2\n"
+        "from defender_agent.report.validate import decode_payload\n"
+        "print(decode_payload(cbor2.dumps({'hed': {'rid': 7}}))[0]['hed']['rid'])\n"
+        "time.sleep(2.5)"
+    )
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(unpacked),
@@ -198,6 +203,7 @@ def test_the_v1_lambda_zip_runs_on_python_38(tmp_path: Path) -> None:
     )
     err = run.stderr.decode()
     assert run.returncode == 0, err
+    assert run.stdout.decode().split() == ["7"]  # the zip's cbor2 5.4 decodes (no read_size)
     assert "thing core1, every 300 s" in err
     # outside a v1 core the SDK's client cannot be made: said in one line, retried with backoff
     assert "greengrasssdk is unusable" in err and "greengrass_common" in err
