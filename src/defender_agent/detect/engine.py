@@ -129,6 +129,10 @@ class _Rule:
     behavior: Behavior
     key: str  # "PROFILE/BEHAVIOR": its key in a thing's states
     fingerprint: str  # the behavior as canonical JSON: a change invalidates its alarms
+    names: tuple[str, str] = ("", "")  # (profile, behavior): its threshold's key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", (self.profile.name, self.behavior.name))
 
 
 @dataclass
@@ -495,7 +499,8 @@ class DetectEngine:
         self, tx: Batch, item: Judged, rules: Sequence[_Rule], mine: dict[str, BehaviorState]
     ) -> None:
         points: dict[str, object] = {}
-        at = item.received_at
+        at, thing = item.received_at, item.thing
+        thresholds, active_rows = self._thresholds, tx.active
         for rule in rules:
             b = rule.behavior
             if b.metric in points:
@@ -505,7 +510,7 @@ class DetectEngine:
             if value is None:
                 continue
             state = mine.get(rule.key, INITIAL)
-            threshold = self._thresholds.get((rule.profile.name, b.name))
+            threshold = thresholds.get(rule.names) if thresholds else None
             new, transition = step(b, state, value, at, threshold)
             if new is state:
                 continue
@@ -513,12 +518,15 @@ class DetectEngine:
             if b.kind == "statistical":
                 measured = measurement(b, new, at)
                 if measured is not None and math.isfinite(measured):
-                    tx.observe(rule.profile.name, b.name, item.thing, measured, at)
-            active = tx.active.get((item.thing, rule.profile.name, b.name))
-            if transition is not None and transition.event == "in-alarm":
+                    tx.observe(rule.profile.name, b.name, thing, measured, at)
+            active = active_rows.get((thing, *rule.names)) if active_rows else None
+            if transition is None:
+                if active is not None and new.in_alarm and new.conforming_run == 0:
+                    tx.still_violating(active, new.last_value, at)
+            elif transition.event == "in-alarm":
                 if active is None:
                     tx.open_violation(
-                        item.thing,
+                        thing,
                         rule.profile.name,
                         rule.raw,
                         b.criteria_type,
@@ -529,11 +537,8 @@ class DetectEngine:
                     )
                 else:  # (a state reset while the violation stayed): same violation
                     tx.still_violating(active, transition.value, transition.time)
-            elif transition is not None and transition.event == "alarm-cleared":
-                if active is not None:
-                    tx.end_violation(active, "alarm-cleared", transition.time, transition.value)
-            elif active is not None and new.in_alarm and new.conforming_run == 0:
-                tx.still_violating(active, new.last_value, at)
+            elif transition.event == "alarm-cleared" and active is not None:
+                tx.end_violation(active, "alarm-cleared", transition.time, transition.value)
 
     def _deliver(self, events: Iterable[EventRow]) -> None:
         plan = self._plan

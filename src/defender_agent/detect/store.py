@@ -461,6 +461,24 @@ def _behavior(text: str) -> Mapping[str, Any]:
     return doc
 
 
+_VALUES: dict[str, Optional[dict[str, Any]]] = {}  # lastViolationValue text -> decoded
+
+
+def _value(text: Optional[str]) -> Optional[dict[str, Any]]:
+    """A violation's last value, decoded once per distinct text (shared: read-only use).
+
+    Every batch reads the active violations of its things; their values repeat.
+    """
+    if text is None:
+        return None
+    if text in _VALUES:
+        return _VALUES[text]
+    if len(_VALUES) >= 4096:
+        _VALUES.clear()
+    doc = _VALUES[text] = _loads(text)
+    return doc
+
+
 def _active_row(row: Sequence[Any]) -> ActiveRow:
     (vid, thing, profile, behavior, ctype, suppressed, start, value, last, info, state, desc) = row
     return ActiveRow(
@@ -471,7 +489,7 @@ def _active_row(row: Sequence[Any]) -> ActiveRow:
         ctype,
         bool(suppressed),
         float(start),
-        _loads(value),
+        _value(value),
         float(last),
         _loads(info),
         state,
