@@ -73,6 +73,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Optional, Union
 
+from defender_agent.rules import CUSTOM_METRIC_NAME_PATTERN, plain_ip
+
 __all__ = [
     "CLOUD_METRIC_TYPES",
     "COUNT_OPERATORS",
@@ -198,7 +200,7 @@ _CRITERIA_KEYS: Final = frozenset(
         "mlDetectionConfig",
     }
 )
-_NAME: Final = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_NAME: Final = re.compile(CUSTOM_METRIC_NAME_PATTERN)  # behavior names: the same rule
 _CIDR: Final = re.compile(r"[a-fA-F0-9:./]{2,43}")
 _MAX_LONG: Final = 2**63 - 1
 
@@ -273,8 +275,8 @@ def parse_cidr(text: str) -> IPNetwork:
     except ValueError:
         raise ValueError("is not an IPv4 or IPv6 network") from None
     if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:
+        mapped = plain_ip(network.network_address)
+        if isinstance(mapped, ipaddress.IPv4Address):
             return ipaddress.IPv4Network((int(mapped), network.prefixlen - 96))
     return network
 
