@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "packaging" / "systemd" / "defender-agent.service"
 README = ROOT / "README.md"
+INSTALL = ROOT / "packaging" / "install.sh"
 INSTALLED = "/opt/defender-agent/bin/defender-agent"
 
 
@@ -30,16 +31,18 @@ def exec_start(unit_text: str) -> str:
     return match[1]
 
 
-def test_the_unit_runs_what_the_readme_installs() -> None:
+def test_the_unit_runs_what_the_install_script_installs() -> None:
     unit = UNIT.read_text(encoding="utf-8")
     readme = README.read_text(encoding="utf-8")
+    script = INSTALL.read_text(encoding="utf-8")
     assert exec_start(unit) == INSTALLED
     venv = str(Path(INSTALLED).parents[1])
-    assert f"python3 -m venv {venv}\n" in readme
-    assert f"{venv}/bin/pip install ." in readme
-    assert f"`ExecStart` is `{INSTALLED} run --config" in readme
-    # The configuration the unit names is where the README puts it.
+    assert f"\nPREFIX={venv}\n" in script  # the script's default prefix is the unit's venv
+    assert f"a venv in `{venv}`" in readme
+    assert "sudo packaging/install.sh" in readme
+    # The configuration the unit names is where the script and the README put it.
     assert "--config /etc/defender-agent/config.toml" in unit
+    assert "ETC=$ROOT/etc/defender-agent\n" in script and '"$ETC/config.toml"' in script
     assert "/etc/defender-agent/config.toml" in readme
 
 
