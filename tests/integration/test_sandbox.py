@@ -43,7 +43,8 @@ needs_embedded = pytest.mark.skipif(
 
 THING = "sandbox-test"
 WAIT_S = 10.0
-REPORT = re.compile(r"^report (\d+) \((\d+) B (json|cbor)\) → (.+)$", re.M)
+# the size is "812 B" or, with many listening ports, "1.2 KB"
+REPORT = re.compile(r"^report (\d+) \(([\d.]+ K?B) (json|cbor)\) → (.+)$", re.M)
 REPLY = re.compile(r"^reply  (\d+) ← (.+)$", re.M)
 
 
