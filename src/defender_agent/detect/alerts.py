@@ -40,11 +40,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Optional
+from urllib.parse import urlsplit
 
 from defender_agent.detect.store import EventRow
 from defender_agent.logs import shown
 
-__all__ = ["AlertSettings", "Alerts", "alert_message", "targets_for"]
+__all__ = ["AlertSettings", "Alerts", "alert_message", "targets_for", "webhook_label"]
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,29 @@ class Alerts:
         self._done(False)
         log.warning(
             "detect alert to webhook %s failed after %d attempt(s): %s",
-            shown(url),
+            shown(webhook_label(url)),
             self.settings.retries + 1,
             shown(why),
         )
+
+
+def webhook_label(url: str) -> str:
+    """A webhook as logs show it: scheme, host and port only.
+
+    Webhook URLs often carry a secret (a token in the path or the query, a password), so
+    no log line names more than where the alert went.
+
+    >>> webhook_label("https://user:pw@hooks.example.com:8443/T0K3N/x?key=s3cret")
+    'https://hooks.example.com:8443/...'
+    >>> webhook_label("http://127.0.0.1/hook"), webhook_label("not a url")
+    ('http://127.0.0.1/...', 'a webhook')
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.scheme or not parts.hostname:
+        return "a webhook"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/..."
