@@ -111,7 +111,14 @@ STATIC = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("metric", "operator", "value", "point", "expected"), STATIC, ids=str)
+def _id(value: object) -> str:
+    """A test id that does not depend on the hash seed (xdist workers must agree)."""
+    if isinstance(value, frozenset):
+        return f"{type(value).__name__}({sorted(value, key=str)})"
+    return str(value)
+
+
+@pytest.mark.parametrize(("metric", "operator", "value", "point", "expected"), STATIC, ids=_id)
 def test_static_operators(
     metric: str, operator: str, value: dict[str, Any], point: object, expected: bool
 ) -> None:
