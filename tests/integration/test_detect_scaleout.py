@@ -21,7 +21,11 @@ import pytest
 from defender_agent.detect.registry import open_registry
 from defender_agent.service.storage import open_store
 from tests.integration.test_service_mqtt import ServiceProcess
-from tests.integration.test_service_scaleout import GROUP, PREFIX, broker, handled  # noqa: F401
+from tests.integration.test_service_scaleout import (  # noqa: F401 - broker: a fixture
+    broker,
+    group_member_args,
+    handled,
+)
 from tests.mqtt_infra.broker import Mosquitto, connect_device
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgresql extra)")
@@ -77,21 +81,7 @@ def test_two_service_processes_keep_consecutive_counters_exact(
     registry.attach("p", registry.arn("all/things"))
     registry.close()
     assert broker.plain is not None
-    common = [
-        "--no-tls",
-        "--broker",
-        "127.0.0.1",
-        "--port",
-        str(broker.plain),
-        "--db",
-        pg_url,
-        "--min-delay",
-        "0",
-        "--shared-group",
-        GROUP,
-        "--topic-prefix",
-        PREFIX,
-    ]
+    common = group_member_args(broker, pg_url)
     procs = [ServiceProcess(common, tmp_path / f"service-{n}.log") for n in range(2)]
     replies: queue.Queue[Any] = queue.Queue()
     devices = []

@@ -32,6 +32,28 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the
 WAIT_S = 20.0
 PREFIX = "dd/"
 GROUP = "dd-test"
+
+
+def group_member_args(broker: Mosquitto, pg_url: str) -> list[str]:
+    """``defender-agent service`` options of a member of the shared group on ``pg_url``."""
+    assert broker.plain is not None
+    return [
+        "--no-tls",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        str(broker.plain),
+        "--db",
+        pg_url,
+        "--min-delay",
+        "0",
+        "--shared-group",
+        GROUP,
+        "--topic-prefix",
+        PREFIX,
+    ]
+
+
 DEVICES = 20
 REPORTS = 10
 
@@ -118,21 +140,7 @@ def test_two_processes_split_the_reports_and_share_one_database(
     broker: Mosquitto, pg_url: str, tmp_path: Path
 ) -> None:
     assert broker.plain is not None
-    common = [
-        "--no-tls",
-        "--broker",
-        "127.0.0.1",
-        "--port",
-        str(broker.plain),
-        "--db",
-        pg_url,
-        "--min-delay",
-        "0",
-        "--shared-group",
-        GROUP,
-        "--topic-prefix",
-        PREFIX,
-    ]
+    common = group_member_args(broker, pg_url)
     procs = [ServiceProcess(common, tmp_path / f"service-{n}.log") for n in range(2)]
     devices = None
     try:
