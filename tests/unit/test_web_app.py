@@ -228,7 +228,11 @@ def test_fleet_filters_sorts_and_pages_on_the_server(tmp_path: Path) -> None:
         found = get_json(f"{url}?q=GW-1")
         silent = get_json(f"{url}?state=silent")
         bad = call(f"{url}?sort=password")[0], call(f"{url}?limit=x")[0]
+        # beyond SQLite's integers: a 400 naming the range, not a 500 from the database
+        huge = call(f"{url}?offset={'9' * 30}"), call(f"{url}?offset=-1")[0]
     assert page["counts"]["things"] == 12 and page["matched"] == 12
+    assert huge[0][0] == 400 and b"offset: an integer 0..1000000000" in huge[0][2], huge
+    assert huge[1] == 400
     assert [t["name"] for t in page["things"]] == [f"gw-{i:02d}" for i in (6, 5, 4, 3, 2)]
     assert [t["name"] for t in found["things"]] == ["gw-10", "gw-11"]
     assert silent["matched"] == 0 and silent["counts"]["things"] == 12

@@ -192,6 +192,9 @@ class Dashboard:
             except StateError as exc:
                 log.warning("dashboard: %s", exc)
                 answer = _bad("the service database is not available", 503)
+            except Exception:  # a bug: one logged traceback, a plain 500, the server goes on
+                log.exception("dashboard: %s failed", shown(request.path))
+                answer = _bad("internal error (logged by the service)", 500)
             _secure(answer)
             return answer
 
@@ -236,11 +239,11 @@ class Dashboard:
                 state=q.get("state", ""),
                 sort=q.get("sort", "name"),
                 descending=q.get("desc", "") in ("1", "true"),
-                offset=int(q.get("offset", "0")),
-                limit=min(int(q.get("limit", "200")), 1000),
+                offset=_bounded(q.get("offset", "0"), 0, _MAX_OFFSET),
+                limit=_bounded(q.get("limit", "200"), 1, 1000),
             )
         except ValueError:
-            return _bad("offset and limit must be integers")
+            return _bad(f"offset: an integer 0..{_MAX_OFFSET}; limit: an integer 1..1000")
         if query.sort not in data.SORT_KEYS:
             return _bad(f"sort: one of {', '.join(data.SORT_KEYS)}")
         things = self.context.stats().things
@@ -453,3 +456,22 @@ def install(app: web.Application, context: HttpContext) -> None:
         context, settings, loopback=loopback, per_thing_metrics=http.metrics_per_thing
     )
     routes(app, dashboard)
+
+
+_MAX_OFFSET: Final = 10**9
+
+
+def _bounded(text: str, low: int, high: int) -> int:
+    """An integer query value within [low, high] (ValueError otherwise).
+
+    >>> _bounded("20", 0, 100), _bounded(" 0", 0, 100)
+    (20, 0)
+    >>> _bounded("9" * 30, 0, 100)
+    Traceback (most recent call last):
+    ...
+    ValueError: 999999999999999999999999999999 is not in 0..100
+    """
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{value} is not in {low}..{high}")
+    return value
