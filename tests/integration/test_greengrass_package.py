@@ -36,8 +36,18 @@ NAME = "com.example.DefenderAgent"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("gg-build")
+    # the wheels are for the python3 the recipe's install step runs (the core's), which need
+    # not be the Python running the tests (CI also runs the suite on 3.9)
+    core_python = subprocess.run(
+        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    build = [sys.executable, str(BUILD), "v2", "--out", str(out), "--name", NAME, "--bucket", "b"]
     done = subprocess.run(
-        [sys.executable, str(BUILD), "v2", "--out", str(out), "--name", NAME, "--bucket", "b"],
+        [*build, "--python-version", core_python],
         capture_output=True,
         timeout=600,
         check=False,
