@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final, Optional
+from typing import Any, Final, Optional, Union
 
 from defender_agent.detect.contract import Page, ViolationFilter
 from defender_agent.service.storage import (
@@ -217,13 +217,7 @@ class ActiveRow:
         }
         if self.last_value is not None:
             doc["lastViolationValue"] = dict(self.last_value)
-        if self.additional_info:
-            doc["violationEventAdditionalInfo"] = dict(self.additional_info)
-        if self.verification_state is not None:
-            doc["verificationState"] = self.verification_state
-        if self.verification_description is not None:
-            doc["verificationStateDescription"] = self.verification_description
-        return doc
+        return _with_details(doc, self)
 
 
 @dataclass(frozen=True)
@@ -270,13 +264,18 @@ class EventRow:
         }
         if self.metric_value is not None:
             doc["metricValue"] = dict(self.metric_value)
-        if self.additional_info:
-            doc["violationEventAdditionalInfo"] = dict(self.additional_info)
-        if self.verification_state is not None:
-            doc["verificationState"] = self.verification_state
-        if self.verification_description is not None:
-            doc["verificationStateDescription"] = self.verification_description
-        return doc
+        return _with_details(doc, self)
+
+
+def _with_details(doc: dict[str, Any], row: Union[ActiveRow, EventRow]) -> dict[str, Any]:
+    """``doc`` with the members a violation and its events share when they are set."""
+    if row.additional_info:
+        doc["violationEventAdditionalInfo"] = dict(row.additional_info)
+    if row.verification_state is not None:
+        doc["verificationState"] = row.verification_state
+    if row.verification_description is not None:
+        doc["verificationStateDescription"] = row.verification_description
+    return doc
 
 
 def _dumps(doc: Optional[Mapping[str, Any]]) -> Optional[str]:
