@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Final
 
-from defender_agent.logs import MAX_SHOWN, cut, escape, one_line
+from defender_agent._log_text import MAX_SHOWN, cut, escape, one_line
 
 __all__ = ["JsonFormatter", "TextFormatter"]
 
