@@ -49,11 +49,12 @@ def get_json(url: str, **kw: Any) -> Any:
 
 
 def test_fleet_lists_things_with_states_counts_and_ports(tmp_path: Path) -> None:
+    now = time.time()  # states are judged against the server's clock, now
     with dashboard(tmp_path) as d:
         for i in range(5):  # every 60 s, the last one now: reporting
-            store_report(d.store, "gw-1", report(i + 1, [22, 443], 100 * i), NOW - 240 + 60 * i)
+            store_report(d.store, "gw-1", report(i + 1, [22, 443], 100 * i), now - 240 + 60 * i)
         for i in range(3):  # every 60 s, the last 10 minutes ago: silent
-            store_report(d.store, XSS_NAME, report(i + 1, [8080], 5), NOW - 720 + 60 * i)
+            store_report(d.store, XSS_NAME, report(i + 1, [8080], 5), now - 720 + 60 * i)
         d.counters.things = {"gw-1": ThingCounts(5, {"Throttled": 2})}
         d.open_violation("gw-1")
         doc = get_json(f"{d.url}/dashboard/api/fleet")
@@ -219,10 +220,11 @@ def test_metrics_parse_and_move(tmp_path: Path) -> None:
 
 
 def test_fleet_filters_sorts_and_pages_on_the_server(tmp_path: Path) -> None:
+    now = time.time()  # states are judged against the server's clock, now
     with dashboard(tmp_path) as d:
         for i in range(12):
             for k in range(i + 1):  # thing i has i + 1 reports
-                store_report(d.store, f"gw-{i:02d}", report(k + 1, [22], 1), NOW - 60 * (i - k))
+                store_report(d.store, f"gw-{i:02d}", report(k + 1, [22], 1), now - 60 * (i - k))
         url = f"{d.url}/dashboard/api/fleet"
         page = get_json(f"{url}?sort=reports&desc=1&limit=5&offset=5")
         found = get_json(f"{url}?q=GW-1")
