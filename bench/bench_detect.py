@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -340,12 +339,7 @@ def main() -> int:
         )
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "load_at_end": os.getloadavg(),
-        },
+        "machine": load.machine(),  # (its load average: at the end)
         "args": {k: str(v) for k, v in vars(args).items()},
         "runtime_s": round(time.monotonic() - started, 1),
         "summary": summary,

@@ -32,7 +32,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -51,6 +50,7 @@ from bench_service_load import (  # noqa: E402
     _raise_nofile,
     _report,
     _service_argv,
+    machine,
 )
 
 # --------------------------------------------------------------------------- client processes
@@ -504,12 +504,7 @@ def main() -> int:
         )
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "load_avg_at_end": os.getloadavg(),
-        },
+        "machine": machine(),  # (its load average: at the end)
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "runtime_s": round(time.monotonic() - started, 1),
         "runs": runs,

@@ -623,6 +623,17 @@ def kill_main(args: argparse.Namespace) -> int:
     )
 
 
+def machine(**extra: object) -> dict[str, object]:
+    """This machine, as every service benchmark's JSON records it (load average: now)."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_avg": os.getloadavg(),
+        **extra,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode")
@@ -726,17 +737,14 @@ def main() -> int:
         )
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "mosquitto": subprocess.run(
+        "machine": machine(
+            mosquitto=subprocess.run(
                 [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
                 capture_output=True,
                 text=True,
                 check=False,
-            ).stdout.splitlines()[0],
-        },
+            ).stdout.splitlines()[0]
+        ),
         "args": {k: v for k, v in vars(args).items() if k != "mode"},
         "runtime_s": round(time.monotonic() - started, 1),
         "summary": summary,
