@@ -52,12 +52,18 @@ CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-#: Page path (under /dashboard/) -> its HTML file in static/.
+#: Page path (under /dashboard/) -> its title, its ``<main>`` in static/, the nav entry it
+#: belongs to, and its scripts and style sheets (besides common.js and app.css) in static/.
 PAGES: Final = {
-    "": "fleet.html",
-    "thing": "thing.html",
-    "violations": "violations.html",
-    "profiles": "profiles.html",
+    "": ("Fleet", "fleet.html", "/dashboard/", ("fleet.js",)),
+    "thing": (
+        "Thing",
+        "thing.html",
+        "/dashboard/",
+        ("vendor/uPlot.min.css", "vendor/uPlot.iife.min.js", "thing.js"),
+    ),
+    "violations": ("Violations", "violations.html", "/dashboard/violations", ("violations.js",)),
+    "profiles": ("Security profiles", "profiles.html", "/dashboard/profiles", ("profiles.js",)),
 }
 _TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -86,6 +92,30 @@ def _assets() -> dict[str, bytes]:
                 if sub.is_file():
                     out[f"{entry.name}/{sub.name}"] = sub.read_bytes()
     return out
+
+
+def _page(
+    assets: Mapping[str, bytes], title: str, main: str, nav: str, files: tuple[str, ...]
+) -> str:
+    """A page: static/layout.html around its ``<main>``, its nav entry marked current.
+
+    The CSRF token (``{{csrf}}``) is filled in per request.
+    """
+    head = "".join(
+        f'<link rel="stylesheet" href="/dashboard/static/{name}">\n'
+        if name.endswith(".css")
+        else f'<script src="/dashboard/static/{name}" defer></script>\n'
+        for name in ("common.js", *files)
+    )
+    link = f'<a href="{nav}">'
+    return (
+        assets["layout.html"]
+        .decode()
+        .replace("{{title}}", title)
+        .replace("{{head}}", head)
+        .replace(link, f'<a href="{nav}" class="current">')
+        .replace("{{main}}", assets[main].decode())
+    )
 
 
 def _json_default(value: object) -> object:
@@ -149,6 +179,7 @@ class Dashboard:
         self._per_thing = per_thing_metrics
         self._clock = clock
         self._assets = _assets()
+        self._pages = {path: _page(self._assets, *spec) for path, spec in PAGES.items()}
         self._store: Optional[Store] = None
         self._store_lock = threading.Lock()
 
@@ -203,10 +234,10 @@ class Dashboard:
     # ------------------------------------------------------------------ pages and assets
     async def page(self, request: web.Request) -> web.StreamResponse:
         """One of :data:`PAGES`, with the CSRF token in its ``<meta>``."""
-        name = PAGES.get(request.match_info.get("page", ""))
-        if name is None:
+        html = self._pages.get(request.match_info.get("page", ""))
+        if html is None:
             raise web.HTTPNotFound()
-        html = self._assets[name].decode().replace("{{csrf}}", self.auth.csrf_token())
+        html = html.replace("{{csrf}}", self.auth.csrf_token())
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def asset(self, request: web.Request) -> web.StreamResponse:
