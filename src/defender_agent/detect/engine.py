@@ -51,23 +51,39 @@ The behavior's state is reset (counters and windows start again).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Optional
 
 from defender_agent.detect import ml
 from defender_agent.detect.alerts import Alerts
 from defender_agent.detect.behaviors import Behavior, parse_behavior
+from defender_agent.detect.compiled import (
+    CLEARED,
+    IN_ALARM,
+    OBSERVED,
+    STILL,
+    Rule,
+    ThingState,
+    compile_rule,
+    decode_state,
+    encode_state,
+    judge,
+    spans,
+)
 from defender_agent.detect.contract import ProfileView, Registry
-from defender_agent.detect.evaluate import INITIAL, BehaviorState, measurement, step
-from defender_agent.detect.metrics import datapoint
+from defender_agent.detect.metrics import metric_value_json
 from defender_agent.detect.statistics import percentile
-from defender_agent.detect.store import Batch, DetectStore, EventRow
+from defender_agent.detect.store import ActiveRow, Batch, DetectStore, EventRow
 from defender_agent.logs import shown
 from defender_agent.model import Report
 
@@ -79,6 +95,7 @@ _TICK_S: Final = 1.0  # the ticker wakes this often to see what is due
 _STALE_EVERY_S: Final = 5.0  # checks for silent things at most this often
 _NO_WINDOW_S: Final = 3600.0  # a statistical behavior without durationSeconds, invalidate_after 0
 _DECODED_MAX: Final = 20_000  # things whose decoded states are kept between batches
+_ActiveMap = dict[tuple[str, str, str], ActiveRow]
 
 
 @dataclass(frozen=True)
@@ -89,10 +106,15 @@ class EngineSettings:
         invalidate_after_s: Seconds without a report after which a thing's violations are
             invalidated; 0: never.
         statistics_every_s: Seconds between recomputations of statistical thresholds.
+        last_violation_every_s: An active violation whose value did not change has its
+            ``lastViolationTime`` written at most this often (the engine holds the newer
+            one meanwhile, and writes it within a few seconds of going quiet and at stop);
+            0: at every violating datapoint.
     """
 
     invalidate_after_s: float = 3600.0
     statistics_every_s: float = 60.0
+    last_violation_every_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,10 +151,26 @@ class _Rule:
     behavior: Behavior
     key: str  # "PROFILE/BEHAVIOR": its key in a thing's states
     fingerprint: str  # the behavior as canonical JSON: a change invalidates its alarms
+    compiled: Optional[Rule]  # None: never judged (no criteria, cloud-side)
     names: tuple[str, str] = ("", "")  # (profile, behavior): its threshold's key
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", (self.profile.name, self.behavior.name))
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    """The rules one thing is judged by, compiled."""
+
+    rules: tuple[_Rule, ...]
+    compiled: tuple[Rule, ...]
+    span: dict[str, int]
+    by_key: dict[str, _Rule]
+
+    @classmethod
+    def of(cls, rules: Sequence[_Rule]) -> _Bundle:
+        compiled = tuple(r.compiled for r in rules if r.compiled is not None)
+        return cls(tuple(rules), compiled, spans(compiled), {r.key: r for r in rules})
 
 
 @dataclass
@@ -144,6 +182,8 @@ class _Plan:
     by_group: dict[str, list[_Rule]] = field(default_factory=dict)
     rules: dict[tuple[str, str], _Rule] = field(default_factory=dict)  # (profile, behavior)
     profiles: dict[str, ProfileView] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)  # rule key -> metric
+    bundles: dict[frozenset[str], _Bundle] = field(default_factory=dict)  # by groups
 
     def targets(self, profile: ProfileView, groups: frozenset[str]) -> bool:
         for arn in profile.targets:
@@ -159,7 +199,11 @@ def _fingerprint(raw: Mapping[str, Any]) -> str:
     return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
 
-def _compile(generation: int, profiles: Sequence[ProfileView]) -> _Plan:
+def _compile(
+    generation: int,
+    profiles: Sequence[ProfileView],
+    thresholds: Mapping[tuple[str, str], Optional[float]],
+) -> _Plan:
     plan = _Plan(generation)
     for profile in profiles:
         plan.profiles[profile.name] = profile
@@ -172,11 +216,13 @@ def _compile(generation: int, profiles: Sequence[ProfileView]) -> _Plan:
                     "detect: security profile %s: behavior skipped: %s", shown(profile.name), exc
                 )
                 continue
-            rule = _Rule(
-                profile, raw, behavior, f"{profile.name}/{behavior.name}", _fingerprint(raw)
-            )
+            key = f"{profile.name}/{behavior.name}"
+            judged = behavior.kind != "none" and not behavior.cloud_side
+            compiled = compile_rule(behavior, key, thresholds, profile.name) if judged else None
+            rule = _Rule(profile, raw, behavior, key, _fingerprint(raw), compiled)
             plan.rules[(profile.name, behavior.name)] = rule
-            if behavior.kind != "none" and not behavior.cloud_side:
+            plan.metrics[key] = behavior.metric
+            if judged:
                 rules.append(rule)
         for arn in profile.targets:
             resource = target_resource(arn)
@@ -220,9 +266,13 @@ class DetectEngine:
         self._lock = threading.RLock()
         self._plan: Optional[_Plan] = None
         self._groups: dict[str, frozenset[str]] = {}
+        # (updated in place: the compiled statistical rules read it)
         self._thresholds: dict[tuple[str, str], Optional[float]] = {}
-        # thing -> (the states' JSON text this process last wrote, those states decoded)
-        self._decoded: dict[str, tuple[str, dict[str, BehaviorState]]] = {}
+        # thing -> (the states' text this process wrote last, them decoded, its active
+        # violations): while the stored text is that one, nobody else judged the thing since
+        self._decoded: dict[str, tuple[str, ThingState, _ActiveMap]] = {}
+        self._writer = f"{os.getpid():x}.{uuid.uuid4().hex[:12]}"
+        self._writes = 0
         self._next_statistics = 0.0
         self._next_stale = 0.0
         self._stop = threading.Event()
@@ -241,10 +291,17 @@ class DetectEngine:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the ticker thread (the store and the alerts are the caller's)."""
+        """Stop the ticker thread and write the last values held back.
+
+        (The store and the alerts are the caller's.)
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        try:
+            self.write_held(0.0)
+        except Exception as exc:  # the database is gone: those times were not written
+            log.warning("detect: the last violation values held back were not written: %s", exc)
 
     def counters(self) -> dict[str, float]:
         """``reports``, ``events``, ``errors``, ``batches``, ``busy_s``, ``us_per_report``."""
@@ -272,9 +329,11 @@ class DetectEngine:
         try:
             with self._lock:
                 self._current_plan(now)
-                if self.settings.invalidate_after_s > 0 and now >= self._next_stale:
+                if now >= self._next_stale:
                     self._next_stale = now + _STALE_EVERY_S
-                    self._invalidate_silent(now)
+                    self.write_held(self.settings.last_violation_every_s, now)
+                    if self.settings.invalidate_after_s > 0:
+                        self._invalidate_silent(now)
                 if now >= self._next_statistics:
                     self._next_statistics = now + self.settings.statistics_every_s
                     self.recompute_statistics(now)
@@ -283,13 +342,30 @@ class DetectEngine:
                 self.errors += 1
             log.error("detect: periodic work failed: %s", exc, exc_info=not _is_db_error(exc))  # noqa: TRY400 - a database error needs no traceback
 
+    def write_held(self, older_than: float, now: Optional[float] = None) -> int:
+        """Write the last violation values held back for ``older_than`` seconds or more.
+
+        Returns how many violations were written.
+        """
+        now = self._clock() if now is None else now
+        with self._lock:
+            held = [
+                row
+                for _text, _state, rows in self._decoded.values()
+                for row in rows.values()
+                if row.last_time != row.written[1] and now - row.written[1] >= older_than
+            ]
+            if held:
+                self.store.write_last_values(held)
+            return len(held)
+
     # ------------------------------------------------------------------ the registry
     def _current_plan(self, now: float) -> _Plan:
         generation = self.registry.generation()
         plan = self._plan
         if plan is not None and plan.generation == generation:
             return plan
-        plan = _compile(generation, self.registry.profiles())
+        plan = _compile(generation, self.registry.profiles(), self._thresholds)
         self._plan = plan
         self._groups.clear()
         self._reconcile(plan, now)
@@ -303,13 +379,17 @@ class DetectEngine:
             groups = self._groups[thing] = self.registry.groups_of(thing)
         return groups
 
-    def _rules_for(self, plan: _Plan, thing: str) -> list[_Rule]:
-        if not plan.by_group:
-            return plan.everyone
-        rules = list(plan.everyone)
-        for group in sorted(self._groups_of(thing)):
-            rules.extend(r for r in plan.by_group.get(group, ()) if r not in rules)
-        return rules
+    def _bundle_for(self, plan: _Plan, thing: str) -> _Bundle:
+        groups = self._groups_of(thing) if plan.by_group else frozenset()
+        bundle = plan.bundles.get(groups)
+        if bundle is None:
+            rules = list(plan.everyone)
+            for group in sorted(groups):
+                rules.extend(r for r in plan.by_group.get(group, ()) if r not in rules)
+            if len(plan.bundles) >= 10_000:
+                plan.bundles.clear()
+            bundle = plan.bundles[groups] = _Bundle.of(rules)
+        return bundle
 
     def _reconcile(self, plan: _Plan, now: float) -> None:
         """Invalidate the active violations whose behavior or targeting is gone."""
@@ -327,24 +407,80 @@ class DetectEngine:
             self._invalidate(gone, now, "the behavior or the profile's targeting changed")
         keep = [k for k, r in plan.rules.items() if r.behavior.kind == "statistical"]
         self.store.forget_population(keep)
-        self._thresholds = {
-            key: value for key, (value, _n, _at) in self.store.thresholds().items() if key in keep
-        }
+        self._thresholds.clear()
+        self._thresholds.update(
+            (key, value) for key, (value, _n, _at) in self.store.thresholds().items() if key in keep
+        )
+
+    # ------------------------------------------------------------------ thing states
+    def _known(self, thing: str, text: str) -> Optional[_ActiveMap]:
+        """The active violations this process holds for ``thing``, if it wrote ``text``."""
+        held = self._decoded.get(thing)
+        return held[2] if held is not None and held[0] == text else None
+
+    def _state_of(self, tx: Batch, thing: str) -> ThingState:
+        """The thing's state as loaded; decoded only when another writer changed it."""
+        text = tx.texts.get(thing, "{}")
+        held = self._decoded.get(thing)
+        if held is not None and held[0] == text:
+            return held[1]
+        plan = self._plan
+        return decode_state(text, plan.metrics if plan is not None else {})
+
+    @contextmanager
+    def _judging(
+        self, things: Iterable[str], now: float
+    ) -> Iterator[tuple[Batch, dict[str, ThingState]]]:
+        """A store batch over ``things`` whose states the block fills in and this writes.
+
+        The block puts each thing it changed in the dict with its state; they are encoded
+        into the batch, and held (with the things' active violations) once it committed.
+        A failed batch forgets what this process held of its things.
+        """
+        names = set(things)
+        changed: dict[str, ThingState] = {}
+        try:
+            with self.store.batch(names, now=now, known=self._known) as tx:
+                yield tx, changed
+                self._writes += 1
+                writer = f"{self._writer}.{self._writes}"
+                for thing, state in changed.items():
+                    tx.texts[thing] = encode_state(state, writer)
+                    tx.save_state(thing)
+        except BaseException:
+            for thing in names:
+                self._decoded.pop(thing, None)
+            raise
+        rows: dict[str, _ActiveMap] = {thing: {} for thing in changed}
+        for key, row in tx.active.items():
+            mine = rows.get(key[0])
+            if mine is not None:
+                mine[key] = row
+        cache = self._decoded
+        for thing, state in changed.items():
+            cache.pop(thing, None)
+            cache[thing] = (tx.texts[thing], state, rows[thing])
+        while len(cache) > _DECODED_MAX:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        thing, (_text, _state, rows) = next(iter(self._decoded.items()))
+        del self._decoded[thing]
+        self.store.write_last_values(list(rows.values()))
 
     # ------------------------------------------------------------------ invalidation
     def _invalidate(
         self, which: Mapping[str, Sequence[tuple[str, str]]], now: float, why: str
     ) -> None:
         events: list[EventRow] = []
-        with self.store.batch(which, now=now) as tx:
+        with self._judging(which, now) as (tx, changed):
             for thing, keys in which.items():
+                state = changed[thing] = self._state_of(tx, thing)
                 for profile_name, name in keys:
+                    state.forget(f"{profile_name}/{name}")
                     row = tx.active.get((thing, profile_name, name))
-                    if row is None:  # another process was first
-                        continue
-                    tx.end_violation(row, "alarm-invalidated", now, row.last_value)
-                    tx.states[thing].pop(f"{profile_name}/{name}", None)
-                tx.save_state(thing)
+                    if row is not None:  # (else another process was first)
+                        tx.end_violation(row, "alarm-invalidated", now, row.last_value)
             events = list(tx.events)
         if events:
             log.info("detect: %d violation(s) invalidated: %s", len(events), why)
@@ -356,14 +492,15 @@ class DetectEngine:
         if not things:
             return
         events: list[EventRow] = []
-        with self.store.batch(things, now=now) as tx:
+        with self._judging(things, now) as (tx, changed):
             for key, row in list(tx.active.items()):
                 thing = key[0]
                 if tx.last_report.get(thing, 0.0) >= cutoff:  # reported meanwhile
                     continue
                 tx.end_violation(row, "alarm-invalidated", now, row.last_value)
-                tx.states[thing].pop(f"{row.profile}/{row.behavior_name}", None)
-                tx.save_state(thing)
+                state = changed.get(thing) or self._state_of(tx, thing)
+                state.forget(f"{row.profile}/{row.behavior_name}")
+                changed[thing] = state
             events = list(tx.events)
         if events:
             log.info(
@@ -382,14 +519,14 @@ class DetectEngine:
         now = self._clock()
         with self._lock:
             plan = self._current_plan(now)
-            rules = [r for r in self._rules_for(plan, thing) if r.behavior.kind == "ml"]
-        if not rules:
-            return {}
-        with self.store.batch([thing], now=now) as tx:  # (read under the row's lock)
-            raw = tx.states[thing]
+            rules = [r for r in self._bundle_for(plan, thing).rules if r.behavior.kind == "ml"]
+            if not rules:
+                return {}
+            with self.store.batch([thing], now=now) as tx:  # (read under the row's lock)
+                state = self._state_of(tx, thing)
         out: dict[str, dict[str, Any]] = {}
         for rule in rules:
-            model = (raw.get(rule.key) or {}).get("ml")
+            model = state.ml.get(rule.key)
             out[rule.key] = {
                 "modelStatus": ml.model_status(model),
                 "datapointsNeeded": ml.datapoints_needed(model),
@@ -445,100 +582,53 @@ class DetectEngine:
         self.busy_s += time.perf_counter() - began
 
     def _judge(self, plan: _Plan, reports: Sequence[Judged], now: float) -> list[EventRow]:
-        per_thing = {item.thing: self._rules_for(plan, item.thing) for item in reports}
-        judged = [item for item in reports if per_thing[item.thing]]
+        per_thing = {item.thing: self._bundle_for(plan, item.thing) for item in reports}
+        judged = [item for item in reports if per_thing[item.thing].compiled]
         if not judged:
             return []
-        with self.store.batch({item.thing for item in judged}, now=now) as tx:
-            states: dict[str, dict[str, BehaviorState]] = {}
+        with self._judging({item.thing for item in judged}, now) as (tx, changed):
             for item in judged:
-                rules = per_thing[item.thing]
-                mine = states.get(item.thing)
-                if mine is None:
-                    mine = states[item.thing] = self._load_states(tx, item.thing, rules)
-                self._judge_report(tx, item, rules, mine)
+                state = changed.get(item.thing)
+                if state is None:
+                    state = changed[item.thing] = self._state_of(tx, item.thing)
+                self._judge_report(tx, item, per_thing[item.thing], state)
                 tx.save_state(item.thing, item.received_at)
-            for thing, mine in states.items():
-                text = _encode_states(mine)
-                tx.texts[thing] = text
-                self._remember(thing, text, mine)
             return list(tx.events)
 
-    def _remember(self, thing: str, text: str, states: dict[str, BehaviorState]) -> None:
-        """Keep the decoded states of the text just written (bounded, least recent out)."""
-        cache = self._decoded
-        cache.pop(thing, None)
-        cache[thing] = (text, states)  # (not changed after the batch: loads copy it)
-        while len(cache) > _DECODED_MAX:
-            del cache[next(iter(cache))]
-
-    def _load_states(
-        self, tx: Batch, thing: str, rules: Sequence[_Rule]
-    ) -> dict[str, BehaviorState]:
-        """The thing's states as loaded; decoded again only when another writer changed them."""
-        text = tx.texts.get(thing, "{}")
-        known = self._decoded.get(thing)
-        if known is not None and known[0] == text:  # this process wrote it last
-            return dict(known[1])
-        try:
-            raw = json.loads(text)
-        except ValueError:
-            raw = {}
-        mine: dict[str, BehaviorState] = {}
-        for rule in rules:
-            doc = raw.get(rule.key) if isinstance(raw, dict) else None
-            if doc is None:
-                continue
-            try:
-                mine[rule.key] = BehaviorState.from_json(doc)
-            except ValueError:  # a hand-edited or older row: start again
-                continue
-        return mine
-
-    def _judge_report(
-        self, tx: Batch, item: Judged, rules: Sequence[_Rule], mine: dict[str, BehaviorState]
-    ) -> None:
-        points: dict[str, object] = {}
+    def _judge_report(self, tx: Batch, item: Judged, bundle: _Bundle, state: ThingState) -> None:
         at, thing = item.received_at, item.thing
-        thresholds, active_rows = self._thresholds, tx.active
-        for rule in rules:
-            b = rule.behavior
-            if b.metric in points:
-                value = points[b.metric]
-            else:
-                value = points[b.metric] = datapoint(item.report, b.metric)
-            if value is None:
+        outcomes = judge(bundle.compiled, state, item.report, at, bundle.span)
+        if not outcomes:
+            return
+        active_rows, every = tx.active, self.settings.last_violation_every_s
+        for compiled, event, measured in outcomes:
+            rule = bundle.by_key[compiled.key]
+            if event == OBSERVED:
+                if math.isfinite(measured):
+                    tx.observe(rule.profile.name, rule.behavior.name, thing, measured, at)
                 continue
-            state = mine.get(rule.key, INITIAL)
-            threshold = thresholds.get(rule.names) if thresholds else None
-            new, transition = step(b, state, value, at, threshold)
-            if new is state:
-                continue
-            mine[rule.key] = new
-            if b.kind == "statistical":
-                measured = measurement(b, new, at)
-                if measured is not None and math.isfinite(measured):
-                    tx.observe(rule.profile.name, b.name, thing, measured, at)
             active = active_rows.get((thing, *rule.names)) if active_rows else None
-            if transition is None:
-                if active is not None and new.in_alarm and new.conforming_run == 0:
-                    tx.still_violating(active, new.last_value, at)
-            elif transition.event == "in-alarm":
+            shown = _shown(measured)
+            if event == STILL:
+                if active is not None:
+                    tx.still_violating(active, shown, at, every)
+            elif event == IN_ALARM:
                 if active is None:
+                    b = rule.behavior
                     tx.open_violation(
                         thing,
                         rule.profile.name,
                         rule.raw,
                         b.criteria_type,
                         b.suppress_alerts,
-                        transition.value,
-                        transition.time,
+                        shown,
+                        at,
                         _additional_info(b),
                     )
                 else:  # (a state reset while the violation stayed): same violation
-                    tx.still_violating(active, transition.value, transition.time)
-            elif transition.event == "alarm-cleared" and active is not None:
-                tx.end_violation(active, "alarm-cleared", transition.time, transition.value)
+                    tx.still_violating(active, shown, at)
+            elif event == CLEARED and active is not None:
+                tx.end_violation(active, "alarm-cleared", at, shown)
 
     def _deliver(self, events: Iterable[EventRow]) -> None:
         plan = self._plan
@@ -556,47 +646,16 @@ class DetectEngine:
                     log.exception("detect: the on_event callback failed")
 
 
-_KEYS: dict[str, str] = {}  # a state's key -> its JSON string (keys repeat across things)
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: Ports({1}) == Numbers({1.0})
+def _shown_set(value: frozenset[Any]) -> dict[str, Any]:
+    return metric_value_json(value)
 
 
-def _number(x: float) -> str:
-    text = repr(x)  # a finite float's repr is its JSON; inf and nan contain an "n"
-    return json.dumps(x) if "n" in text else text
-
-
-def _encode_states(states: Mapping[str, BehaviorState]) -> str:
-    """A thing's states as the JSON text of ``detect_things.states``, quickly.
-
-    Each state is :meth:`~.evaluate.BehaviorState.to_json` without ``last_value`` and
-    ``last_time`` (what a violation needs of them is in its row: ``lastViolationValue``/
-    ``…Time``; :meth:`~.evaluate.BehaviorState.from_json` reads the missing keys as None)
-    and without ``ml`` when there is no model. Formatted directly: the engine writes every
-    judged thing's states after each batch, and ``json.dumps`` of 100 states was a fifth of
-    its time.
-
-    >>> from defender_agent.detect.evaluate import BehaviorState
-    >>> _encode_states({"p/b": BehaviorState(True, 2, 0, ((1.5, 2.0),), {"count": 2}, 1.5)})
-    '{"p/b":{"in_alarm":true,"violating_run":2,"conforming_run":0,"window":[[1.5,2.0]]}}'
-    >>> doc = json.loads(_encode_states({'q/"x"': BehaviorState(ml={"values": [1.0]})}))
-    >>> BehaviorState.from_json(doc['q/"x"']) == BehaviorState(ml={"values": [1.0]})
-    True
-    """
-    parts = []
-    keys = _KEYS
-    for key, state in states.items():
-        name = keys.get(key)
-        if name is None:
-            if len(keys) >= 100_000:
-                keys.clear()
-            name = keys[key] = json.dumps(key)
-        window = ",".join(f"[{_number(t)},{_number(v)}]" for t, v in state.window)
-        model = "" if state.ml is None else ',"ml":' + json.dumps(state.ml, separators=(",", ":"))
-        parts.append(
-            f'{name}:{{"in_alarm":{"true" if state.in_alarm else "false"},'
-            f'"violating_run":{state.violating_run:d},"conforming_run":{state.conforming_run:d},'
-            f'"window":[{window}]{model}}}'
-        )
-    return "{" + ",".join(parts) + "}"
+def _shown(measured: Any) -> dict[str, Any]:  # noqa: ANN401 - a datapoint or a sum
+    """The ``MetricValue`` of a measurement (a set's once per distinct set; read-only)."""
+    if isinstance(measured, frozenset):
+        return _shown_set(measured)
+    return metric_value_json(measured)
 
 
 def _additional_info(behavior: Behavior) -> Optional[dict[str, Any]]:

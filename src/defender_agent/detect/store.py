@@ -47,8 +47,8 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Final, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Final, Optional, Union
 
 from defender_agent.detect.contract import Page, ViolationFilter
 from defender_agent.service.storage import (
@@ -65,6 +65,7 @@ __all__ = [
     "Batch",
     "DetectStore",
     "EventRow",
+    "Known",
 ]
 
 EVENT_TYPES: Final = ("in-alarm", "alarm-cleared", "alarm-invalidated")
@@ -164,6 +165,10 @@ _VIOLATION_COLUMNS: Final = """violation_id, thing, profile, behavior, criteria_
     verification_description"""
 
 
+Known = Callable[[str, str], Optional[Mapping[tuple[str, str, str], "ActiveRow"]]]
+"""``(thing, states text) -> its active violations`` (see :meth:`DetectStore.batch`)."""
+
+
 class BadTokenError(ValueError):
     """A ``nextToken`` this store did not make (the API answers InvalidRequestException)."""
 
@@ -185,6 +190,8 @@ class ActiveRow:
         additional_info: ``violationEventAdditionalInfo``, if any.
         verification_state: The verification state, None until set.
         verification_description: Its description.
+        written: ``(lastViolationValue, lastViolationTime)`` as the database has them
+            (:meth:`Batch.still_violating` may hold newer ones back).
     """
 
     violation_id: str
@@ -199,6 +206,10 @@ class ActiveRow:
     additional_info: Optional[Mapping[str, Any]] = None
     verification_state: Optional[str] = None
     verification_description: Optional[str] = None
+    written: tuple[Optional[Mapping[str, Any]], float] = (None, 0.0)
+
+    def __post_init__(self) -> None:
+        self.written = (self.last_value, self.last_time)
 
     @property
     def behavior_name(self) -> str:
@@ -405,12 +416,19 @@ class Batch:
         return row
 
     def still_violating(
-        self, row: ActiveRow, value: Optional[Mapping[str, Any]], at: float
+        self, row: ActiveRow, value: Optional[Mapping[str, Any]], at: float, every: float = 0.0
     ) -> None:
-        """Another violating datapoint of an active violation: its last value and time."""
+        """Another violating datapoint of an active violation: its last value and time.
+
+        The row is written when its value changed, or when what the database has is
+        ``every`` seconds older (0: always); else only ``row`` holds them until then
+        (:meth:`DetectStore.write_last_values`).
+        """
         row.last_value = value
         row.last_time = at
-        self._updated[row.violation_id] = row
+        written_value, written_time = row.written
+        if every <= 0 or value != written_value or at - written_time >= every:
+            self._updated[row.violation_id] = row
 
     def end_violation(
         self, row: ActiveRow, event_type: str, at: float, value: Optional[Mapping[str, Any]]
@@ -551,11 +569,20 @@ class DetectStore:
 
     # ------------------------------------------------------------------ engine side
     @contextmanager
-    def batch(self, things: Iterable[str], *, now: float) -> Iterator[Batch]:
+    def batch(
+        self, things: Iterable[str], *, now: float, known: Optional[Known] = None
+    ) -> Iterator[Batch]:
         """A transaction holding the rows of ``things`` (in name order) with what they hold.
 
         Everything the engine records on the :class:`Batch` is written when the block ends
         without an exception; an exception rolls all of it back.
+
+        Args:
+            things: The things.
+            now: The batch's time.
+            known: ``(thing, states text) -> its active violations`` when the caller holds
+                them for exactly that text (it wrote the text last), else None: then they are
+                not read again.
 
         Raises:
             StateError: A database error (the transaction is rolled back).
@@ -565,11 +592,17 @@ class DetectStore:
         with db._guard(), db._write() as cur:
             batch = Batch(now)
             for start in range(0, len(names), 500):
-                self._load(cur, batch, names[start : start + 500])
+                self._load(cur, batch, names[start : start + 500], known)
             yield batch
             self._flush(cur, batch)
 
-    def _load(self, cur: Any, batch: Batch, names: Sequence[str]) -> None:  # noqa: ANN401
+    def _load(
+        self,
+        cur: Any,  # noqa: ANN401 - a DB-API cursor
+        batch: Batch,
+        names: Sequence[str],
+        known: Optional[Known],
+    ) -> None:
         if not names:
             return
         if self._pg:
@@ -599,6 +632,20 @@ class DetectStore:
             batch.texts.setdefault(name, "{}")
             batch.last_report.setdefault(name, 0.0)
         batch.states.texts = batch.texts
+        if known is not None:
+            unknown = []
+            for name in names:
+                rows = known(name, batch.texts[name])
+                if rows is None:
+                    unknown.append(name)
+                else:
+                    batch.active.update(rows)
+            if not unknown:
+                return
+            if len(unknown) < len(names):
+                names = unknown
+                marks = "ANY(?)" if self._pg else "(" + ",".join("?" * len(names)) + ")"
+                params = (list(names),) if self._pg else names
         where = "thing = ANY(?)" if self._pg else f"thing IN {marks}"
         cur.execute(
             f"SELECT {_VIOLATION_COLUMNS} FROM detect_violations"  # noqa: S608
@@ -661,22 +708,10 @@ class DetectStore:
                 ],
             )
         updated = [r for vid, r in batch._updated.items() if vid not in ended and vid not in fresh]
-        if updated and self._pg:
-            cur.execute(
-                "UPDATE detect_violations v SET last_value = u.val, last_time = u.t FROM"
-                " unnest(%b::text[], %b::text[], %b::double precision[]) AS u(id, val, t)"
-                " WHERE v.violation_id = u.id",
-                [
-                    [r.violation_id for r in updated],
-                    [_dumps(r.last_value) for r in updated],
-                    [r.last_time for r in updated],
-                ],
-            )
-        elif updated:
-            cur.executemany(
-                "UPDATE detect_violations SET last_value = ?, last_time = ? WHERE violation_id = ?",
-                [(_dumps(r.last_value), r.last_time, r.violation_id) for r in updated],
-            )
+        if updated:
+            self._write_last(cur, updated)
+        if batch._ended:
+            self._current_verification(cur, batch)
         if batch.events:
             cur.executemany(
                 _INSERT_EVENT,
@@ -699,6 +734,63 @@ class DetectStore:
         if batch._population:
             latest = {row[:3]: row for row in batch._population}
             cur.executemany(_UPSERT_POPULATION, [latest[key] for key in sorted(latest)])
+
+    def _write_last(self, cur: Any, rows: Sequence[ActiveRow]) -> None:  # noqa: ANN401
+        """Write the rows' last value and time (unless the database has a later one)."""
+        if self._pg:
+            cur.execute(
+                "UPDATE detect_violations v SET last_value = u.val, last_time = u.t FROM"
+                " unnest(%b::text[], %b::text[], %b::double precision[]) AS u(id, val, t)"
+                " WHERE v.violation_id = u.id AND v.last_time <= u.t",
+                [
+                    [r.violation_id for r in rows],
+                    [_dumps(r.last_value) for r in rows],
+                    [r.last_time for r in rows],
+                ],
+            )
+        else:
+            cur.executemany(
+                "UPDATE detect_violations SET last_value = ?, last_time = ?"
+                " WHERE violation_id = ? AND last_time <= ?",
+                [(_dumps(r.last_value), r.last_time, r.violation_id, r.last_time) for r in rows],
+            )
+        for r in rows:
+            r.written = (r.last_value, r.last_time)
+
+    def _current_verification(self, cur: Any, batch: Batch) -> None:  # noqa: ANN401
+        """The ending events with their violation's verification state as stored now.
+
+        A caller's rows (``known``) may be older than a PutVerificationStateOnViolation.
+        """
+        ids = sorted({row.violation_id for _at, row in batch._ended})
+        found: dict[str, tuple[Optional[str], Optional[str]]] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            where = "= ANY(?)" if self._pg else "IN (" + ",".join("?" * len(part)) + ")"
+            cur.execute(
+                "SELECT violation_id, verification_state, verification_description"  # noqa: S608
+                f" FROM detect_violations WHERE violation_id {where}",
+                (part,) if self._pg else part,
+            )
+            found.update({str(v): (s, d) for v, s, d in cur.fetchall()})
+        for i, event in enumerate(batch.events):
+            if event.violation_id in found:
+                state, description = found[event.violation_id]
+                batch.events[i] = replace(
+                    event, verification_state=state, verification_description=description
+                )
+        for _at, row in batch._ended:
+            if row.violation_id in found:
+                row.verification_state, row.verification_description = found[row.violation_id]
+
+    def write_last_values(self, rows: Sequence[ActiveRow]) -> None:
+        """Write the last values :meth:`Batch.still_violating` held back (engine's stop)."""
+        pending = [r for r in rows if (r.last_value, r.last_time) != r.written]
+        if not pending:
+            return
+        db = self._db
+        with db._guard(), db._write() as cur:
+            self._write_last(cur, pending)
 
     def active_keys(self) -> list[tuple[str, str, str, str]]:
         """Every active violation as ``(thing, profile, behavior name, behavior JSON)``."""
