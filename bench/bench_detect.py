@@ -51,8 +51,8 @@ REGION, ACCOUNT = "us-east-1", "123456789012"
 PROFILES, BEHAVIORS = 10, 10
 
 
-def behaviors(p: int) -> list[dict[str, Any]]:
-    """Ten behaviors; the last one is violated by every bench report (port 8080)."""
+def behaviors(p: int, violated: bool = True) -> list[dict[str, Any]]:
+    """Ten behaviors; the last one is violated by every bench report (port 8080) if ``violated``."""
 
     def b(name: str, metric: str, **criteria: Any) -> dict[str, Any]:
         return {"name": f"{name}-{p}", "metric": metric, "criteria": criteria}
@@ -89,13 +89,16 @@ def behaviors(p: int) -> list[dict[str, Any]]:
             "only22",
             "aws:listening-tcp-ports",
             comparisonOperator="in-port-set",
-            value={"ports": [22]},
+            value={"ports": [22] if violated else [22, 8080]},
         ),
     ]
 
 
 def seed(db: str) -> None:
-    """The profiles and the custom metric, attached to every thing (idempotent)."""
+    """The profiles and the custom metric, attached to every thing (idempotent).
+
+    ``BENCH_DETECT_FLEET=conforming`` in the environment: no behavior is violated.
+    """
     from defender_agent.detect.registry import RegistryError, open_registry
     from defender_agent.service.storage import open_store
 
@@ -108,7 +111,8 @@ def seed(db: str) -> None:
         except RegistryError:
             return  # seeded by an earlier start
         for p in range(PROFILES):
-            registry.create_profile(f"bench-{p}", {"behaviors": behaviors(p)}, now=now)
+            violated = os.environ.get("BENCH_DETECT_FLEET", "violating") != "conforming"
+            registry.create_profile(f"bench-{p}", {"behaviors": behaviors(p, violated)}, now=now)
             # AWS allows 5 profiles per target: half on all/things, half on
             # all/registered-things (every device here)
             target = "all/things" if p % 2 else "all/registered-things"
@@ -256,7 +260,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--fleet",
+        choices=("violating", "conforming"),
+        default="violating",
+        help="violating: every device violates one behavior per profile from its first"
+        " report (10 violations, events and alerts each); conforming: none does",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_DETECT_FLEET"] = args.fleet
     load._raise_nofile()
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="dd-bench-detect-"))
@@ -281,7 +293,12 @@ def main() -> int:
                     run["detect"] = mode
                     print(f"   {json.dumps(run)}", file=sys.stderr, flush=True)
                     runs.append(run)
-                    if mode == "on" and store == "sqlite" and rep == 0:
+                    if (
+                        mode == "on"
+                        and store == "sqlite"
+                        and rep == 0
+                        and args.fleet != "conforming"
+                    ):
                         listing = list_active(str(root / name / "service.sqlite3"), root)
                         print(f"   list: {json.dumps(listing)}", file=sys.stderr, flush=True)
     finally:

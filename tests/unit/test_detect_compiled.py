@@ -113,7 +113,7 @@ def _cases(draw: st.DrawFn) -> tuple[Behavior, list[tuple[float, Any]]]:
         draw(st.sampled_from([None, 300, 600])) if kind == "count" else None,
     )
     gaps = draw(
-        st.lists(st.sampled_from([1.0, 100.0, 299.0, 300.0, 301.0]), min_size=1, max_size=25)
+        st.lists(st.sampled_from([11.0, 100.0, 299.0, 300.0, 301.0]), min_size=1, max_size=25)
     )
     values = draw(st.lists(_VALUES[kind], min_size=len(gaps), max_size=len(gaps)))
     at, points = 1_000.0, []

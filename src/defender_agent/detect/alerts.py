@@ -33,6 +33,7 @@ The message (``violationEventTime`` in epoch milliseconds, as AWS's messages hav
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -137,6 +138,7 @@ class Alerts:
         self._thread: Optional[threading.Thread] = None
         self._session: Any = None
         self._pending = 0
+        self._jobs: list[Callable[[], None]] = []  # handed to the loop by one wake-up
         self._tasks: set[asyncio.Future[None]] = set()
         self._last_warning = -_WARN_EVERY_S
         self.submitted = 0
@@ -232,10 +234,24 @@ class Alerts:
                 )
             return
         assert loop is not None
+        jobs_now = [functools.partial(self._spawn, url, payload) for url in hooks]
         if topics:
-            loop.call_soon_threadsafe(self._mqtt, topics, payload)
-        for url in hooks:
-            loop.call_soon_threadsafe(self._spawn, url, payload)
+            jobs_now.insert(0, functools.partial(self._mqtt, topics, payload))
+        with self._lock:
+            wake = not self._jobs  # (else a wake-up is already on its way)
+            self._jobs.extend(jobs_now)
+        if wake:
+            loop.call_soon_threadsafe(self._run_jobs)
+
+    def _run_jobs(self) -> None:
+        """On the loop: run every job submitted since the last wake-up (one per burst)."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            try:
+                job()
+            except Exception:  # a bug in one must not cost the others
+                log.exception("detect alerts: a delivery could not start")
 
     def _done(self, ok: bool) -> None:
         with self._lock:

@@ -31,6 +31,11 @@ with three differences, all on purpose:
    ``lastViolationValue``.
 3. Only what a later datapoint needs is kept (:class:`ThingState`): the run codes, the
    windows of the traffic metrics, the ML baselines.
+4. A window holds about :data:`WINDOW_SLOTS` entries: deltas that arrive within the same
+   slot of 1/60 of its length (5 s of a 300 s window) are one entry with the latest
+   arrival's time, so a sum may count a delta up to one slot longer than
+   ``durationSeconds`` (too high, never too low), and a device reporting every second
+   costs no more than one reporting every minute.
 
 >>> from defender_agent.detect.behaviors import parse_behavior
 >>> from defender_agent.detect.metrics import Ports
@@ -97,6 +102,9 @@ CLEARED: Final = 2
 STILL: Final = 3
 #: Not an event: a statistical behavior's measurement, for its population.
 OBSERVED: Final = 4
+
+#: A traffic window keeps about this many entries (deltas within one slot merge).
+WINDOW_SLOTS: Final = 60
 
 _RUNS: Final = MAX_RUN + 1  # a run is 0..MAX_RUN
 _CODES: Final = 2 * _RUNS * _RUNS
@@ -363,8 +371,26 @@ Outcome = tuple[Rule, int, Any]
 
 
 def _feed(window: list[list[float]], at: float, delta: float, span: int) -> None:
-    """Append a delta; drop what is older than ``span``; merge the oldest beyond MAX_WINDOW."""
-    window.append([at, delta])
+    """Add a delta to a window kept for ``span`` seconds.
+
+    Deltas arriving in the same slot of ``span / WINDOW_SLOTS`` seconds are one entry (its
+    time the latest arrival), so a window holds about :data:`WINDOW_SLOTS` entries however
+    often the device reports. Entries older than ``span`` are dropped; beyond
+    ``MAX_WINDOW`` (out-of-order arrivals) the two oldest merge.
+
+    >>> w = []
+    >>> for at in (0.0, 2.0, 4.9, 5.0, 12.0): _feed(w, at, 1.0, 300)
+    >>> w
+    [[4.9, 3.0], [5.0, 1.0], [12.0, 1.0]]
+    >>> _feed(w, 305.0, 1.0, 300); w   # (what arrived exactly 300 s ago is out)
+    [[12.0, 1.0], [305.0, 1.0]]
+    """
+    slot = span / WINDOW_SLOTS
+    last = window[-1] if window else None
+    if last is not None and last[0] <= at and last[0] // slot == at // slot:
+        last[0], last[1] = at, last[1] + delta
+    else:
+        window.append([at, delta])
     start = at - span
     if window[0][0] <= start:
         window[:] = [entry for entry in window if entry[0] > start]

@@ -307,6 +307,10 @@ class Store(ABC):
     _UPSERT_THING: ClassVar[str]
     #: The table of applied migrations (a subclass with other tables keeps its own).
     _VERSION_TABLE: ClassVar[str] = "schema_version"
+    # False: a commit returns before it reaches the disk (SQLite ``synchronous = NORMAL`` in
+    # WAL mode, PostgreSQL ``synchronous_commit = off``): safe from a crash of the process,
+    # not of the machine, and never corrupt. Only for derived data (Detect's state).
+    _SYNC_COMMIT: ClassVar[bool] = True
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -639,6 +643,8 @@ class SQLiteStore(Store):
             try:
                 _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
                 conn.execute("PRAGMA foreign_keys = ON")
+                if not self._SYNC_COMMIT:
+                    conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error:
                 self._close()
                 raise
@@ -764,6 +770,8 @@ class PostgresStore(Store):
                 connect_timeout=self._timeout,
                 application_name="defender-agent",
             )
+            if not self._SYNC_COMMIT:
+                self._conn.execute("SET synchronous_commit = off")
         return self._conn
 
     @contextmanager
