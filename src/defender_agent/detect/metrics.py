@@ -118,6 +118,7 @@ def _addresses(texts: Iterable[str]) -> Addresses:
     return Addresses(a for a in map(_address, texts) if a is not None)
 
 
+@functools.lru_cache(maxsize=8192)  # a device's destinations repeat from report to report
 def _address(text: str) -> Optional[IPAddress]:
     try:
         return plain_ip(parse_ip(text))

@@ -49,6 +49,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -424,7 +426,7 @@ class Batch:
     ) -> ActiveRow:
         """A new active violation and its ``in-alarm`` event."""
         row = ActiveRow(
-            str(uuid.uuid4()),
+            _violation_id(),
             thing,
             profile,
             behavior,
@@ -488,6 +490,24 @@ class Batch:
         )
         self.events.append(event)
         return event
+
+
+_IDS: Final = random.Random(os.urandom(32))  # noqa: S311 - unique ids, not secrets
+os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(32)))  # never the parent's
+
+
+def _violation_id() -> str:
+    """A new ``violationId``: a random (version 4) UUID.
+
+    Drawn from a generator seeded once from the operating system rather than from
+    ``os.urandom`` each time: a violation id is unique, not a secret, and every system call
+    on the writer thread lets the MQTT threads take the interpreter for a while.
+
+    >>> a, b = _violation_id(), _violation_id()
+    >>> a != b and uuid.UUID(a).version == 4
+    True
+    """
+    return str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
 
 
 _BEHAVIORS: dict[str, Mapping[str, Any]] = {}  # behavior JSON text -> decoded (read-only use)
