@@ -9,9 +9,12 @@ each store twice per repetition:
   5 to ``all/registered-things``: AWS's limit is 5 per target; created in the database
   before the service starts): listening TCP/UDP port allow-lists, bytes/packets
   over 300/600 s windows, port and connection counts, a destination CIDR set, the custom
-  ``cpu_usage`` number, and one behavior per profile that every report violates (so every
-  device has 10 active violations: 10 000 in all, whose last value is updated by every
-  report).
+  ``cpu_usage`` number, and a TCP port allow-list that, with ``--fleet violating`` (the
+  default), every report violates: every device opens 10 violations at its first report
+  (10 000 violations, events and MQTT alerts in all, for 10 000 reports) and every later
+  report is a further violating datapoint of each. ``--fleet conforming``: that allow-list
+  includes the bench's ports, and no report violates anything (a fleet in its normal
+  state: every behavior judged, nothing to open).
 
 Figures: answered reports/s (median of the repetitions) and its ratio on/off per store
 (target ≥ 0.90), the engine's own time per report in µs (its ``detect stopped`` line:

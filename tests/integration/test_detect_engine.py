@@ -412,3 +412,106 @@ def test_ml_detect_learns_then_alarms_with_its_confidence(rig: Rig) -> None:
             "confidenceLevel": "HIGH",
         }
     }
+
+
+def test_an_unchanged_last_value_is_written_at_most_every_30_s_and_at_stop(rig: Rig) -> None:
+    rig.registry.put("starter", [PORTS])
+    rig.send("gw-1", ports_report(22, 8123), T0)
+    for k in range(1, 6):  # the same violating value every 5 s: held
+        assert rig.send("gw-1", ports_report(22, 8123), T0 + 5 * k) == []
+    assert rig.active()[0]["lastViolationTime"] == T0
+    # a new value is written at once
+    rig.send("gw-1", ports_report(22, 9000), T0 + 26)
+    assert rig.active()[0]["lastViolationValue"] == {"ports": [22, 9000]}
+    assert rig.active()[0]["lastViolationTime"] == T0 + 26
+    # unchanged again: held until its written time is 30 s old ...
+    rig.send("gw-1", ports_report(22, 9000), T0 + 40)
+    assert rig.active()[0]["lastViolationTime"] == T0 + 26
+    rig.send("gw-1", ports_report(22, 9000), T0 + 56)
+    assert rig.active()[0]["lastViolationTime"] == T0 + 56
+    # ... or until the ticker finds it that old, or the engine stops
+    rig.send("gw-1", ports_report(22, 9000), T0 + 60)
+    assert rig.engine.write_held(30.0, T0 + 70) == 0
+    assert rig.engine.write_held(30.0, T0 + 86) == 1
+    assert rig.active()[0]["lastViolationTime"] == T0 + 60
+    rig.send("gw-1", ports_report(22, 9000), T0 + 61)
+    rig.engine.stop()
+    assert rig.active()[0]["lastViolationTime"] == T0 + 61
+
+
+def test_every_violating_datapoint_is_written_with_last_violation_every_0(url: str) -> None:
+    made = Rig(url)
+    try:
+        made.engine.settings = EngineSettings(last_violation_every_s=0)
+        made.registry.put("starter", [PORTS])
+        made.send("gw-1", ports_report(22, 8123), T0)
+        made.send("gw-1", ports_report(22, 8123), T0 + 1)
+        assert made.active()[0]["lastViolationTime"] == T0 + 1
+    finally:
+        made.close()
+
+
+def test_an_ending_event_carries_the_verification_state_set_meanwhile(rig: Rig) -> None:
+    """The engine holds the violation between reports; the API may set its state then."""
+    rig.registry.put("starter", [PORTS])
+    rig.send("gw-1", ports_report(22, 8123), T0)
+    (active,) = rig.active()
+    other = DetectStore.beside(rig.service)  # the API's connection
+    try:
+        assert other.set_verification_state(active["violationId"], "BENIGN_POSITIVE", "lab")
+    finally:
+        other.close()
+    rig.send("gw-1", ports_report(22), T0 + 10)
+    assert rig.send("gw-1", ports_report(22), T0 + 20) == [("alarm-cleared", "ports")]
+    cleared = rig.events[-1]
+    assert (cleared.verification_state, cleared.verification_description) == (
+        "BENIGN_POSITIVE",
+        "lab",
+    )
+
+
+def test_a_row_written_by_another_process_is_read_again(rig: Rig) -> None:
+    """Two engines over one database: each goes on from the other's counters."""
+    rig.registry.put("starter", [PORTS])
+    second = DetectEngine(
+        DetectStore.beside(rig.service), rig.registry, clock=rig.clock, on_event=rig.events.append
+    )
+    try:
+        rig.send("gw-1", ports_report(22, 8123), T0)  # in-alarm (first engine)
+        rig.clock.now = T0 + 10
+        assert second.evaluate([Judged("gw-1", T0 + 10, ports_report(22))]) == []  # 1 of 2
+        # the first engine must not go on from what it holds (still "in alarm, 0 conforming")
+        assert rig.send("gw-1", ports_report(22), T0 + 20) == [("alarm-cleared", "ports")]
+        assert rig.active() == []
+    finally:
+        second.store.close()
+
+
+def test_detects_commits_do_not_wait_for_the_disk_and_reports_do(tmp_path: Path) -> None:
+    service = open_store(str(tmp_path / "s.sqlite3"))
+    store = DetectStore.beside(service)
+    try:
+        with service._read() as cur:  # type: ignore[attr-defined]
+            cur.execute("PRAGMA synchronous", ())
+            assert cur.fetchone()[0] == 2  # FULL
+        with store._db._read() as cur:
+            cur.execute("PRAGMA synchronous", ())
+            assert cur.fetchone()[0] == 1  # NORMAL (WAL: safe from a crash of the process)
+    finally:
+        store.close()
+        service.close()
+
+
+def test_detects_postgresql_commits_are_asynchronous(pg_url: str) -> None:
+    service = open_store(pg_url)
+    store = DetectStore.beside(service)
+    try:
+        with service._read() as cur:  # type: ignore[attr-defined]
+            cur.execute("SHOW synchronous_commit", ())
+            assert cur.fetchone()[0] == "on"
+        with store._db._read() as cur:
+            cur.execute("SHOW synchronous_commit", ())
+            assert cur.fetchone()[0] == "off"
+    finally:
+        store.close()
+        service.close()

@@ -241,3 +241,18 @@ def test_addresses_judge_ipv4_and_ipv6_apart() -> None:
     outside = _datapoint("cidrs", ["2001:db9::1", "10.0.0.1"])
     assert [rule.verdict(x) for x in (v4, v6, mapped, outside)] == [0, 0, 0, 1]
     assert ipaddress.IPv6Address("::ffff:10.1.1.1").ipv4_mapped is not None
+
+
+def test_what_removed_behaviors_left_is_dropped_when_decoded_with_the_plan() -> None:
+    kept = ThingState(
+        {"p/a": 5, "p/gone": 7},
+        {"aws:all-bytes-out": [[1.0, 2.0]], "aws:all-bytes-in": [[1.0, 3.0]]},
+        {"p/m": {"values": [1.0]}, "p/gone-ml": {"values": [2.0]}},
+    )
+    text = encode_state(kept, "w")
+    metrics = {"p/a": "aws:listening-tcp-ports", "p/m": "cpu", "p/o": "aws:all-bytes-out"}
+    state = decode_state(text, metrics, {"aws:all-bytes-out"})
+    assert state.runs == {"p/a": 5}
+    assert state.ml == {"p/m": {"values": [1.0]}}
+    assert state.windows == {"aws:all-bytes-out": [[1.0, 2.0]]}
+    assert decode_state(text, metrics).runs == {"p/a": 5, "p/gone": 7}  # (no plan: all)

@@ -240,6 +240,12 @@ class DetectSection:
         values.seconds(1, 86400),
         "seconds between recomputations of statistical thresholds (percentiles)",
     )
+    last_violation_every: float = setting(
+        30.0,
+        values.seconds(0, 86400),
+        "an active violation's unchanged lastViolationValue has its lastViolationTime "
+        "written at most this often (0: at every violating datapoint)",
+    )
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ import functools
 import json
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Optional
 
@@ -529,12 +529,17 @@ def encode_state(state: ThingState, writer: str) -> str:
     return f'{{"v":2,"w":"{writer}","runs":{runs},"windows":{{{windows}}},"ml":{model}}}'
 
 
-def decode_state(text: str, metrics: Mapping[str, str]) -> ThingState:
+def decode_state(
+    text: str, metrics: Mapping[str, str], windowed: Optional[Container[str]] = None
+) -> ThingState:
     """A thing's state from its stored text; an unreadable text is a fresh state.
 
     Reads format 2 (:func:`encode_state`) and the first format (``{"PROFILE/BEHAVIOR":
     BehaviorState.to_json()}``); ``metrics`` maps a key to its behavior's metric, so that a
-    traffic window of the first format becomes the thing's window of that metric.
+    traffic window of the first format becomes the thing's window of that metric. With
+    ``windowed`` (the metrics some behavior sums over a window), only the keys of
+    ``metrics`` and the windows of ``windowed`` are kept: what a removed behavior left
+    behind is dropped when the thing is next written.
 
     >>> old = '{"p/o": {"in_alarm": true, "violating_run": 2, "window": [[1, 7]]}}'
     >>> s = decode_state(old, {"p/o": "aws:all-bytes-out"})
@@ -549,8 +554,15 @@ def decode_state(text: str, metrics: Mapping[str, str]) -> ThingState:
         return ThingState()
     if not isinstance(doc, dict):
         return ThingState()
-    if doc.get("v") == 2:
-        return _decode_v2(doc)
+    state = _decode_v2(doc) if doc.get("v") == 2 else _decode_v1(doc, metrics)
+    if windowed is not None:
+        state.runs = {k: c for k, c in state.runs.items() if k in metrics}
+        state.ml = {k: m for k, m in state.ml.items() if k in metrics}
+        state.windows = {m: w for m, w in state.windows.items() if m in windowed}
+    return state
+
+
+def _decode_v1(doc: Mapping[str, Any], metrics: Mapping[str, str]) -> ThingState:
     state = ThingState()
     for key, raw in doc.items():
         if not isinstance(raw, dict):

@@ -183,6 +183,7 @@ class _Plan:
     rules: dict[tuple[str, str], _Rule] = field(default_factory=dict)  # (profile, behavior)
     profiles: dict[str, ProfileView] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # rule key -> metric
+    windowed: set[str] = field(default_factory=set)  # metrics some rule sums over a window
     bundles: dict[frozenset[str], _Bundle] = field(default_factory=dict)  # by groups
 
     def targets(self, profile: ProfileView, groups: frozenset[str]) -> bool:
@@ -222,8 +223,10 @@ def _compile(
             rule = _Rule(profile, raw, behavior, key, _fingerprint(raw), compiled)
             plan.rules[(profile.name, behavior.name)] = rule
             plan.metrics[key] = behavior.metric
-            if judged:
+            if compiled is not None:
                 rules.append(rule)
+                if compiled.measure[2]:
+                    plan.windowed.add(behavior.metric)
         for arn in profile.targets:
             resource = target_resource(arn)
             if resource in ("all/things", "all/registered-things"):
@@ -366,6 +369,8 @@ class DetectEngine:
         if plan is not None and plan.generation == generation:
             return plan
         plan = _compile(generation, self.registry.profiles(), self._thresholds)
+        if self._plan is not None:  # what is held was judged under the old plan: read again
+            self._forget_all()
         self._plan = plan
         self._groups.clear()
         self._reconcile(plan, now)
@@ -425,7 +430,9 @@ class DetectEngine:
         if held is not None and held[0] == text:
             return held[1]
         plan = self._plan
-        return decode_state(text, plan.metrics if plan is not None else {})
+        if plan is None:
+            return decode_state(text, {})
+        return decode_state(text, plan.metrics, plan.windowed)
 
     @contextmanager
     def _judging(
@@ -463,6 +470,11 @@ class DetectEngine:
         while len(cache) > _DECODED_MAX:
             self._forget_oldest()
 
+    def _forget_all(self) -> None:
+        held = [row for _t, _s, rows in self._decoded.values() for row in rows.values()]
+        self._decoded.clear()
+        self.store.write_last_values(held)
+
     def _forget_oldest(self) -> None:
         thing, (_text, _state, rows) = next(iter(self._decoded.items()))
         del self._decoded[thing]
@@ -472,7 +484,6 @@ class DetectEngine:
     def _invalidate(
         self, which: Mapping[str, Sequence[tuple[str, str]]], now: float, why: str
     ) -> None:
-        events: list[EventRow] = []
         with self._judging(which, now) as (tx, changed):
             for thing, keys in which.items():
                 state = changed[thing] = self._state_of(tx, thing)
@@ -481,7 +492,7 @@ class DetectEngine:
                     row = tx.active.get((thing, profile_name, name))
                     if row is not None:  # (else another process was first)
                         tx.end_violation(row, "alarm-invalidated", now, row.last_value)
-            events = list(tx.events)
+        events = list(tx.events)
         if events:
             log.info("detect: %d violation(s) invalidated: %s", len(events), why)
         self._deliver(events)
@@ -491,7 +502,6 @@ class DetectEngine:
         things = self.store.things_with_violations_since(cutoff)
         if not things:
             return
-        events: list[EventRow] = []
         with self._judging(things, now) as (tx, changed):
             for key, row in list(tx.active.items()):
                 thing = key[0]
@@ -501,7 +511,7 @@ class DetectEngine:
                 state = changed.get(thing) or self._state_of(tx, thing)
                 state.forget(f"{row.profile}/{row.behavior_name}")
                 changed[thing] = state
-            events = list(tx.events)
+        events = list(tx.events)
         if events:
             log.info(
                 "detect: %d violation(s) invalidated: no report for %g s",
@@ -593,7 +603,7 @@ class DetectEngine:
                     state = changed[item.thing] = self._state_of(tx, item.thing)
                 self._judge_report(tx, item, per_thing[item.thing], state)
                 tx.save_state(item.thing, item.received_at)
-            return list(tx.events)
+        return list(tx.events)  # (as written: the commit fills in verification states)
 
     def _judge_report(self, tx: Batch, item: Judged, bundle: _Bundle, state: ThingState) -> None:
         at, thing = item.received_at, item.thing

@@ -44,7 +44,9 @@ def alert_settings(d: DetectSection) -> AlertSettings:
 def engine_settings(d: DetectSection) -> EngineSettings:
     """The engine's settings from ``[detect]``."""
     return EngineSettings(
-        invalidate_after_s=d.invalidate_after, statistics_every_s=d.statistics_every
+        invalidate_after_s=d.invalidate_after,
+        statistics_every_s=d.statistics_every,
+        last_violation_every_s=d.last_violation_every,
     )
 
 
