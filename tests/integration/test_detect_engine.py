@@ -491,7 +491,7 @@ def test_detects_commits_do_not_wait_for_the_disk_and_reports_do(tmp_path: Path)
     service = open_store(str(tmp_path / "s.sqlite3"))
     store = DetectStore.beside(service)
     try:
-        with service._read() as cur:  # type: ignore[attr-defined]
+        with service._read() as cur:
             cur.execute("PRAGMA synchronous", ())
             assert cur.fetchone()[0] == 2  # FULL
         with store._db._read() as cur:
@@ -506,7 +506,7 @@ def test_detects_postgresql_commits_are_asynchronous(pg_url: str) -> None:
     service = open_store(pg_url)
     store = DetectStore.beside(service)
     try:
-        with service._read() as cur:  # type: ignore[attr-defined]
+        with service._read() as cur:
             cur.execute("SHOW synchronous_commit", ())
             assert cur.fetchone()[0] == "on"
         with store._db._read() as cur:
