@@ -20,6 +20,10 @@ Scenarios (each with a fresh broker, fresh service processes, fresh devices):
 * ``sqlite-1-reply-first``, ``pg-1-reply-first``: ``sqlite-1`` and ``pg-1`` with
   ``--reply-before-store`` (the ACCEPTED reply before the commit), run right after them, so
   that one run compares the two orders.
+* ``sqlite-1-baseline``, ``pg-1-baseline``: ``sqlite-1`` and ``pg-1`` served by another
+  checkout of the project (``--baseline-src DIR``, e.g. a ``git worktree`` of an older
+  commit, run from ``DIR/src`` with this interpreter), so that one run compares today's code
+  with the code a target was set against.
 
 ``--kill N`` measures durability instead: N times, start one service, let 6 devices (in this
 process) publish open-loop, kill -9 the service at a random moment; then count the ACCEPTED
@@ -87,6 +91,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "tls": False,
         "reply_first": True,
     },
+    "sqlite-1-baseline": {
+        "procs": 1,
+        "db": "sqlite",
+        "bridge": False,
+        "tls": False,
+        "baseline": True,
+    },
+    "pg-1-baseline": {"procs": 1, "db": "pg", "bridge": False, "tls": False, "baseline": True},
     "pg-1-bridge": {"procs": 1, "db": "pg", "bridge": True, "tls": False},
     "pg-2": {"procs": 2, "db": "pg", "bridge": True, "tls": False},
     "sqlite-1-tls": {"procs": 1, "db": "sqlite", "bridge": False, "tls": True},
@@ -371,6 +383,17 @@ def _service_argv() -> list[str]:
     return [sys.executable, "-m", "defender_agent", "service"]
 
 
+def _commit(checkout: Path) -> Optional[str]:
+    """The commit ``checkout`` has out, or None when git cannot tell."""
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or None
+
+
 def _proc_cpu(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -425,10 +448,13 @@ def run_scenario(
                 argv += ["--shared-group", "bench"]
             if spec.get("reply_first"):
                 argv += ["--reply-before-store"]
+            env = None
+            if spec.get("baseline"):
+                env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src, "src").resolve())}
             log_file = root / f"service-{i}.log"
             logs.append(log_file)
             with log_file.open("wb") as out:
-                services.append(subprocess.Popen(argv, stdout=out, stderr=out))
+                services.append(subprocess.Popen(argv, stdout=out, stderr=out, env=env))
         deadline = time.monotonic() + 30
         while (
             not all("service answering reports" in p.read_text() for p in logs if p.exists())
@@ -663,6 +689,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median shown)")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the checkout that serves the *-baseline scenarios (its src/ is put first on"
+        " PYTHONPATH)",
+    )
+    parser.add_argument(
         "--kill", type=int, default=0, metavar="N", help="durability mode: N kill -9 per case"
     )
     args = parser.parse_args()
@@ -675,6 +709,10 @@ def main() -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    if any(SCENARIOS[n].get("baseline") for n in names) and (
+        args.baseline_src is None or not (args.baseline_src / "src" / "defender_agent").is_dir()
+    ):
+        parser.error("the *-baseline scenarios need --baseline-src DIR with DIR/src/defender_agent")
     work = Path(tempfile.mkdtemp(prefix="dd-bench-service-"))
     pg = Postgres() if any(SCENARIOS[n]["db"] == "pg" for n in names) else None
     pki = None
@@ -745,7 +783,10 @@ def main() -> int:
                 check=False,
             ).stdout.splitlines()[0]
         ),
-        "args": {k: v for k, v in vars(args).items() if k != "mode"},
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "mode"
+        },
+        "baseline_commit": _commit(args.baseline_src) if args.baseline_src else None,
         "runtime_s": round(time.monotonic() - started, 1),
         "summary": summary,
         "runs": runs,

@@ -20,6 +20,7 @@ from defender_agent.detect.compiled import (
     CLEARED,
     IN_ALARM,
     STILL,
+    RuleSet,
     ThingState,
     compile_rule,
     decode_state,
@@ -198,6 +199,27 @@ def test_a_window_is_the_things_whatever_behaviors_read_it() -> None:
         (1000.0, "p/long", CLEARED, 210),
     ]
     assert [t for t, _ in state.windows["aws:all-bytes-out"]] == [200.0, 400.0, 1000.0]
+
+
+def test_rules_measured_together_still_give_their_outcomes_in_rule_order() -> None:
+    def out(name: str, limit: int, d: Optional[int] = None) -> Any:
+        criteria: dict[str, Any] = {"comparisonOperator": "less-than", "value": {"count": limit}}
+        if d:
+            criteria["durationSeconds"] = d
+        behavior = {"name": name, "metric": "aws:all-bytes-out", "criteria": criteria}
+        return compile_rule(parse_behavior(behavior), f"p/{name}", {})
+
+    # a and c read the report's value, b the 300 s window: judged as two groups
+    rules = [out("a", 50), out("b", 50, 300), out("c", 60)]
+    ruleset = RuleSet(rules)
+    assert len(ruleset) == 3 and ruleset.span == {"aws:all-bytes-out": 300}
+    state = ThingState()
+    got = [(r.key, e) for r, e, _m in judge(ruleset, state, _report("count", 100), 10.0)]
+    assert got == [("p/a", IN_ALARM), ("p/b", IN_ALARM), ("p/c", IN_ALARM)]
+    # the same rules as a plain list (grouped on the call) judge the same way
+    again = ThingState()
+    assert [(r.key, e) for r, e, _m in judge(rules, again, _report("count", 100), 10.0)] == got
+    assert again.runs == state.runs
 
 
 def test_a_first_format_state_is_read_and_bad_entries_start_again() -> None:

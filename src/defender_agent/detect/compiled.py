@@ -61,7 +61,7 @@ import math
 import operator
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Optional
+from typing import Any, Callable, Final, Optional, Union
 
 from defender_agent.detect import ml
 from defender_agent.detect.behaviors import Behavior
@@ -80,6 +80,7 @@ __all__ = [
     "VIOLATES",
     "Outcome",
     "Rule",
+    "RuleSet",
     "ThingState",
     "compile_rule",
     "decode_state",
@@ -108,7 +109,6 @@ WINDOW_SLOTS: Final = 60
 
 _RUNS: Final = MAX_RUN + 1  # a run is 0..MAX_RUN
 _CODES: Final = 2 * _RUNS * _RUNS
-_UNSET: Final = object()
 _OBSERVED: Final = 1  # a rule's special handling in judge()
 _ML: Final = 2
 
@@ -399,54 +399,90 @@ def _feed(window: list[list[float]], at: float, delta: float, span: int) -> None
         window[:2] = [[t1, v0 + v1]]
 
 
+class RuleSet:
+    """Rules grouped by what they measure, for :func:`judge` (make it once, judge often).
+
+    Rules reading the same measurement (metric, value kind, window) are judged together:
+    the measurement is taken once and each rule only gives its verdict and moves its run.
+
+    Attributes:
+        rules: The rules, in order (outcomes come in this order).
+        span: :func:`spans` of the rules.
+    """
+
+    __slots__ = ("_groups", "rules", "span")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self.span = spans(self.rules)
+        grouped: dict[tuple[str, str, int], list[tuple[Any, ...]]] = {}
+        firsts: dict[tuple[str, str, int], Rule] = {}
+        for index, rule in enumerate(self.rules):
+            _measure_key, verdict, key, table, special = rule.row
+            firsts.setdefault(rule.measure, rule)
+            grouped.setdefault(rule.measure, []).append((index, verdict, key, table, special, rule))
+        self._groups = tuple((firsts[m], tuple(members)) for m, members in grouped.items())
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
 def judge(
-    rules: Sequence[Rule],
+    rules: Union[Sequence[Rule], RuleSet],
     state: ThingState,
     report: Report,
     at: float,
-    span: Mapping[str, int],
+    span: Optional[Mapping[str, int]] = None,
 ) -> list[Outcome]:
     """One report of a thing against its rules; updates ``state``, returns the outcomes.
 
-    ``span`` is :func:`spans` of ``rules``. The outcomes are the events (``IN_ALARM``,
-    ``CLEARED``, ``STILL``) with the measurement that made them, and an ``OBSERVED`` for
-    each measurement of a statistical behavior, in rule order.
+    ``rules``: a :class:`RuleSet` (or the rules, grouped on each call); ``span`` is
+    :func:`spans` of the rules (the set's own if None). The outcomes are the events
+    (``IN_ALARM``, ``CLEARED``, ``STILL``) with the measurement that made them, and an
+    ``OBSERVED`` for each measurement of a statistical behavior, in rule order.
     """
+    ruleset = rules if isinstance(rules, RuleSet) else RuleSet(rules)
+    if span is None:
+        span = ruleset.span
     runs = state.runs
+    runs_get = runs.get
     points: dict[str, Any] = {}
-    measured: dict[tuple[str, str, int], Any] = {}
-    outcomes: list[Outcome] = []
+    found: list[tuple[int, Rule, int, Any]] = []
     changed = False
-    for rule in rules:
-        measure, verdict_of, key, table, special = rule.row
-        m = measured.get(measure, _UNSET)
-        if m is _UNSET:
-            m = measured[measure] = _measure(rule, report, at, points, state, span=span)
+    for first, members in ruleset._groups:
+        m = _measure(first, report, at, points, state, span=span)
         if m is None:
             continue
-        if special:
-            if special == _ML:
-                verdict = _ml_verdict(rule, state, m)
+        for index, verdict_of, key, table, special, rule in members:
+            if special:
+                if special == _ML:
+                    verdict = _ml_verdict(rule, state, m)
+                else:
+                    verdict = verdict_of(m)
+                    found.append((index, rule, OBSERVED, m))
             else:
                 verdict = verdict_of(m)
-                outcomes.append((rule, OBSERVED, m))
-        else:
-            verdict = verdict_of(m)
-        if verdict is None:
-            continue
-        old = runs.get(key, 0)
-        new, event = table[old * 3 + verdict]
-        if new != old:
-            if new:
-                runs[key] = new
-            else:
-                del runs[key]
-            changed = True
-        if event:
-            outcomes.append((rule, event, m))
+            if verdict is None:
+                continue
+            old = runs_get(key, 0)
+            new, event = table[old * 3 + verdict]
+            if new != old:
+                if new:
+                    runs[key] = new
+                else:
+                    del runs[key]
+                changed = True
+            if event:
+                found.append((index, rule, event, m))
     if changed:
         state._runs_text = None
-    return outcomes
+    if len(found) > 1:
+        found.sort(key=_first)  # rule order (stable: an OBSERVED before its event)
+    return [(rule, event, m) for _index, rule, event, m in found]
+
+
+def _first(item: tuple[int, Rule, int, Any]) -> int:
+    return item[0]
 
 
 def _measure(

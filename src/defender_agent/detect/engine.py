@@ -73,12 +73,12 @@ from defender_agent.detect.compiled import (
     OBSERVED,
     STILL,
     Rule,
+    RuleSet,
     ThingState,
     compile_rule,
     decode_state,
     encode_state,
     judge,
-    spans,
 )
 from defender_agent.detect.contract import ProfileView, Registry
 from defender_agent.detect.metrics import metric_value_json
@@ -163,14 +163,13 @@ class _Bundle:
     """The rules one thing is judged by, compiled."""
 
     rules: tuple[_Rule, ...]
-    compiled: tuple[Rule, ...]
-    span: dict[str, int]
+    compiled: RuleSet
     by_key: dict[str, _Rule]
 
     @classmethod
     def of(cls, rules: Sequence[_Rule]) -> _Bundle:
-        compiled = tuple(r.compiled for r in rules if r.compiled is not None)
-        return cls(tuple(rules), compiled, spans(compiled), {r.key: r for r in rules})
+        compiled = RuleSet([r.compiled for r in rules if r.compiled is not None])
+        return cls(tuple(rules), compiled, {r.key: r for r in rules})
 
 
 @dataclass
@@ -607,7 +606,7 @@ class DetectEngine:
 
     def _judge_report(self, tx: Batch, item: Judged, bundle: _Bundle, state: ThingState) -> None:
         at, thing = item.received_at, item.thing
-        outcomes = judge(bundle.compiled, state, item.report, at, bundle.span)
+        outcomes = judge(bundle.compiled, state, item.report, at)
         if not outcomes:
             return
         active_rows, every = tx.active, self.settings.last_violation_every_s

@@ -2,10 +2,11 @@
 
 ``defender-agent service`` and ``defender-agent sandbox`` make one :class:`DetectRuntime`
 (unless ``[detect] enabled = false``) before the service starts, give
-:meth:`DetectRuntime.after_store` to the runner (called on its writer thread with each
-committed batch, after the ACCEPTED replies) and :attr:`DetectRuntime.store` to the HTTP API
-(it implements ``contract.Violations``), and bind the service's MQTT publish for the alerts
-once the service exists (:meth:`DetectRuntime.bind_publish`).
+:meth:`DetectRuntime.after_store` to the runner (called on the runner's hand-off thread with
+the committed reports, after their ACCEPTED replies, in the order stored) and
+:attr:`DetectRuntime.store` to the HTTP API (it implements ``contract.Violations``), and
+bind the service's MQTT publish for the alerts once the service exists
+(:meth:`DetectRuntime.bind_publish`).
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ class DetectRuntime:
         counters = self.engine.counters()
         sent = self.alerts.counters()
         log.info(
-            "detect stopped: %d reports judged (%.0f us each), %d violation events, %d errors; "
-            "alerts: %d delivered, %d failed, %d dropped",
+            "detect stopped: %d reports judged (%.0f us each) in %d batches, %d violation events, "
+            "%d errors; alerts: %d delivered, %d failed, %d dropped",
             counters["reports"],
             counters["us_per_report"],
+            counters["batches"],
             counters["events"],
             counters["errors"],
             sent["delivered"],

@@ -69,6 +69,7 @@ from defender_agent.model import Report
 from defender_agent.report.document import to_document
 from defender_agent.report.names import NameStyle
 from defender_agent.report.validate import PayloadFormat
+from defender_agent.service.handoff import HandOff
 from defender_agent.service.latency import Latency, LatencySnapshot
 from defender_agent.service.metrics_map import metric_values
 from defender_agent.service.responder import (
@@ -95,6 +96,7 @@ log = logging.getLogger(__name__)
 
 _REPLY_WAIT_S: Final = 2.0  # how long stop() waits for replies in flight
 _LOG_EVERY_S: Final = 5.0  # storage warnings: at most one line per this many seconds
+_HANDOFF_BATCH_MAX: Final = 1000  # the most stored reports per after_store call (Detect)
 _RETRY_FIRST_S: Final = 0.05  # a store that is down: first retry after this, then doubling
 _RETRY_MAX_S: Final = 2.0  # ... up to this
 
@@ -207,8 +209,8 @@ class RunnerStats:
         return doc
 
 
-#: Called by the writer thread with each committed batch, after its ACCEPTED replies went out:
-#: ``(thing, received_at, report)`` per report (Detect's evaluation).
+#: Called with committed reports, after their ACCEPTED replies went out, in the order stored,
+#: on the ``dd-service-detect`` thread: ``(thing, received_at, report)`` per report (Detect).
 AfterStore = Callable[[Sequence[tuple[str, float, Report]]], object]
 
 
@@ -304,9 +306,19 @@ class _Writer:
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._publish = publish
-        self._after_store = after_store
         self.after_store_errors = 0  # batches the after_store hook failed on
         self.after_store_latency = Latency()  # of each batch the hook took (Detect's time)
+        # the hook runs on a thread of its own: the next batch commits meanwhile
+        self._handoff: Optional[HandOff[tuple[str, float, Report]]] = None
+        if after_store is not None:
+            self._handoff = HandOff(
+                after_store,
+                on_error=self._hook_failed,
+                batch_max=_HANDOFF_BATCH_MAX,
+                queue_max=max(queue_max, batch_max),
+                latency=self.after_store_latency,
+                name="dd-service-detect",
+            )
         self._queue: deque[_Accepted] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -328,6 +340,8 @@ class _Writer:
         self.latency = Latency()  # of each record_many call that committed
 
     def start(self) -> None:
+        if self._handoff is not None:
+            self._handoff.start()
         self._thread.start()
 
     @property
@@ -391,6 +405,7 @@ class _Writer:
 
         The count includes the reports offered while closing (refused).
         """
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -401,6 +416,14 @@ class _Writer:
             self._abandon = True  # after the attempt in progress, if any, take no more
             left = len(self._queue) + self._in_batch + self.refused
             self._cond.notify_all()
+        if self._handoff is not None:  # what was stored gets judged in the time left
+            unjudged = self._handoff.close(deadline - time.monotonic())
+            if unjudged:
+                log.warning(
+                    "%d stored reports were not evaluated by Detect: the stop's %g s ran out",
+                    unjudged,
+                    timeout,
+                )
         return left
 
     def _run(self) -> None:
@@ -478,22 +501,21 @@ class _Writer:
                 self._hand_over(done)
 
     def _hand_over(self, done: Sequence[tuple[_Accepted, StoredReport]]) -> None:
-        """Give the stored (and acknowledged) reports to the after_store hook (Detect).
+        """Queue the stored (and acknowledged) reports for the after_store hook (Detect).
 
-        Its failure is one log line (rate-limited) and a count: the replies went out already.
+        The hook runs on its own thread (:mod:`.handoff`); this waits only while its queue
+        is full. Its failure is one log line (rate-limited) and a count: the replies went
+        out already.
         """
-        if self._after_store is None:
-            return
-        began = time.monotonic()
-        try:
-            self._after_store([(item.thing, item.received_at, item.report) for item, _ in done])
-            self.after_store_latency.observe(time.monotonic() - began)
-        except Exception as exc:  # Detect's error must never cost storage or replies
-            with self._cond:
-                self.after_store_errors += 1
-            self._warn.log(
-                logging.ERROR, "evaluating a batch of %d stored reports failed: %s", len(done), exc
-            )
+        if self._handoff is not None:
+            self._handoff.offer([(item.thing, item.received_at, item.report) for item, _ in done])
+
+    def _hook_failed(self, count: int, exc: BaseException) -> None:
+        with self._cond:
+            self.after_store_errors += 1
+        self._warn.log(
+            logging.ERROR, "evaluating a batch of %d stored reports failed: %s", count, exc
+        )
 
     def _one_by_one(
         self, pairs: list[tuple[_Accepted, StoredReport]]
@@ -608,9 +630,12 @@ class DeviceDefenderService:
         store: The store; :func:`~.storage.open_store` of ``config.db_url`` if None
             (opened by :meth:`start`).
         clock: Epoch seconds, for the replies, the throttle and the stored values' time.
-        after_store: Called on the writer thread with each committed batch after its
-            ACCEPTED replies were published (Detect evaluates there); an exception is one
-            log line and ``after_store_errors``, never a lost reply.
+        after_store: Called with the committed reports after their ACCEPTED replies were
+            published, in the order stored, on a thread of its own (``dd-service-detect``,
+            :mod:`.handoff`: the writer commits the next batch meanwhile; what queued while
+            it ran comes in one call); an exception is one log line and
+            ``after_store_errors``, never a lost reply. :meth:`stop` gives it what is
+            stored within ``drain_timeout_s``.
     """
 
     def __init__(
