@@ -46,6 +46,28 @@ def test_a_call_takes_at_most_batch_max_items() -> None:
     assert calls == [[1, 2], [3, 4], [5]]
 
 
+def test_a_call_waits_up_to_the_linger_for_its_batch_to_fill() -> None:
+    calls: list[tuple[list[int], float]] = []
+    began = time.monotonic()
+    handoff: HandOff[int] = HandOff(
+        lambda items: calls.append((list(items), time.monotonic() - began)),
+        on_error=lambda n, e: None,
+        batch_max=3,
+        linger_s=0.4,
+    )
+    handoff.start()
+    handoff.offer([1])
+    time.sleep(0.1)
+    handoff.offer([2])  # within the linger of 1: the same call
+    wait_for(lambda: len(calls) == 1)
+    assert calls[0][0] == [1, 2] and calls[0][1] >= 0.35
+    began = time.monotonic()
+    handoff.offer([3, 4, 5])  # a full batch goes at once
+    wait_for(lambda: len(calls) == 2)
+    assert calls[1][0] == [3, 4, 5] and calls[1][1] < 0.3
+    assert handoff.close(5.0) == 0
+
+
 def test_a_full_queue_makes_the_offer_wait_and_nothing_is_skipped() -> None:
     gate = threading.Event()
     seen: list[int] = []

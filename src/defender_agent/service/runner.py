@@ -97,6 +97,7 @@ log = logging.getLogger(__name__)
 _REPLY_WAIT_S: Final = 2.0  # how long stop() waits for replies in flight
 _LOG_EVERY_S: Final = 5.0  # storage warnings: at most one line per this many seconds
 _HANDOFF_BATCH_MAX: Final = 1000  # the most stored reports per after_store call (Detect)
+_HANDOFF_LINGER_S: Final = 0.25  # how long a stored report may wait for its Detect batch to fill
 _RETRY_FIRST_S: Final = 0.05  # a store that is down: first retry after this, then doubling
 _RETRY_MAX_S: Final = 2.0  # ... up to this
 
@@ -317,6 +318,7 @@ class _Writer:
                 batch_max=_HANDOFF_BATCH_MAX,
                 queue_max=max(queue_max, batch_max),
                 latency=self.after_store_latency,
+                linger_s=_HANDOFF_LINGER_S,
                 name="dd-service-detect",
             )
         self._queue: deque[_Accepted] = deque()
@@ -632,8 +634,9 @@ class DeviceDefenderService:
         clock: Epoch seconds, for the replies, the throttle and the stored values' time.
         after_store: Called with the committed reports after their ACCEPTED replies were
             published, in the order stored, on a thread of its own (``dd-service-detect``,
-            :mod:`.handoff`: the writer commits the next batch meanwhile; what queued while
-            it ran comes in one call); an exception is one log line and
+            :mod:`.handoff`: the writer commits the next batch meanwhile; a call takes what
+            queued, up to 1 000 reports or until the oldest waited 0.25 s); an exception is
+            one log line and
             ``after_store_errors``, never a lost reply. :meth:`stop` gives it what is
             stored within ``drain_timeout_s``.
     """
