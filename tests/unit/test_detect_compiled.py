@@ -27,7 +27,6 @@ from defender_agent.detect.compiled import (
     encode_state,
     judge,
     run_code,
-    spans,
 )
 from defender_agent.detect.evaluate import INITIAL, step
 from defender_agent.detect.metrics import metric_value_json
@@ -159,7 +158,7 @@ def test_the_compiled_rules_make_the_events_of_the_model(
         model = new
         got = [
             (_NAMES[event], metric_value_json(m))
-            for _r, event, m in judge([rule], state, report, at, spans([rule]))
+            for _r, event, m in judge([rule], state, report, at)
         ]
         assert got == expected, (at, value)
         # the stored form reads back to the same state
@@ -191,7 +190,7 @@ def test_a_window_is_the_things_whatever_behaviors_read_it() -> None:
     events = []
     for at, sent in [(0.0, 100), (200.0, 100), (400.0, 100), (1000.0, 10)]:
         report = _report("count", sent)
-        events += [(at, r.key, e, m) for r, e, m in judge(rules, state, report, at, spans(rules))]
+        events += [(at, r.key, e, m) for r, e, m in judge(rules, state, report, at)]
     # the 300 s window sums 200 at 200 s and 400 s; the 900 s one 300 at 400 s (in-alarm),
     # then 210 at 1000 s (the 100 of 200 s and 400 s, and 10): still 210 < 250 clears
     assert events == [

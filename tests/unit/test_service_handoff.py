@@ -131,10 +131,11 @@ def test_close_gives_up_after_its_time_and_counts_what_was_not_handed_over() -> 
 def test_the_writer_stores_and_acknowledges_while_detect_is_still_judging(tmp_path: Path) -> None:
     # the hook (Detect) is held on the first batch: the later reports are stored and
     # answered all the same (on the writer thread, the second batch would wait for it)
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     seen: list[str] = []
 
     def hook(items: Any) -> None:
+        entered.set()
         gate.wait(10)
         seen.extend(thing for thing, _at, _report in items)
 
@@ -151,6 +152,7 @@ def test_the_writer_stores_and_acknowledges_while_detect_is_still_judging(tmp_pa
     try:
         transport.deliver(topic("a"), report(1))
         wait_for(lambda: len(transport.published) == 1)
+        assert entered.wait(5)  # Detect is judging "a", held there
         for i in range(5):
             transport.deliver(topic(f"t{i}"), report(i + 2))
         wait_for(lambda: len(transport.published) == 6)

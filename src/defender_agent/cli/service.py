@@ -253,10 +253,9 @@ def command(args: argparse.Namespace) -> int:
                 stop.wait(delay)
         if not stop.is_set():  # status file, READY=1, STATUS=, the watchdog
             from defender_agent.service.watch import supervise  # noqa: PLC0415
-
-            settle_gc()
             from defender_agent.state import StateDir  # noqa: PLC0415
 
+            settle_gc()
             supervise(service, stop, StateDir(loaded.service.state_dir or default_state_dir()))
     finally:
         if http is not None:

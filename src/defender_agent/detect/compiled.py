@@ -416,12 +416,11 @@ class RuleSet:
         self.rules = tuple(rules)
         self.span = spans(self.rules)
         grouped: dict[tuple[str, str, int], list[tuple[Any, ...]]] = {}
-        firsts: dict[tuple[str, str, int], Rule] = {}
         for index, rule in enumerate(self.rules):
-            _measure_key, verdict, key, table, special = rule.row
-            firsts.setdefault(rule.measure, rule)
-            grouped.setdefault(rule.measure, []).append((index, verdict, key, table, special, rule))
-        self._groups = tuple((firsts[m], tuple(members)) for m, members in grouped.items())
+            measure, verdict, key, table, special = rule.row
+            grouped.setdefault(measure, []).append((index, verdict, key, table, special, rule))
+        # (the group's first rule, for its measurement; its members)
+        self._groups = tuple((members[0][-1], tuple(members)) for members in grouped.values())
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -432,18 +431,15 @@ def judge(
     state: ThingState,
     report: Report,
     at: float,
-    span: Optional[Mapping[str, int]] = None,
 ) -> list[Outcome]:
     """One report of a thing against its rules; updates ``state``, returns the outcomes.
 
-    ``rules``: a :class:`RuleSet` (or the rules, grouped on each call); ``span`` is
-    :func:`spans` of the rules (the set's own if None). The outcomes are the events
-    (``IN_ALARM``, ``CLEARED``, ``STILL``) with the measurement that made them, and an
-    ``OBSERVED`` for each measurement of a statistical behavior, in rule order.
+    ``rules``: a :class:`RuleSet` (or the rules, grouped on each call). The outcomes are
+    the events (``IN_ALARM``, ``CLEARED``, ``STILL``) with the measurement that made them,
+    and an ``OBSERVED`` for each measurement of a statistical behavior, in rule order.
     """
     ruleset = rules if isinstance(rules, RuleSet) else RuleSet(rules)
-    if span is None:
-        span = ruleset.span
+    span = ruleset.span
     runs = state.runs
     runs_get = runs.get
     points: dict[str, Any] = {}
@@ -477,12 +473,8 @@ def judge(
     if changed:
         state._runs_text = None
     if len(found) > 1:
-        found.sort(key=_first)  # rule order (stable: an OBSERVED before its event)
+        found.sort(key=operator.itemgetter(0))  # rule order (stable: OBSERVED first)
     return [(rule, event, m) for _index, rule, event, m in found]
-
-
-def _first(item: tuple[int, Rule, int, Any]) -> int:
-    return item[0]
 
 
 def _measure(

@@ -636,9 +636,8 @@ class DeviceDefenderService:
             published, in the order stored, on a thread of its own (``dd-service-detect``,
             :mod:`.handoff`: the writer commits the next batch meanwhile; a call takes what
             queued, up to 1 000 reports or until the oldest waited 0.25 s); an exception is
-            one log line and
-            ``after_store_errors``, never a lost reply. :meth:`stop` gives it what is
-            stored within ``drain_timeout_s``.
+            one log line and ``after_store_errors``, never a lost reply. :meth:`stop` gives
+            it what is stored within ``drain_timeout_s``.
     """
 
     def __init__(
