@@ -14,13 +14,17 @@ each store twice per repetition:
   (10 000 violations, events and MQTT alerts in all, for 10 000 reports) and every later
   report is a further violating datapoint of each. ``--fleet conforming``: that allow-list
   includes the bench's ports, and no report violates anything (a fleet in its normal
-  state: every behavior judged, nothing to open).
+  state: every behavior judged, nothing to open). Detect runs in its worker process
+  (``[detect] evaluate_in = process``); ``--evaluate-in process,thread`` adds an
+  ``…-on-thread`` run per repetition with Detect on a thread of the service, to compare
+  the two in one run.
 
 Figures: answered reports/s (median of the repetitions) and its ratio on/off per store
 (target ≥ 0.90), the engine's own time per report in µs (its ``detect stopped`` line:
 wall time in ``evaluate`` divided by reports, database work included; on a loaded machine
 mostly waiting for a core), the service process's CPU per report off and on (what
-Detect costs whatever the load: the difference), and
+Detect costs the service whatever the load: the difference), the worker process's CPU per
+report (what it costs on the other core), and
 ``ListActiveViolations`` over the 10 000 active violations of the SQLite ``-on`` database,
 through the API with a real boto3 client (first page and a follow-on page of 250, and of
 25; target < 100 ms).
@@ -125,12 +129,16 @@ def seed(db: str) -> None:
 
 
 def serve_main(argv: list[str]) -> NoReturn:
-    """``serve on|off SERVICE-ARGS...``: seed (on), then become the service process."""
+    """``serve on|on-thread|off SERVICE-ARGS...``: seed (on), then become the service process.
+
+    ``on``: Detect in its worker process; ``on-thread``: on a thread of the service.
+    """
     mode, rest = argv[0], argv[1:]
     env = dict(os.environ)
-    if mode == "on":
+    if mode.startswith("on"):
         seed(rest[rest.index("--db") + 1])
         env["DEFENDER_AGENT_DETECT_ENABLED"] = "true"
+        env["DEFENDER_AGENT_DETECT_EVALUATE_IN"] = "thread" if mode == "on-thread" else "process"
     else:
         env["DEFENDER_AGENT_DETECT_ENABLED"] = "false"
     os.execve(sys.executable, [sys.executable, "-m", "defender_agent", "service", *rest], env)
@@ -259,6 +267,40 @@ def engine_main(argv: list[str]) -> int:
     return 0
 
 
+def _summary_row(runs: list[dict[str, Any]], on_mode: str) -> dict[str, Any]:
+    """One store's off runs against its ``on_mode`` runs (``on``: worker, ``on-thread``)."""
+    off_runs = [r for r in runs if r["detect"] == "off"]
+    on_runs = [r for r in runs if r["detect"] == on_mode]
+
+    def per_report(rs: list[dict[str, Any]], key: str) -> float:
+        # CPU per accepted report (ms): the load-proof figure
+        return statistics.median(
+            r["cpu_s"].get(key, 0.0) / max(r["accepted"], 1) * 1000 for r in rs
+        )
+
+    off = [r["answered_per_s"] for r in off_runs]
+    on = [r["answered_per_s"] for r in on_runs]
+    return {
+        "store": runs[0]["store"],
+        "evaluate_in": "thread" if on_mode == "on-thread" else "process",
+        "answered_per_s_off": off,
+        "answered_per_s_on": on,
+        "answered_per_s_off_median": statistics.median(off),
+        "answered_per_s_on_median": statistics.median(on),
+        "ratio": round(statistics.median(on) / statistics.median(off), 3),
+        "ratios_per_repeat": [round(b / a, 3) for a, b in zip(off, on)],
+        "engine_us_per_report_median": statistics.median(
+            r.get("us_per_report", 0) for r in on_runs
+        ),
+        "service_cpu_ms_per_report_off_on": [
+            round(per_report(off_runs, "service0"), 3),
+            round(per_report(on_runs, "service0"), 3),
+        ],
+        "worker_cpu_ms_per_report_on": round(per_report(on_runs, "worker0"), 3),
+        "ok": all(r["ok"] for r in off_runs + on_runs),
+    }
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         return serve_main(sys.argv[2:])
@@ -280,7 +322,18 @@ def main() -> int:
         help="violating: every device violates one behavior per profile from its first"
         " report (10 violations, events and alerts each); conforming: none does",
     )
+    parser.add_argument(
+        "--evaluate-in",
+        default="process",
+        help="where Detect runs, comma-separated to compare in one run: process (the worker"
+        " process, [detect] evaluate_in = process), thread (a thread of the service)",
+    )
     args = parser.parse_args()
+    args.on = [
+        "on" if w.strip() == "process" else "on-thread"
+        for w in args.evaluate_in.split(",")
+        if w.strip()
+    ]
     os.environ["BENCH_DETECT_FLEET"] = args.fleet
     load._raise_nofile()
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -293,7 +346,7 @@ def main() -> int:
         for rep in range(args.repeat):
             for store in stores:
                 base = "sqlite-1" if store == "sqlite" else "pg-1"
-                for mode in ("off", "on"):
+                for mode in ("off", *args.on):
                     name = f"{base}-detect-{mode}"
                     load.SCENARIOS[name] = dict(load.SCENARIOS[base])
                     load._service_argv = _service_argv(mode)
@@ -307,7 +360,7 @@ def main() -> int:
                     print(f"   {json.dumps(run)}", file=sys.stderr, flush=True)
                     runs.append(run)
                     if (
-                        mode == "on"
+                        mode == args.on[0]
                         and store == "sqlite"
                         and rep == 0
                         and args.fleet != "conforming"
@@ -320,46 +373,25 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     summary = []
     print(
-        "| store | answered/s without Detect | with 10 x 10 behaviors | ratio | "
-        "engine µs per report | service CPU ms per report, off -> on | replies all delivered |"
+        "| store | Detect in | answered/s without Detect | with 10 x 10 behaviors | ratio | "
+        "engine µs per report | service CPU ms per report, off -> on | worker CPU ms per report"
+        " | replies all delivered |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for store in stores:
-        off = [r["answered_per_s"] for r in runs if r["store"] == store and r["detect"] == "off"]
-        on = [r["answered_per_s"] for r in runs if r["store"] == store and r["detect"] == "on"]
-        us = [
-            r.get("us_per_report", 0) for r in runs if r["store"] == store and r["detect"] == "on"
-        ]
-        ok = all(r["ok"] for r in runs if r["store"] == store)
-        cpu = {  # the service process's CPU per accepted report: the load-proof figure
-            mode: [
-                r["cpu_s"]["service0"] / max(r["accepted"], 1) * 1000
-                for r in runs
-                if r["store"] == store and r["detect"] == mode
-            ]
-            for mode in ("off", "on")
-        }
-        row = {
-            "store": store,
-            "answered_per_s_off_median": statistics.median(off),
-            "answered_per_s_on_median": statistics.median(on),
-            "ratio": round(statistics.median(on) / statistics.median(off), 3),
-            "ratios_per_repeat": [round(b / a, 3) for a, b in zip(off, on)],
-            "engine_us_per_report_median": statistics.median(us),
-            "service_cpu_ms_per_report_off_on": [
-                round(statistics.median(cpu["off"]), 3),
-                round(statistics.median(cpu["on"]), 3),
-            ],
-            "ok": ok,
-        }
-        summary.append(row)
-        cpu_off, cpu_on = row["service_cpu_ms_per_report_off_on"]
-        print(
-            f"| {store} | {row['answered_per_s_off_median']:.0f} ({min(off):.0f}-{max(off):.0f})"
-            f" | {row['answered_per_s_on_median']:.0f} ({min(on):.0f}-{max(on):.0f})"
-            f" | {row['ratio']:.2f} | {row['engine_us_per_report_median']:.0f}"
-            f" | {cpu_off:.2f} -> {cpu_on:.2f} | {ok} |"
-        )
+        for on_mode in args.on:
+            row = _summary_row([r for r in runs if r["store"] == store], on_mode)
+            summary.append(row)
+            off, on = row["answered_per_s_off"], row["answered_per_s_on"]
+            cpu_off, cpu_on = row["service_cpu_ms_per_report_off_on"]
+            print(
+                f"| {store} | {row['evaluate_in']}"
+                f" | {row['answered_per_s_off_median']:.0f} ({min(off):.0f}-{max(off):.0f})"
+                f" | {row['answered_per_s_on_median']:.0f} ({min(on):.0f}-{max(on):.0f})"
+                f" | {row['ratio']:.2f} | {row['engine_us_per_report_median']:.0f}"
+                f" | {cpu_off:.2f} -> {cpu_on:.2f} | {row['worker_cpu_ms_per_report_on']:.2f}"
+                f" | {row['ok']} |"
+            )
     if listing:
         print(
             f"\nListActiveViolations over {listing['active_violations']} active violations "

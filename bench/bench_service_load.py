@@ -402,6 +402,17 @@ def _proc_cpu(pid: int) -> float:
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
+def _children_cpu(pid: int) -> float:
+    """CPU seconds of a process's children (Detect's worker process), 0 without any."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            total += sum(_proc_cpu(int(child)) for child in task.read_text().split())
+        except OSError:
+            continue
+    return round(total, 2)
+
+
 def run_scenario(
     name: str, args: argparse.Namespace, work: Path, pki: Any, pg: Optional[Postgres]
 ) -> dict[str, Any]:
@@ -501,6 +512,7 @@ def run_scenario(
         cpu0 = {
             "broker": broker.cpu(),
             **{f"service{i}": _proc_cpu(s.pid) for i, s in enumerate(services)},
+            **{f"worker{i}": _children_cpu(s.pid) for i, s in enumerate(services)},
         }
         for d in devices:
             assert d.stdin is not None
@@ -521,6 +533,7 @@ def run_scenario(
         cpu1 = {
             "broker": broker.cpu(),
             **{f"service{i}": _proc_cpu(s.pid) for i, s in enumerate(services)},
+            **{f"worker{i}": _children_cpu(s.pid) for i, s in enumerate(services)},
         }
         for d in devices:
             d.wait(30)

@@ -137,7 +137,7 @@ def test_the_writer_stores_and_acknowledges_while_detect_is_still_judging(tmp_pa
     def hook(items: Any) -> None:
         entered.set()
         gate.wait(10)
-        seen.extend(thing for thing, _at, _report in items)
+        seen.extend(item.thing for item in items)
 
     transport = MemoryTransport(client_id="svc")
     store = open_store(str(tmp_path / "s.sqlite3"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 from defender_agent.model import Report
+from defender_agent.report.decode import decode_report
 from defender_agent.service.runner import DeviceDefenderService, ServiceConfig
 from defender_agent.service.storage import open_store
 from defender_agent.transport.memory import MemoryTransport
@@ -32,8 +34,10 @@ def test_the_hook_gets_each_stored_batch_after_its_replies(tmp_path: Path) -> No
     def hook(items: Any) -> None:
         with lock:
             published_before.append(len(transport_box[0].published))
-            for thing, at, rep in items:
+            for thing, at, rep, document in items:
                 assert isinstance(rep, Report)
+                # the stored document, what Detect's worker process decodes again
+                assert decode_report(json.loads(document)) == rep
                 seen.append((thing, at, rep.report_id))
 
     service, transport = start(tmp_path / "s.sqlite3", hook)

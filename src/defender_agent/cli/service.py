@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Callable, Final, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional, Union
 
 from defender_agent.cli._common import COMMANDS, EXIT_OK, Parser, setup_logging, stop_on_signals
 from defender_agent.cli._settings import SettingOptions, load_for
@@ -40,6 +40,7 @@ from defender_agent.transport.base import MqttSettings
 
 if TYPE_CHECKING:
     from defender_agent.detect.contract import Violations
+    from defender_agent.detect.process import DetectProcess
     from defender_agent.detect.runtime import DetectRuntime
     from defender_agent.service.http import HttpServer, Installer
 
@@ -266,7 +267,19 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def start_detect(loaded: Config, db_url: str) -> Optional[DetectRuntime]:
+def in_process(evaluate_in: str, cores: Optional[int] = None) -> bool:
+    """Whether ``[detect] evaluate_in`` means a worker process on this machine.
+
+    >>> in_process("auto", 1), in_process("auto", 4), in_process("thread", 4)
+    (False, True, False)
+    """
+    if evaluate_in == "auto":
+        cores = cores if cores is not None else (os.cpu_count() or 1)
+        return cores >= 2
+    return evaluate_in == "process"
+
+
+def start_detect(loaded: Config, db_url: str) -> Optional[Union[DetectRuntime, DetectProcess]]:
     """Detect's registry, store, alerts and engine (None with ``[detect] enabled = false``).
 
     Raises:
@@ -275,13 +288,26 @@ def start_detect(loaded: Config, db_url: str) -> Optional[DetectRuntime]:
     if not loaded.detect.enabled:
         log.info("detect is off ([detect] enabled = false): reports are not evaluated")
         return None
-    from defender_agent.detect.runtime import DetectRuntime  # noqa: PLC0415
+    detect: Union[DetectRuntime, DetectProcess]
+    if in_process(loaded.detect.evaluate_in):
+        from defender_agent.detect.process import DetectProcess  # noqa: PLC0415
 
-    detect = DetectRuntime(
-        db_url, loaded.detect, region=loaded.http.region, account=loaded.http.account_id
-    )
+        detect = DetectProcess(
+            db_url,
+            loaded.detect,
+            region=loaded.http.region,
+            account=loaded.http.account_id,
+            log_level=loaded.effective_log_level("service"),
+            log_format=loaded.logging.format,
+        )
+    else:
+        from defender_agent.detect.runtime import DetectRuntime  # noqa: PLC0415
+
+        detect = DetectRuntime(
+            db_url, loaded.detect, region=loaded.http.region, account=loaded.http.account_id
+        )
     detect.start()
-    alerts = detect.alerts.settings
+    alerts = detect.alert_settings
     where = [f"MQTT topic {alerts.topic}"] if alerts.topic else []
     where += [f"{len(alerts.webhooks)} webhook(s)"] if alerts.webhooks else []
     log.info(

@@ -30,6 +30,8 @@ __all__ = [
 SessionMode = Literal["auto", "keep", "discard"]
 
 _SESSIONS: tuple[SessionMode, ...] = ("auto", "keep", "discard")
+EvaluateIn = Literal["auto", "process", "thread"]
+_EVALUATE_IN: tuple[EvaluateIn, ...] = ("auto", "process", "thread")
 _MAX_INT = 2**63 - 1
 
 
@@ -239,6 +241,12 @@ class DetectSection:
         60.0,
         values.seconds(1, 86400),
         "seconds between recomputations of statistical thresholds (percentiles)",
+    )
+    evaluate_in: EvaluateIn = setting(
+        "auto",
+        values.choice(_EVALUATE_IN),
+        "where reports are judged: a worker process beside the service (process), a thread "
+        "of the service (thread); auto: a process when the machine has 2 cores or more",
     )
     last_violation_every: float = setting(
         30.0,

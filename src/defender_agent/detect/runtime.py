@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from defender_agent.config.extra_sections import DetectSection
 from defender_agent.detect.alerts import Alerts, AlertSettings
@@ -24,6 +24,9 @@ from defender_agent.detect.registry import SqlRegistry, open_registry
 from defender_agent.detect.store import DetectStore, EventRow
 from defender_agent.model import Report
 from defender_agent.service.storage import open_store
+
+if TYPE_CHECKING:
+    from defender_agent.service.runner import HandedOver
 
 __all__ = ["DetectRuntime", "alert_settings", "engine_settings"]
 
@@ -108,6 +111,11 @@ class DetectRuntime:
             on_event=on_event,
         )
 
+    @property
+    def alert_settings(self) -> AlertSettings:
+        """Where alerts go."""
+        return self.alerts.settings
+
     def bind_publish(self, publish: Callable[[str, bytes], object]) -> None:
         """Where MQTT alerts are published (the service's connection)."""
         with self._lock:
@@ -125,8 +133,12 @@ class DetectRuntime:
         self.alerts.start()
         self.engine.start()
 
-    def after_store(self, items: Sequence[tuple[str, float, Report]]) -> None:
+    def after_store(self, items: Sequence[HandedOver]) -> None:
         """The runner's hook: judge a committed batch."""
+        self.engine.evaluate([Judged(item[0], item[1], item[2]) for item in items])
+
+    def judge(self, items: Sequence[tuple[str, float, Report]]) -> None:
+        """Judge ``(thing, received_at, report)`` of a committed batch (Detect's worker)."""
         self.engine.evaluate([Judged(thing, at, report) for thing, at, report in items])
 
     def stop(self) -> None:

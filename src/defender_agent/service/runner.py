@@ -62,7 +62,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Final, Optional
+from typing import Callable, Final, NamedTuple, Optional
 
 from defender_agent.errors import ConfigError, StateError
 from defender_agent.model import Report
@@ -87,7 +87,9 @@ from defender_agent.transport.base import MqttSettings, Transport
 from defender_agent.transport.wrap import TransportWrapper
 
 __all__ = [
+    "AfterStore",
     "DeviceDefenderService",
+    "HandedOver",
     "RunnerStats",
     "ServiceConfig",
 ]
@@ -210,9 +212,26 @@ class RunnerStats:
         return doc
 
 
+class HandedOver(NamedTuple):
+    """A committed report as the after_store hook (Detect) gets it.
+
+    Attributes:
+        thing: The thing name.
+        received_at: When it arrived (epoch seconds).
+        report: The typed report.
+        document: The report as stored: JSON text with long names (what a hook in another
+            process decodes, rather than a pickled :class:`Report`).
+    """
+
+    thing: str
+    received_at: float
+    report: Report
+    document: str
+
+
 #: Called with committed reports, after their ACCEPTED replies went out, in the order stored,
-#: on the ``dd-service-detect`` thread: ``(thing, received_at, report)`` per report (Detect).
-AfterStore = Callable[[Sequence[tuple[str, float, Report]]], object]
+#: on the ``dd-service-detect`` thread (Detect).
+AfterStore = Callable[[Sequence[HandedOver]], object]
 
 
 @dataclass(frozen=True)
@@ -310,7 +329,7 @@ class _Writer:
         self.after_store_errors = 0  # batches the after_store hook failed on
         self.after_store_latency = Latency()  # of each batch the hook took (Detect's time)
         # the hook runs on a thread of its own: the next batch commits meanwhile
-        self._handoff: Optional[HandOff[tuple[str, float, Report]]] = None
+        self._handoff: Optional[HandOff[HandedOver]] = None
         if after_store is not None:
             self._handoff = HandOff(
                 after_store,
@@ -510,7 +529,12 @@ class _Writer:
         out already.
         """
         if self._handoff is not None:
-            self._handoff.offer([(item.thing, item.received_at, item.report) for item, _ in done])
+            self._handoff.offer(
+                [
+                    HandedOver(item.thing, item.received_at, item.report, stored.document or "")
+                    for item, stored in done
+                ]
+            )
 
     def _hook_failed(self, count: int, exc: BaseException) -> None:
         with self._cond:
