@@ -133,9 +133,9 @@ def hooks() -> Iterator[Hooks]:
         server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(params=["process", "thread"])  # [detect] evaluate_in: both, whatever the cores
 def service(
-    tmp_path: Path, mosquitto: Mosquitto, hooks: Hooks
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, hooks: Hooks
 ) -> Iterator[tuple[Any, ServiceProcess]]:
     key_id, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
     creds = tmp_path / "api-credentials"
@@ -143,6 +143,7 @@ def service(
     config = tmp_path / "service.toml"
     config.write_text(
         "[detect]\n"
+        f'evaluate_in = "{request.param}"\n'
         f'webhooks = ["http://127.0.0.1:{hooks.port}/hook", "http://127.0.0.1:{hooks.port}/dead"]\n'
         "webhook_timeout = 5.0\nwebhook_retries = 2\n"
     )
@@ -205,7 +206,7 @@ def _next(q: queue.Queue[Any], timeout: float = 15.0) -> Any:
 
 
 def test_violations_and_alerts_end_to_end(
-    service: tuple[Any, Any], mosquitto: Mosquitto, hooks: Hooks
+    request: pytest.FixtureRequest, service: tuple[Any, Any], mosquitto: Mosquitto, hooks: Hooks
 ) -> None:
     client, proc = service
     client.create_custom_metric(metricName="users", metricType="string-list")
@@ -270,3 +271,5 @@ def test_violations_and_alerts_end_to_end(
     log = proc.log()
     assert re.search(r"detect stopped: \d+ reports judged", log), log[-2000:]
     assert "Traceback" not in log
+    in_worker = re.search(r"detect: evaluating in worker process \d+", log) is not None
+    assert in_worker == (request.node.callspec.params["service"] == "process")
