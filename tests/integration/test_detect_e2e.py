@@ -273,3 +273,6 @@ def test_violations_and_alerts_end_to_end(
     assert "Traceback" not in log
     in_worker = re.search(r"detect: evaluating in worker process \d+", log) is not None
     assert in_worker == (request.node.callspec.params["service"] == "process")
+    # the worker published the alerts on its own connection ([detect] alert_connection)
+    own = re.search(r"connecting to \S+ as \S+-detect ", log) is not None
+    assert own == in_worker, log[-3000:]

@@ -19,6 +19,7 @@ and a ``DEFENDER_AGENT_SERVICE_*`` variable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import os
@@ -225,7 +226,7 @@ def command(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     stop_on_signals(stop.set)
-    detect = start_detect(loaded, config.db_url)
+    detect = start_detect(loaded, config.db_url, config.broker)
     service = DeviceDefenderService(config, after_store=detect.after_store if detect else None)
     if detect is not None:
         detect.bind_publish(service.publish)
@@ -279,8 +280,13 @@ def in_process(evaluate_in: str, cores: Optional[int] = None) -> bool:
     return evaluate_in == "process"
 
 
-def start_detect(loaded: Config, db_url: str) -> Optional[Union[DetectRuntime, DetectProcess]]:
+def start_detect(
+    loaded: Config, db_url: str, broker: Optional[MqttSettings] = None
+) -> Optional[Union[DetectRuntime, DetectProcess]]:
     """Detect's registry, store, alerts and engine (None with ``[detect] enabled = false``).
+
+    ``broker``: the service's connection settings, which a worker process with ``[detect]
+    alert_connection = "own"`` connects with (its own client id) to publish its alerts.
 
     Raises:
         StateError: The database cannot be opened.
@@ -290,6 +296,7 @@ def start_detect(loaded: Config, db_url: str) -> Optional[Union[DetectRuntime, D
         return None
     detect: Union[DetectRuntime, DetectProcess]
     if in_process(loaded.detect.evaluate_in):
+        from defender_agent.detect.alert_link import alert_client_id  # noqa: PLC0415
         from defender_agent.detect.process import DetectProcess  # noqa: PLC0415
 
         detect = DetectProcess(
@@ -299,6 +306,11 @@ def start_detect(loaded: Config, db_url: str) -> Optional[Union[DetectRuntime, D
             account=loaded.http.account_id,
             log_level=loaded.effective_log_level("service"),
             log_format=loaded.logging.format,
+            mqtt=(
+                dataclasses.replace(broker, client_id=alert_client_id(broker.client_id))
+                if broker is not None and loaded.detect.alert_connection == "own"
+                else None
+            ),
         )
     else:
         from defender_agent.detect.runtime import DetectRuntime  # noqa: PLC0415

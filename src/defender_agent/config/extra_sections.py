@@ -32,6 +32,8 @@ SessionMode = Literal["auto", "keep", "discard"]
 _SESSIONS: tuple[SessionMode, ...] = ("auto", "keep", "discard")
 EvaluateIn = Literal["auto", "process", "thread"]
 _EVALUATE_IN: tuple[EvaluateIn, ...] = ("auto", "process", "thread")
+AlertConnection = Literal["own", "service"]
+_ALERT_CONNECTIONS: tuple[AlertConnection, ...] = ("own", "service")
 _MAX_INT = 2**63 - 1
 
 
@@ -247,6 +249,12 @@ class DetectSection:
         values.choice(_EVALUATE_IN),
         "where reports are judged: a worker process beside the service (process), a thread "
         "of the service (thread); auto: a process when the machine has 2 cores or more",
+    )
+    alert_connection: AlertConnection = setting(
+        "own",
+        values.choice(_ALERT_CONNECTIONS),
+        "with evaluate_in = process: the worker publishes MQTT alerts on a connection of its "
+        "own, client id SERVICE-ID-detect (own), or hands them to the service's (service)",
     )
     last_violation_every: float = setting(
         30.0,

@@ -10,8 +10,9 @@ surface as :class:`~defender_agent.detect.runtime.DetectRuntime` for the service
   and waits until the worker judged it (on the service's hand-off thread, which waits
   without holding the interpreter: the replies go on), so batches are judged in store
   order, one at a time, and a stop judges what was stored first;
-* the worker's MQTT alerts come back over the pipe and go out on the service's connection
-  (:meth:`DetectProcess.bind_publish`); its webhooks it posts itself;
+* the worker publishes its MQTT alerts on a connection of its own
+  (:mod:`.alert_link`), or sends them back over the pipe to go out on the service's
+  connection (:meth:`DetectProcess.bind_publish`); its webhooks it posts itself;
 * :attr:`DetectProcess.store` is Detect's store opened in the service process, for the
   HTTP API (after the worker migrated the database);
 * a worker that dies is logged, started again (backoff from 1 s to 30 s), and the batch it
@@ -43,6 +44,7 @@ from defender_agent.detect.worker import Start, receive, send
 from defender_agent.errors import StateError
 from defender_agent.schedule import backoff_delay
 from defender_agent.service.storage import open_store
+from defender_agent.transport.base import MqttSettings
 
 if TYPE_CHECKING:
     from defender_agent.service.runner import HandedOver
@@ -72,6 +74,8 @@ class DetectProcess:
         account: ``[http] account_id``.
         log_level: The service's log level (the worker logs to the same stderr).
         log_format: ``text`` or ``json``.
+        mqtt: The worker's own connection for its MQTT alerts (``[detect] alert_connection
+            = "own"``); None: they come back here (:meth:`bind_publish`).
 
     Attributes:
         store: Detect's store in this process (for the API); set by :meth:`start`.
@@ -89,9 +93,10 @@ class DetectProcess:
         account: str = "123456789012",
         log_level: str = "info",
         log_format: str = "text",
+        mqtt: Optional[MqttSettings] = None,
     ) -> None:
         detect = detect or DetectSection()
-        self._start = Start(db_url, detect, region, account, log_level, log_format)
+        self._start = Start(db_url, detect, region, account, log_level, log_format, mqtt)
         self.alert_settings: AlertSettings = alert_settings(detect)
         self.store: Optional[DetectStore] = None
         self.restarts = 0

@@ -8,8 +8,9 @@ pickled tuples (a private pipe between a process and its own child):
   document), ...])`` per committed batch, in store order; ``("stop",)`` at the end;
 * to the service: ``("ready", pid)`` or ``("failed", message)`` after the start;
   ``("judged", count, error)`` per batch (``error`` empty when it went well);
-  ``("publish", topic, payload)`` per MQTT alert (the service publishes it on its own
-  connection); ``("stopped", counters)`` last.
+  ``("publish", topic, payload)`` per MQTT alert when it has no connection of its own
+  (:mod:`.alert_link`; the service publishes it on its connection); ``("stopped",
+  counters)`` last.
 
 The worker ignores SIGTERM and SIGINT: systemd and a terminal signal the whole process
 group, and the service must first hand over what it stored, then say ``stop``. It stops too
@@ -31,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Optional
 
 from defender_agent.config.extra_sections import DetectSection
+from defender_agent.transport.base import MqttSettings
 
 if TYPE_CHECKING:
     from defender_agent.detect.runtime import DetectRuntime
@@ -51,6 +53,8 @@ class Start:
         account: ``[http] account_id``.
         log_level: The service's log level.
         log_format: ``text`` or ``json``.
+        mqtt: The worker's own connection for its MQTT alerts (None: they go back to the
+            service, ``("publish", topic, payload)``).
     """
 
     db_url: str
@@ -59,6 +63,7 @@ class Start:
     account: str
     log_level: str = "info"
     log_format: str = "text"
+    mqtt: Optional[MqttSettings] = None
 
 
 def send(conn: Connection, message: tuple[Any, ...], lock: Optional[threading.Lock] = None) -> None:
@@ -108,13 +113,25 @@ def main() -> int:
     except AgentError as exc:
         send(outbound, ("failed", str(exc)), lock)
         return 1
-    runtime.bind_publish(lambda topic, payload: send(outbound, ("publish", topic, payload), lock))
+    link = None
+    if start.mqtt is not None:
+        from defender_agent.detect.alert_link import AlertLink  # noqa: PLC0415
+
+        link = AlertLink(start.mqtt)
+        link.start()
+        runtime.bind_publish(link.publish)
+    else:
+        runtime.bind_publish(
+            lambda topic, payload: send(outbound, ("publish", topic, payload), lock)
+        )
     runtime.start()
     send(outbound, ("ready", os.getpid()), lock)
     try:
         _serve(runtime, inbound, outbound, lock)
     finally:
         runtime.stop()  # logs "detect stopped: ..."
+        if link is not None:
+            link.stop()
         counters = runtime.engine.counters()
         with contextlib.suppress(OSError):  # (the service is gone)
             send(outbound, ("stopped", counters), lock)
