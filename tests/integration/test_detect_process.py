@@ -193,3 +193,29 @@ def test_the_worker_stops_when_the_service_is_killed(db: str, tmp_path: Path) ->
             return Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"
 
         wait_for(gone, 15)
+
+
+def test_an_alert_before_the_workers_own_connection_fails_in_one_line() -> None:
+    import socket
+
+    from defender_agent.detect.alert_link import AlertLink
+    from defender_agent.errors import ConnectError
+    from defender_agent.transport.base import MqttSettings
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    link = AlertLink(
+        MqttSettings(
+            endpoint="127.0.0.1", port=port, client_id="svc-detect", use_tls=False,
+            connect_timeout_s=1.0,
+        ),
+        first_wait_s=0.3,
+    )  # fmt: skip
+    link.start()
+    try:
+        with pytest.raises(ConnectError, match=f"no connection to 127.0.0.1:{port} yet"):
+            link.publish("defender-agent/alerts", b"{}")
+        assert not link.wait_connected(0.1)
+    finally:
+        link.stop()

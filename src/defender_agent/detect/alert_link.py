@@ -49,10 +49,12 @@ class AlertLink:
 
     Args:
         settings: The connection's settings (the service's, with the worker's client id).
+        first_wait_s: How long a publish waits for the first connection.
     """
 
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(self, settings: MqttSettings, first_wait_s: float = _FIRST_WAIT_S) -> None:
         self.settings = settings
+        self._first_wait_s = first_wait_s
         self._transport: Optional[MqttTransport] = None
         self._up = threading.Event()  # connected once
         self._stop = threading.Event()
@@ -70,13 +72,13 @@ class AlertLink:
         return self._up.wait(timeout)
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        """Publish at QoS 1 (waiting up to 5 s for the first connection: on the alerts' thread).
+        """Publish at QoS 1 (waiting ``first_wait_s`` for a first connection: the alerts' thread).
 
         Raises:
             ConnectError: Not connected yet (the alerts count it as failed).
         """
         transport = self._transport
-        if transport is None or not self._up.wait(_FIRST_WAIT_S):
+        if transport is None or not self._up.wait(self._first_wait_s):
             raise ConnectError(
                 f"the detect worker has no connection to {self.settings.endpoint}:"
                 f"{self.settings.port} yet"
