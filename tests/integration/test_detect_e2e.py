@@ -133,7 +133,7 @@ def hooks() -> Iterator[Hooks]:
         server.stop()
 
 
-@pytest.fixture(params=["process", "thread"])  # [detect] evaluate_in: both, whatever the cores
+@pytest.fixture
 def service(
     request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, hooks: Hooks
 ) -> Iterator[tuple[Any, ServiceProcess]]:
@@ -143,7 +143,7 @@ def service(
     config = tmp_path / "service.toml"
     config.write_text(
         "[detect]\n"
-        f'evaluate_in = "{request.param}"\n'
+        f'evaluate_in = "{getattr(request, "param", "process")}"\n'
         f'webhooks = ["http://127.0.0.1:{hooks.port}/hook", "http://127.0.0.1:{hooks.port}/dead"]\n'
         "webhook_timeout = 5.0\nwebhook_retries = 2\n"
     )
@@ -205,6 +205,9 @@ def _next(q: queue.Queue[Any], timeout: float = 15.0) -> Any:
         pytest.fail(f"nothing within {timeout} s")
 
 
+@pytest.mark.parametrize(  # [detect] evaluate_in: both, whatever the machine's cores
+    "service", ["process", "thread"], indirect=True
+)
 def test_violations_and_alerts_end_to_end(
     request: pytest.FixtureRequest, service: tuple[Any, Any], mosquitto: Mosquitto, hooks: Hooks
 ) -> None:

@@ -197,4 +197,6 @@ def test_list_active_over_10000_violations_is_fast(opened: tuple[Store, DetectSt
         page = store.list_active(where, limit=250, token=page.next_token)
         took.append((time.perf_counter() - began) / 2)
         assert len(page.items) == 250
-    assert max(took) < 0.1, took
+    # a regression guard, not the figure (bench_detect.py measures it: ~50 ms a page on an
+    # idle machine); generous, as the suite runs four workers on two cores
+    assert max(took) < 0.5, took
