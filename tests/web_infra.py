@@ -61,6 +61,7 @@ class Counters:
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     stored: int = 0
+    detect_errors: int = 0
     things: dict[str, ThingCounts] = field(default_factory=dict)
 
     def stats(self) -> RunnerStats:
@@ -80,6 +81,7 @@ class Counters:
             0,
             0,
             things=MappingProxyType(dict(self.things)),
+            after_store_errors=self.detect_errors,
         )
 
 

@@ -204,11 +204,14 @@ def test_metrics_parse_and_move(tmp_path: Path) -> None:
         before = scrape()
         d.counters.messages, d.counters.accepted, d.counters.stored = 3, 2, 2
         d.counters.rejected = {"InvalidPayload": 1}
+        d.counters.detect_errors = 2
         after = scrape()
     assert before["defender_agent_reports_received_total{}"] == 0
     assert after["defender_agent_reports_received_total{}"] == 3
     assert after["defender_agent_reports_accepted_total{}"] == 2
     assert after['defender_agent_reports_rejected_total{"code": "InvalidPayload"}'] == 1
+    assert before["defender_agent_detect_errors_total{}"] == 0
+    assert after["defender_agent_detect_errors_total{}"] == 2
     assert after['defender_agent_things{"state": "reporting"}'] == 1
     key = 'defender_agent_violations_active{"behavior": "tcp-ports", "profile": "ports"}'
     assert after[key] == 1

@@ -50,6 +50,7 @@ METRIC_NAMES: Final = tuple(
         "store_down",
         "store_seconds",
         "detect_evaluation_seconds",
+        "detect_errors",
         "violations_active",
         "things",
         "thing_last_report_timestamp_seconds",
@@ -135,6 +136,11 @@ class ServiceCollector(Collector):
             "detect_evaluation_seconds",
             "Time Detect took to evaluate each stored batch of reports",
             stats.detect_latency,
+        )
+        yield CounterMetricFamily(
+            _P + "detect_errors",
+            "Stored batches Detect failed to evaluate (an engine error, a worker that died)",
+            value=stats.after_store_errors,
         )
         yield from self._violation_metrics()
         yield from self._thing_metrics()
