@@ -70,11 +70,15 @@ def wait_events(pg_url: str, count: int, timeout: float = 20.0) -> list[tuple[st
     return found
 
 
+@pytest.mark.parametrize("evaluate_in", ["process", "thread"])  # whatever the machine's cores
 def test_two_service_processes_keep_consecutive_counters_exact(
     broker: Mosquitto,  # noqa: F811
     pg_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    evaluate_in: str,
 ) -> None:
+    monkeypatch.setenv("DEFENDER_AGENT_DETECT_EVALUATE_IN", evaluate_in)
     open_store(pg_url).close()
     registry = open_registry(pg_url, region="us-east-1", account="123456789012")
     registry.create_profile("p", {"behaviors": [RULE]}, now=time.time())
@@ -122,3 +126,4 @@ def test_two_service_processes_keep_consecutive_counters_exact(
     assert handled(procs[0]) > 0 and handled(procs[1]) > 0  # both judged some
     for proc in procs:
         assert "Traceback" not in proc.log()
+        assert ("evaluating in worker process" in proc.log()) == (evaluate_in == "process")
