@@ -268,10 +268,10 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def in_process(evaluate_in: str, cores: Optional[int] = None) -> bool:
+def uses_worker(evaluate_in: str, cores: Optional[int] = None) -> bool:
     """Whether ``[detect] evaluate_in`` means a worker process on this machine.
 
-    >>> in_process("auto", 1), in_process("auto", 4), in_process("thread", 4)
+    >>> uses_worker("auto", 1), uses_worker("auto", 4), uses_worker("thread", 4)
     (False, True, False)
     """
     if evaluate_in == "auto":
@@ -295,7 +295,7 @@ def start_detect(
         log.info("detect is off ([detect] enabled = false): reports are not evaluated")
         return None
     detect: Union[DetectRuntime, DetectProcess]
-    if in_process(loaded.detect.evaluate_in):
+    if uses_worker(loaded.detect.evaluate_in):
         from defender_agent.detect.alert_link import alert_client_id  # noqa: PLC0415
         from defender_agent.detect.process import DetectProcess  # noqa: PLC0415
 

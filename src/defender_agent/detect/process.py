@@ -298,7 +298,6 @@ class DetectProcess:
                 self._forward(message[1], message[2])
             elif kind == "judged":
                 self._replies.put(message)
-            # ("stopped", counters): the worker logged them; EOF follows
 
     def _forward(self, topic: str, payload: bytes) -> None:
         with self._lock:

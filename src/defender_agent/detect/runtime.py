@@ -135,7 +135,7 @@ class DetectRuntime:
 
     def after_store(self, items: Sequence[HandedOver]) -> None:
         """The runner's hook: judge a committed batch."""
-        self.engine.evaluate([Judged(item[0], item[1], item[2]) for item in items])
+        self.judge([item[:3] for item in items])
 
     def judge(self, items: Sequence[tuple[str, float, Report]]) -> None:
         """Judge ``(thing, received_at, report)`` of a committed batch (Detect's worker)."""

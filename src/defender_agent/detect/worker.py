@@ -9,8 +9,8 @@ pickled tuples (a private pipe between a process and its own child):
 * to the service: ``("ready", pid)`` or ``("failed", message)`` after the start;
   ``("judged", count, error)`` per batch (``error`` empty when it went well);
   ``("publish", topic, payload)`` per MQTT alert when it has no connection of its own
-  (:mod:`.alert_link`; the service publishes it on its connection); ``("stopped",
-  counters)`` last.
+  (:mod:`.alert_link`; the service publishes it on its connection). Then it exits, and
+  the pipe's end tells the service.
 
 The worker ignores SIGTERM and SIGINT: systemd and a terminal signal the whole process
 group, and the service must first hand over what it stored, then say ``stop``. It stops too
@@ -19,7 +19,6 @@ when its standard input closes (the service died): what it was given, it has jud
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -132,10 +131,7 @@ def main() -> int:
         runtime.stop()  # logs "detect stopped: ..."
         if link is not None:
             link.stop()
-        counters = runtime.engine.counters()
-        with contextlib.suppress(OSError):  # (the service is gone)
-            send(outbound, ("stopped", counters), lock)
-    return 0
+    return 0  # (the pipe closes: the service sees the end)
 
 
 def _serve(
